@@ -1,0 +1,56 @@
+//! `fairnas`: FairNAS models, search space and tools from one binary.
+
+mod class_names;
+mod info;
+mod model_args;
+mod predict;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fairnas",
+    version,
+    about = "FairNAS in Rust: model family, cost model, inference",
+    after_help = fairnas_model::selection::MODEL_HELP
+)]
+struct Cli {
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log level filter (error, warn, info, debug, trace), or RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer table of a model: block strings, shapes, params, multiply-adds, thop FLOPs.
+    Info(info::InfoArgs),
+    /// Classify images with a model and its weights (safetensors, canonical names).
+    Predict(predict::PredictArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Predict(args) => predict::run(args),
+    }
+}

@@ -1,0 +1,116 @@
+//! `fairnas predict`: classify image files.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::Args;
+use fairnas_data::{EvalTransform, Interpolation, Normalization};
+use fairnas_model::network::Network;
+use fairnas_model::spec::{ArchSpec, Padding};
+use serde_json::json;
+
+use crate::class_names::class_name;
+use crate::model_args::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights in safetensors with canonical names (`cargo xtask convert` makes them).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub weights: PathBuf,
+    /// Images to classify (JPEG or PNG).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Resize filter; default bilinear (FairNAS protocol), bicubic for efficientnet-lite0.
+    #[arg(long)]
+    pub interpolation: Option<Interpolation>,
+    /// Input normalisation; default imagenet, inception for efficientnet-lite0.
+    #[arg(long)]
+    pub normalize: Option<Normalization>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The preprocessing a model's checkpoints were trained with.
+fn default_transform(spec: &ArchSpec) -> EvalTransform {
+    if spec.stem_padding == Padding::TfSame {
+        EvalTransform { interpolation: Interpolation::Bicubic, normalization: Normalization::Inception, ..Default::default() }
+    } else {
+        EvalTransform::default()
+    }
+}
+
+pub fn load_network(spec: &ArchSpec, weights: &std::path::Path, device: &Device) -> Result<Network> {
+    let tensors = candle_core::safetensors::load(weights, device)
+        .with_context(|| format!("cannot read safetensors file {}", weights.display()))?;
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    Network::check_tensors(spec, &tensors).with_context(|| format!("in {}", weights.display()))?;
+    Ok(Network::load(spec, VarBuilder::from_tensors(tensors, DType::F32, device))?)
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    anyhow::ensure!(args.topk > 0, "--topk must be at least 1");
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let spec = args.model.resolve()?;
+    let device = Device::Cpu;
+    let net = load_network(&spec, &args.weights, &device)?;
+    let mut transform = default_transform(&spec);
+    if let Some(i) = args.interpolation {
+        transform.interpolation = i;
+    }
+    if let Some(n) = args.normalize {
+        transform.normalization = n;
+    }
+    let topk = args.topk.min(spec.classes);
+    let crop = transform.crop as usize;
+    let mut results = Vec::new();
+    for chunk in args.images.chunks(args.batch_size) {
+        let mut pixels = Vec::with_capacity(chunk.len() * 3 * crop * crop);
+        for path in chunk {
+            pixels.extend(transform.load(path)?);
+        }
+        let x = Tensor::from_vec(pixels, (chunk.len(), 3, crop, crop), &device)?;
+        let probs = candle_nn::ops::softmax_last_dim(&net.forward(&x)?)?.to_vec2::<f32>()?;
+        for (path, p) in chunk.iter().zip(probs) {
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            let top: Vec<_> = order[..topk]
+                .iter()
+                .map(|&i| (i, class_name(spec.classes, i), p[i]))
+                .collect();
+            results.push((path.clone(), top));
+        }
+    }
+    if args.json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|(path, top)| {
+                json!({
+                    "image": path.display().to_string(),
+                    "top": top.iter().map(|(i, n, p)| json!({"index": i, "name": n, "probability": p})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"model": spec.name, "predictions": out}))?);
+    } else {
+        for (path, top) in results {
+            println!("{}", path.display());
+            for (rank, (i, name, p)) in top.iter().enumerate() {
+                println!("  {:>2}. {:>4} {:<32} {:>7.3}%", rank + 1, i, name, p * 100.0);
+            }
+        }
+    }
+    Ok(())
+}

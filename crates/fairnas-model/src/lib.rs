@@ -1,0 +1,13 @@
+//! Architecture specs, the FairNAS search space, the named model family, the cost model and the
+//! candle network that runs any spec.
+
+pub mod block_string;
+pub mod cost;
+pub mod network;
+pub mod search_space;
+pub mod selection;
+pub mod spec;
+pub mod synthetic;
+pub mod zoo;
+
+pub use fairnas_ops::Activation;

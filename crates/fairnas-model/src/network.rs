@@ -1,0 +1,391 @@
+//! The candle network that runs any [`ArchSpec`] (eval mode, NCHW, f32 or f64).
+//!
+//! Weight names are the project's canonical naming, one for every family:
+//!
+//! ```text
+//! stem.conv.weight                 [C, 3, k, k]      stem.bn.{weight,bias,running_mean,running_var}
+//! blocks.<i>.expand.conv.weight    [H, C, 1, 1]      blocks.<i>.expand.bn.*      (ir blocks only)
+//! blocks.<i>.dw.conv.weight        [H, 1, k, k]      blocks.<i>.dw.bn.*
+//! blocks.<i>.se.reduce.{weight,bias}  [R, H, 1, 1], [R]   (SE blocks only)
+//! blocks.<i>.se.expand.{weight,bias}  [H, R, 1, 1], [H]
+//! blocks.<i>.project.conv.weight   [O, H, 1, 1]      blocks.<i>.project.bn.*
+//! head.conv.weight                 [1280, C, 1, 1]   head.bn.*
+//! classifier.{weight,bias}         [classes, 1280], [classes]
+//! ```
+//!
+//! `i` counts every block from 0, so FairNAS searchable layer `j` is `blocks.<j+1>` (block 0 is
+//! the fixed depthwise-separable block). Shapes follow PyTorch so converted checkpoints need no
+//! transposes. BN keeps its four tensors (training will need them); the eval-mode affine
+//! `x * scale + shift` is precomputed at load time.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use fairnas_ops::{depthwise_conv2d, squeeze_excite, Activation, Padding2d};
+
+use crate::spec::{ArchSpec, BlockKind, Padding};
+
+/// BatchNorm over channels with running statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f64,
+    /// `weight / sqrt(running_var + eps)`, shaped `[1, C, 1, 1]`.
+    scale: Tensor,
+    /// `bias - running_mean * scale`, shaped `[1, C, 1, 1]`.
+    shift: Tensor,
+}
+
+impl BatchNorm2d {
+    pub fn load(vb: VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.))?;
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.))?;
+        let scale = (&weight / (&running_var + eps)?.sqrt()?)?;
+        let shift = (&bias - (&running_mean * &scale)?)?;
+        Ok(Self {
+            scale: scale.reshape((1, channels, 1, 1))?,
+            shift: shift.reshape((1, channels, 1, 1))?,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps,
+        })
+    }
+
+    pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    }
+}
+
+/// The three convolution shapes of the family; each runs on the fastest path we have for it.
+#[derive(Debug, Clone, Copy)]
+enum ConvKind {
+    /// A full k x k convolution (the stem): candle's conv2d.
+    Dense { kernel: usize, stride: usize },
+    /// 1x1, stride 1: a batched matmul.
+    Pointwise,
+    /// Depthwise k x k: our custom op.
+    Depthwise { kernel: usize, stride: usize },
+}
+
+/// Conv (no bias) -> BN -> activation.
+#[derive(Debug, Clone)]
+struct ConvBnAct {
+    weight: Tensor,
+    kind: ConvKind,
+    padding: Padding,
+    bn: BatchNorm2d,
+    activation: Activation,
+}
+
+fn padding_for(padding: Padding, h: usize, w: usize, kernel: usize, stride: usize) -> Padding2d {
+    match padding {
+        Padding::Symmetric => Padding2d::symmetric(kernel),
+        Padding::TfSame => Padding2d::tf_same(h, w, kernel, stride),
+    }
+}
+
+impl ConvBnAct {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        vb: VarBuilder,
+        in_c: usize,
+        out_c: usize,
+        kind: ConvKind,
+        padding: Padding,
+        activation: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let shape = match kind {
+            ConvKind::Dense { kernel, .. } => (out_c, in_c, kernel, kernel),
+            ConvKind::Pointwise => (out_c, in_c, 1, 1),
+            ConvKind::Depthwise { kernel, .. } => (out_c, 1, kernel, kernel),
+        };
+        let weight = vb.pp("conv").get(shape, "weight")?;
+        let bn = BatchNorm2d::load(vb.pp("bn"), out_c, eps)?;
+        Ok(Self { weight, kind, padding, bn, activation })
+    }
+
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        match self.kind {
+            ConvKind::Pointwise => {
+                let out_c = self.weight.dim(0)?;
+                let w2 = self.weight.reshape((out_c, c))?;
+                let x3 = x.contiguous()?.reshape((n, c, h * w))?;
+                w2.broadcast_left(n)?.matmul(&x3)?.reshape((n, out_c, h, w))
+            }
+            ConvKind::Dense { kernel, stride } => {
+                let p = padding_for(self.padding, h, w, kernel, stride);
+                if p.is_symmetric() && p.top == p.left {
+                    x.conv2d(&self.weight, p.top, stride, 1, 1)
+                } else {
+                    x.pad_with_zeros(2, p.top, p.bottom)?
+                        .pad_with_zeros(3, p.left, p.right)?
+                        .conv2d(&self.weight, 0, stride, 1, 1)
+                }
+            }
+            ConvKind::Depthwise { kernel, stride } => {
+                depthwise_conv2d(x, &self.weight, stride, padding_for(self.padding, h, w, kernel, stride))
+            }
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.activation.forward(&self.bn.forward_eval(&self.conv(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SqueezeExciteLayer {
+    reduce_w: Tensor,
+    reduce_b: Tensor,
+    expand_w: Tensor,
+    expand_b: Tensor,
+    inner: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    expand: Option<ConvBnAct>,
+    depthwise: ConvBnAct,
+    se: Option<SqueezeExciteLayer>,
+    project: ConvBnAct,
+    residual: bool,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        h = self.depthwise.forward(&h)?;
+        if let Some(se) = &self.se {
+            h = squeeze_excite(&h, &se.reduce_w, &se.reduce_b, &se.expand_w, &se.expand_b, se.inner)?;
+        }
+        let out = self.project.forward(&h)?;
+        if self.residual {
+            out + x
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+/// A network built from a spec.
+#[derive(Debug, Clone)]
+pub struct Network {
+    spec: ArchSpec,
+    stem: ConvBnAct,
+    blocks: Vec<Block>,
+    head: ConvBnAct,
+    classifier: candle_nn::Linear,
+}
+
+impl Network {
+    /// Builds the network, taking every tensor from `vb` under the canonical names. A missing
+    /// tensor or a wrong shape is an error naming it.
+    pub fn load(spec: &ArchSpec, vb: VarBuilder) -> Result<Self> {
+        spec.validate().map_err(candle_core::Error::msg)?;
+        let eps = spec.bn_eps;
+        let stem = ConvBnAct::load(
+            vb.pp("stem"),
+            spec.in_channels,
+            spec.stem.channels,
+            ConvKind::Dense { kernel: spec.stem.kernel, stride: spec.stem.stride },
+            spec.stem_padding,
+            spec.stem.activation,
+            eps,
+        )?;
+        let mut blocks = Vec::with_capacity(spec.blocks.len());
+        for (i, (b, g)) in spec.blocks.iter().zip(spec.block_geometry(spec.input_size)).enumerate() {
+            let vb = vb.pp("blocks").pp(i);
+            let hidden = g.hidden_channels;
+            let expand = match b.kind {
+                BlockKind::InvertedResidual => Some(ConvBnAct::load(
+                    vb.pp("expand"),
+                    g.in_channels,
+                    hidden,
+                    ConvKind::Pointwise,
+                    b.padding,
+                    b.activation,
+                    eps,
+                )?),
+                BlockKind::DepthwiseSeparable => None,
+            };
+            let depthwise = ConvBnAct::load(
+                vb.pp("dw"),
+                hidden,
+                hidden,
+                ConvKind::Depthwise { kernel: b.kernel, stride: b.stride },
+                b.padding,
+                b.activation,
+                eps,
+            )?;
+            let se = match g.se_channels {
+                Some(r) => {
+                    let vb = vb.pp("se");
+                    Some(SqueezeExciteLayer {
+                        reduce_w: vb.pp("reduce").get((r, hidden, 1, 1), "weight")?,
+                        reduce_b: vb.pp("reduce").get(r, "bias")?,
+                        expand_w: vb.pp("expand").get((hidden, r, 1, 1), "weight")?,
+                        expand_b: vb.pp("expand").get(hidden, "bias")?,
+                        inner: b.activation,
+                    })
+                }
+                None => None,
+            };
+            let project = ConvBnAct::load(
+                vb.pp("project"),
+                hidden,
+                g.out_channels,
+                ConvKind::Pointwise,
+                b.padding,
+                Activation::Identity,
+                eps,
+            )?;
+            blocks.push(Block { expand, depthwise, se, project, residual: g.residual });
+        }
+        let head = ConvBnAct::load(
+            vb.pp("head"),
+            spec.last_block_channels(),
+            spec.head.channels,
+            ConvKind::Pointwise,
+            Padding::Symmetric,
+            spec.head.activation,
+            eps,
+        )?;
+        let vbc = vb.pp("classifier");
+        let classifier = candle_nn::Linear::new(
+            vbc.get((spec.classes, spec.head.channels), "weight")?,
+            Some(vbc.get(spec.classes, "bias")?),
+        );
+        Ok(Self { spec: spec.clone(), stem, blocks, head, classifier })
+    }
+
+    /// Every tensor the network for `spec` loads, with its shape, sorted by name (the network
+    /// itself declares them, so this cannot drift from [`Network::load`]).
+    pub fn tensor_manifest(spec: &ArchSpec) -> Result<Vec<(String, Vec<usize>)>> {
+        let varmap = candle_nn::VarMap::new();
+        Network::load(spec, VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu))?;
+        let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("variable map poisoned"))?;
+        let mut out: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Checks a set of named tensors against the manifest and reports every problem at once:
+    /// missing tensors, unexpected ones and wrong shapes.
+    pub fn check_tensors(spec: &ArchSpec, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let manifest = Self::tensor_manifest(spec)?;
+        let mut problems = Vec::new();
+        for (name, shape) in &manifest {
+            match tensors.get(name) {
+                None => problems.push(format!("missing tensor {name} {shape:?}")),
+                Some(t) if t.dims() != shape.as_slice() => {
+                    problems.push(format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims()))
+                }
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::HashSet<&str> = manifest.iter().map(|(n, _)| n.as_str()).collect();
+        let mut unexpected: Vec<_> = tensors.keys().filter(|k| !known.contains(k.as_str())).collect();
+        unexpected.sort();
+        problems.extend(unexpected.into_iter().map(|k| format!("unexpected tensor {k}")));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            candle_core::bail!(
+                "weights do not fit {} ({} problems):\n  {}",
+                spec.name,
+                problems.len(),
+                problems.join("\n  ")
+            )
+        }
+    }
+
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// Logits `[N, classes]` for a normalised `[N, 3, H, W]` batch. Eval mode: BN uses running
+    /// statistics, dropout is the identity.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, c, _, _) = x.dims4()?;
+        if c != self.spec.in_channels {
+            candle_core::bail!("{}: expected {} input channels, got {c}", self.spec.name, self.spec.in_channels);
+        }
+        let mut h = self.stem.forward(x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        let h = self.head.forward(&h)?.mean((2, 3))?;
+        self.classifier.forward(&h)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.stem.weight.dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::cost_report;
+    use crate::selection::{all_named_models, ModelSelection};
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// Parameters the instantiated network actually created, running statistics excluded.
+    fn instantiated_params(spec: &ArchSpec) -> u64 {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        Network::load(spec, vb).unwrap();
+        let data = varmap.data().lock().unwrap();
+        data.iter()
+            .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+            .map(|(_, v)| v.elem_count() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn instantiated_parameter_count_equals_cost_model_for_every_named_model() {
+        for name in all_named_models() {
+            let spec = ModelSelection::named(&name).resolve().unwrap();
+            assert_eq!(instantiated_params(&spec), cost_report(&spec).params, "{name}");
+        }
+    }
+
+    #[test]
+    fn pointwise_matmul_matches_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (3, 8, 5, 6), &dev)?;
+        let w = Tensor::randn(0f32, 1., (4, 8, 1, 1), &dev)?;
+        let bn = BatchNorm2d::load(
+            VarBuilder::from_tensors(std::collections::HashMap::new(), DType::F32, &dev).pp("x"),
+            4,
+            1e-5,
+        );
+        // An empty VarBuilder must fail and name the tensor.
+        let err = bn.unwrap_err().to_string();
+        assert!(err.contains("x.weight"), "{err}");
+        let conv = ConvBnAct {
+            weight: w.clone(),
+            kind: ConvKind::Pointwise,
+            padding: Padding::Symmetric,
+            bn: BatchNorm2d::load(VarBuilder::zeros(DType::F32, &dev), 4, 1e-5)?,
+            activation: Activation::Identity,
+        };
+        let got = conv.conv(&x)?;
+        let want = x.conv2d(&w, 0, 1, 1, 1)?;
+        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+}

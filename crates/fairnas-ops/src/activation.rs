@@ -1,0 +1,154 @@
+//! The activations of the MBConv family, shared by the ops (which fuse them) and the model specs
+//! (which name them).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A pointwise activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// `min(max(x, 0), 6)`, MobileNetV2's choice and the plain FairNAS models'.
+    Relu6,
+    /// `x * sigmoid(x)` (a.k.a. SiLU), used by the SE FairNAS variants.
+    Swish,
+    Sigmoid,
+}
+
+impl Activation {
+    #[inline(always)]
+    pub fn apply_f32(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Swish => x / (1.0 + (-x).exp()),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply_f64(self, x: f64) -> f64 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Swish => x / (1.0 + (-x).exp()),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+
+    /// The short name used in block strings (`nre`, `nr6`, `nsw` without the `n`) and on the CLI.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Activation::Identity => "id",
+            Activation::Relu => "re",
+            Activation::Relu6 => "r6",
+            Activation::Swish => "sw",
+            Activation::Sigmoid => "sg",
+        }
+    }
+
+    /// Applies the activation to a candle tensor with candle's own element-wise ops.
+    pub fn forward(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Activation::Identity => Ok(x.clone()),
+            Activation::Relu => x.relu(),
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+            Activation::Swish => x.silu(),
+            Activation::Sigmoid => candle_nn_free_sigmoid(x),
+        }
+    }
+}
+
+/// `1 / (1 + exp(-x))` from candle-core primitives (the fused sigmoid lives in candle-nn, which
+/// this crate does not depend on outside tests).
+fn candle_nn_free_sigmoid(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    (x.neg()?.exp()? + 1.0)?.recip()
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::Swish => "swish",
+            Activation::Sigmoid => "sigmoid",
+        })
+    }
+}
+
+impl FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "id" | "identity" => Activation::Identity,
+            "re" | "relu" => Activation::Relu,
+            "r6" | "relu6" => Activation::Relu6,
+            "sw" | "swish" | "silu" => Activation::Swish,
+            "sg" | "sigmoid" => Activation::Sigmoid,
+            other => {
+                return Err(format!(
+                    "unknown activation '{other}' (expected re/relu, r6/relu6, sw/swish, sg/sigmoid, id)"
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_values() {
+        assert_eq!(Activation::Relu6.apply_f32(7.5), 6.0);
+        assert_eq!(Activation::Relu6.apply_f32(-1.0), 0.0);
+        assert_eq!(Activation::Relu.apply_f32(-3.0), 0.0);
+        assert!((Activation::Swish.apply_f64(1.0) - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-15);
+        assert!((Activation::Sigmoid.apply_f32(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for a in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Swish,
+            Activation::Sigmoid,
+        ] {
+            assert_eq!(a.short_name().parse::<Activation>().unwrap(), a);
+            assert_eq!(a.to_string().parse::<Activation>().unwrap(), a);
+        }
+        assert!("gelu".parse::<Activation>().unwrap_err().contains("gelu"));
+    }
+
+    #[test]
+    fn tensor_forward_matches_scalar() {
+        let xs = [-7.0f32, -1.0, -0.1, 0.0, 0.3, 2.0, 6.5];
+        let t = candle_core::Tensor::new(&xs, &candle_core::Device::Cpu).unwrap();
+        for a in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Swish,
+            Activation::Sigmoid,
+        ] {
+            let got = a.forward(&t).unwrap().to_vec1::<f32>().unwrap();
+            for (g, x) in got.iter().zip(xs) {
+                let want = a.apply_f32(x);
+                assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{a}: {g} vs {want}");
+            }
+        }
+    }
+}
+
+/// Serialised by its display name (`"relu6"`), for JSON reports.
+impl serde::Serialize for Activation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

@@ -1,0 +1,318 @@
+//! Depthwise 2-D convolution (one k x k filter per channel, `groups == channels`).
+//!
+//! Layout: input `[N, C, H, W]`, weight `[C, 1, k, k]` (PyTorch's), output `[N, C, Ho, Wo]`.
+//! Each (n, c) output plane is independent, which is the unit of rayon parallelism. Within a plane
+//! the loop order is output row -> kernel tap -> output columns, and the column range whose input
+//! index falls inside the image is computed up front, so the innermost loop is a branch-free
+//! multiply-add over contiguous (stride 1) or evenly strided (stride 2) memory that the compiler
+//! vectorises. Padding is never materialised.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::layout::contiguous_slice;
+
+/// Zero padding on each side of the spatial dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Padding2d {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+impl Padding2d {
+    /// PyTorch's `padding = k // 2` on every side.
+    pub fn symmetric(kernel: usize) -> Self {
+        let p = kernel / 2;
+        Padding2d { top: p, bottom: p, left: p, right: p }
+    }
+
+    /// TensorFlow "SAME": total `max((ceil(i/s) - 1) * s + k - i, 0)` per axis, the smaller half
+    /// before and the rest after (so stride-2 layers pad asymmetrically).
+    pub fn tf_same(height: usize, width: usize, kernel: usize, stride: usize) -> Self {
+        let total = |i: usize| ((i.div_ceil(stride) - 1) * stride + kernel).saturating_sub(i);
+        let (th, tw) = (total(height), total(width));
+        Padding2d { top: th / 2, bottom: th - th / 2, left: tw / 2, right: tw - tw / 2 }
+    }
+
+    pub fn is_symmetric(&self) -> bool {
+        self.top == self.bottom && self.left == self.right
+    }
+}
+
+/// Output spatial size of a convolution, or an error when the padded input is smaller than the
+/// kernel.
+pub fn conv_output_size(
+    input: usize,
+    pad_before: usize,
+    pad_after: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<usize> {
+    let padded = input + pad_before + pad_after;
+    if padded < kernel || stride == 0 {
+        candle_core::bail!(
+            "convolution: padded input {padded} is smaller than kernel {kernel} (or stride is 0)"
+        );
+    }
+    Ok((padded - kernel) / stride + 1)
+}
+
+/// The depthwise convolution op. The kernel size is taken from the weight tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseConv2d {
+    pub stride: usize,
+    pub padding: Padding2d,
+}
+
+/// Shape facts shared by the forward kernel (and, later, its backward kernels).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    out_height: usize,
+    out_width: usize,
+}
+
+impl DepthwiseConv2d {
+    fn geometry(&self, input: &Layout, weight: &Layout) -> Result<Geometry> {
+        let (batch, channels, height, width) = match input.dims() {
+            &[n, c, h, w] => (n, c, h, w),
+            d => candle_core::bail!("depthwise conv: input must be [N, C, H, W], got {d:?}"),
+        };
+        let kernel = match weight.dims() {
+            &[c, 1, kh, kw] if c == channels && kh == kw => kh,
+            d => candle_core::bail!(
+                "depthwise conv: weight must be [{channels}, 1, k, k] for a {channels}-channel input, got {d:?}"
+            ),
+        };
+        let p = self.padding;
+        Ok(Geometry {
+            batch,
+            channels,
+            height,
+            width,
+            kernel,
+            out_height: conv_output_size(height, p.top, p.bottom, kernel, self.stride)?,
+            out_width: conv_output_size(width, p.left, p.right, kernel, self.stride)?,
+        })
+    }
+}
+
+/// The half-open range of output columns `ox` for which input column `ox * stride + tap - pad`
+/// lies inside `0..width`.
+#[inline]
+fn valid_range(out_len: usize, width: usize, tap: usize, pad: usize, stride: usize) -> (usize, usize) {
+    // lower bound: ox * stride + tap >= pad
+    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
+    // upper bound: ox * stride + tap - pad <= width - 1
+    let hi = if width + pad > tap { (width + pad - tap - 1) / stride + 1 } else { 0 };
+    (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
+}
+
+trait DwElement: candle_core::WithDType + std::ops::Mul<Output = Self> + std::ops::AddAssign {}
+impl DwElement for f32 {}
+impl DwElement for f64 {}
+
+fn forward_plane<T: DwElement>(
+    input: &[T],
+    filter: &[T],
+    out: &mut [T],
+    g: &Geometry,
+    stride: usize,
+    pad: Padding2d,
+) {
+    let k = g.kernel;
+    out.fill(T::zero());
+    for oy in 0..g.out_height {
+        let out_row = &mut out[oy * g.out_width..(oy + 1) * g.out_width];
+        for ky in 0..k {
+            let iy = oy * stride + ky;
+            if iy < pad.top || iy - pad.top >= g.height {
+                continue;
+            }
+            let in_row = &input[(iy - pad.top) * g.width..(iy - pad.top + 1) * g.width];
+            for kx in 0..k {
+                let wv = filter[ky * k + kx];
+                let (lo, hi) = valid_range(g.out_width, g.width, kx, pad.left, stride);
+                if lo >= hi {
+                    continue;
+                }
+                let first = lo * stride + kx - pad.left;
+                if stride == 1 {
+                    let src = &in_row[first..first + (hi - lo)];
+                    for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
+                        *o += wv * x;
+                    }
+                } else {
+                    let src = in_row[first..].iter().step_by(stride);
+                    for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
+                        *o += wv * x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forward_typed<T: DwElement>(
+    op: &DepthwiseConv2d,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(Vec<T>, Shape)> {
+    let g = op.geometry(l1, l2)?;
+    let input = contiguous_slice::<T>(s1, l1)?;
+    let weight = contiguous_slice::<T>(s2, l2)?;
+    let in_plane = g.height * g.width;
+    let out_plane = g.out_height * g.out_width;
+    let kk = g.kernel * g.kernel;
+    let mut out = vec![T::zero(); g.batch * g.channels * out_plane];
+    if out_plane > 0 {
+        out.par_chunks_mut(out_plane).enumerate().for_each(|(plane, dst)| {
+            let c = plane % g.channels;
+            let src = &input[plane * in_plane..(plane + 1) * in_plane];
+            let filter = &weight[c * kk..(c + 1) * kk];
+            forward_plane(src, filter, dst, &g, op.stride, op.padding);
+        });
+    }
+    Ok((out, Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
+}
+
+impl CustomOp2 for DepthwiseConv2d {
+    fn name(&self) -> &'static str {
+        "fairnas-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if self.stride == 0 {
+            candle_core::bail!("depthwise conv: stride must be positive");
+        }
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => {
+                let (v, s) = forward_typed::<f32>(self, s1, l1, s2, l2)?;
+                Ok((CpuStorage::F32(v), s))
+            }
+            (DType::F64, DType::F64) => {
+                let (v, s) = forward_typed::<f64>(self, s1, l1, s2, l2)?;
+                Ok((CpuStorage::F64(v), s))
+            }
+            (a, b) => candle_core::bail!(
+                "depthwise conv supports f32 and f64 with matching dtypes, got input {a:?} and weight {b:?}"
+            ),
+        }
+    }
+}
+
+/// Depthwise convolution of `input` `[N, C, H, W]` with `weight` `[C, 1, k, k]`.
+pub fn depthwise_conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding2d,
+) -> Result<Tensor> {
+    input.apply_op2_no_bwd(weight, &DepthwiseConv2d { stride, padding })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// candle's own grouped convolution as the reference (slow, but independent of our kernel).
+    fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
+        let x = x
+            .pad_with_zeros(2, pad.top, pad.bottom)?
+            .pad_with_zeros(3, pad.left, pad.right)?;
+        let channels = x.dim(1)?;
+        x.conv2d(w, 0, stride, 1, channels)
+    }
+
+    fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    #[test]
+    fn matches_candle_grouped_conv_for_all_variants() -> Result<()> {
+        let dev = Device::Cpu;
+        for &k in &[3usize, 5, 7] {
+            for &s in &[1usize, 2] {
+                for &(h, w) in &[(9usize, 11usize), (14, 14), (7, 6)] {
+                    let x = Tensor::randn(0f32, 1., (2, 5, h, w), &dev)?;
+                    let wt = Tensor::randn(0f32, 1., (5, 1, k, k), &dev)?;
+                    for pad in [Padding2d::symmetric(k), Padding2d::tf_same(h, w, k, s)] {
+                        let got = depthwise_conv2d(&x, &wt, s, pad)?;
+                        let want = reference(&x, &wt, s, pad)?;
+                        assert_eq!(got.dims(), want.dims(), "k{k} s{s} {h}x{w} {pad:?}");
+                        let err = max_rel_err(&got, &want);
+                        assert!(err < 1e-5, "k{k} s{s} {h}x{w} {pad:?}: rel err {err}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reads_strided_inputs_through_the_layout() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = Tensor::randn(0f32, 1., (2, 4, 10, 10), &dev)?;
+        let x = base.transpose(2, 3)?; // non-contiguous view
+        let wt = Tensor::randn(0f32, 1., (4, 1, 3, 3), &dev)?;
+        let pad = Padding2d::symmetric(3);
+        let got = depthwise_conv2d(&x, &wt, 1, pad)?;
+        let want = depthwise_conv2d(&x.contiguous()?, &wt, 1, pad)?;
+        assert_eq!(max_rel_err(&got, &want), 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn f64_matches_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1., (1, 3, 8, 8), &dev)?;
+        let wt = Tensor::randn(0f64, 1., (3, 1, 5, 5), &dev)?;
+        let pad = Padding2d::tf_same(8, 8, 5, 2);
+        let a = depthwise_conv2d(&x, &wt, 2, pad)?.to_dtype(DType::F32)?;
+        let b = depthwise_conv2d(&x.to_dtype(DType::F32)?, &wt.to_dtype(DType::F32)?, 2, pad)?;
+        assert!(max_rel_err(&b, &a) < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn tf_same_padding_follows_the_formula() {
+        // 112 -> 56 with k3 s2: total 1, all after; k5 s2: total 3, 1 before and 2 after.
+        assert_eq!(Padding2d::tf_same(112, 112, 3, 2), Padding2d { top: 0, bottom: 1, left: 0, right: 1 });
+        assert_eq!(Padding2d::tf_same(112, 112, 5, 2), Padding2d { top: 1, bottom: 2, left: 1, right: 2 });
+        assert_eq!(Padding2d::tf_same(14, 14, 5, 1), Padding2d::symmetric(5));
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_a_clear_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev).unwrap();
+        let wt = Tensor::zeros((3, 1, 3, 3), DType::F32, &dev).unwrap();
+        let err = depthwise_conv2d(&x, &wt, 1, Padding2d::symmetric(3)).unwrap_err().to_string();
+        assert!(err.contains("[4, 1, k, k]"), "{err}");
+        let wt16 = Tensor::zeros((4, 1, 3, 3), DType::F16, &dev).unwrap();
+        let err = depthwise_conv2d(&x.to_dtype(DType::F16).unwrap(), &wt16, 1, Padding2d::symmetric(3))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("F16"), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Fused squeeze-and-excitation: `x * sigmoid(W2 act(W1 mean_hw(x) + b1) + b2)`, per sample.
+//!
+//! The two 1x1 convolutions are passed with their biases packed as a last column
+//! (`reduce = [R, C + 1]`, `expand = [C, R + 1]`) so the whole block is one three-input custom op.
+//! Packing is a `cat` the caller does once per forward on tiny tensors; it keeps the op within
+//! candle's `CustomOp3` and lets a backward pass return one gradient per packed tensor.
+//!
+//! The op reads the hidden tensor twice (pool, then scale) and writes it once, instead of the
+//! five full-size passes the unfused candle graph makes.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::layout::contiguous_slice;
+use crate::Activation;
+
+/// Squeeze-excite with the activation between the two FC layers (the gate is always sigmoid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqueezeExcite {
+    pub inner: Activation,
+}
+
+fn dims(x: &Layout, reduce: &Layout, expand: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (n, c, hw) = match x.dims() {
+        &[n, c, h, w] => (n, c, h * w),
+        d => candle_core::bail!("squeeze-excite: input must be [N, C, H, W], got {d:?}"),
+    };
+    let r = match reduce.dims() {
+        &[r, cp] if cp == c + 1 => r,
+        d => candle_core::bail!(
+            "squeeze-excite: packed reduce weight must be [R, {}] (weight | bias), got {d:?}",
+            c + 1
+        ),
+    };
+    match expand.dims() {
+        &[cc, rp] if cc == c && rp == r + 1 => {}
+        d => candle_core::bail!(
+            "squeeze-excite: packed expand weight must be [{c}, {}] (weight | bias), got {d:?}",
+            r + 1
+        ),
+    }
+    Ok((n, c, hw, r))
+}
+
+fn forward_f32(
+    op: &SqueezeExcite,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<Vec<f32>> {
+    let (n, c, hw, r) = dims(l1, l2, l3)?;
+    let x = contiguous_slice::<f32>(s1, l1)?;
+    let reduce = contiguous_slice::<f32>(s2, l2)?;
+    let expand = contiguous_slice::<f32>(s3, l3)?;
+    if hw == 0 {
+        return Ok(Vec::new());
+    }
+    // Squeeze: one mean per (n, c) plane, accumulated in f64 so the result does not depend on
+    // the plane size's rounding behaviour.
+    let pooled: Vec<f32> = x
+        .par_chunks(hw)
+        .map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
+        .collect();
+    // Excite: two tiny FCs per sample.
+    let mut gates = vec![0f32; n * c];
+    for (sample, gate) in gates.chunks_mut(c).enumerate() {
+        let p = &pooled[sample * c..(sample + 1) * c];
+        let hidden: Vec<f32> = (0..r)
+            .map(|j| {
+                let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
+                let z = row[..c].iter().zip(p).map(|(w, v)| w * v).sum::<f32>() + row[c];
+                op.inner.apply_f32(z)
+            })
+            .collect();
+        for (i, g) in gate.iter_mut().enumerate() {
+            let row = &expand[i * (r + 1)..(i + 1) * (r + 1)];
+            let z = row[..r].iter().zip(&hidden).map(|(w, v)| w * v).sum::<f32>() + row[r];
+            *g = Activation::Sigmoid.apply_f32(z);
+        }
+    }
+    // Scale every plane by its gate.
+    let mut out = vec![0f32; n * c * hw];
+    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(gates.par_iter()).for_each(
+        |((dst, src), &g)| {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s * g;
+            }
+        },
+    );
+    Ok(out)
+}
+
+impl CustomOp3 for SqueezeExcite {
+    fn name(&self) -> &'static str {
+        "fairnas-squeeze-excite"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        for s in [s1, s2, s3] {
+            if s.dtype() != DType::F32 {
+                candle_core::bail!("squeeze-excite supports f32 only, got {:?}", s.dtype());
+            }
+        }
+        let out = forward_f32(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Squeeze-excite of `x` `[N, C, H, W]` with PyTorch-layout 1x1 conv weights
+/// (`reduce_w [R, C, 1, 1]`, `reduce_b [R]`, `expand_w [C, R, 1, 1]`, `expand_b [C]`).
+pub fn squeeze_excite(
+    x: &Tensor,
+    reduce_w: &Tensor,
+    reduce_b: &Tensor,
+    expand_w: &Tensor,
+    expand_b: &Tensor,
+    inner: Activation,
+) -> Result<Tensor> {
+    let pack = |w: &Tensor, b: &Tensor| -> Result<Tensor> {
+        let (o, i) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
+        Tensor::cat(&[w.reshape((o, i))?, b.reshape((o, 1))?], 1)
+    };
+    x.apply_op3_no_bwd(&pack(reduce_w, reduce_b)?, &pack(expand_w, expand_b)?, &SqueezeExcite { inner })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The SE block written with candle's own ops (the unfused graph).
+    fn reference(
+        x: &Tensor,
+        rw: &Tensor,
+        rb: &Tensor,
+        ew: &Tensor,
+        eb: &Tensor,
+        inner: Activation,
+    ) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let r = rw.dim(0)?;
+        let pooled = x.mean_keepdim((2, 3))?.reshape((n, c))?;
+        let z = pooled.matmul(&rw.reshape((r, c))?.t()?)?.broadcast_add(rb)?;
+        let z = inner.forward(&z)?;
+        let g = z.matmul(&ew.reshape((c, r))?.t()?)?.broadcast_add(eb)?;
+        let g = Activation::Sigmoid.forward(&g)?;
+        x.broadcast_mul(&g.reshape((n, c, 1, 1))?)
+    }
+
+    #[test]
+    fn matches_unfused_candle_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        for inner in [Activation::Swish, Activation::Relu] {
+            let (n, c, r) = (3, 12, 5);
+            let x = Tensor::randn(0f32, 1., (n, c, 7, 9), &dev)?;
+            let rw = Tensor::randn(0f32, 0.5, (r, c, 1, 1), &dev)?;
+            let rb = Tensor::randn(0f32, 0.5, r, &dev)?;
+            let ew = Tensor::randn(0f32, 0.5, (c, r, 1, 1), &dev)?;
+            let eb = Tensor::randn(0f32, 0.5, c, &dev)?;
+            let got = squeeze_excite(&x, &rw, &rb, &ew, &eb, inner)?;
+            let want = reference(&x, &rw, &rb, &ew, &eb, inner)?;
+            let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff <= 1e-5 * scale, "{inner}: {diff} vs scale {scale}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_mismatched_weights() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 4, 3, 3), DType::F32, &dev).unwrap();
+        let rw = Tensor::zeros((2, 5, 1, 1), DType::F32, &dev).unwrap();
+        let rb = Tensor::zeros(2, DType::F32, &dev).unwrap();
+        let ew = Tensor::zeros((4, 2, 1, 1), DType::F32, &dev).unwrap();
+        let eb = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let err = squeeze_excite(&x, &rw, &rb, &ew, &eb, Activation::Swish).unwrap_err().to_string();
+        assert!(err.contains("[R, 5]"), "{err}");
+    }
+}

@@ -1,0 +1,194 @@
+//! End-to-end tests of the `fairnas` binary: real processes, real files, real photos.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use fairnas_model::network::Network;
+use fairnas_model::selection::ModelSelection;
+use fairnas_model::synthetic::synthetic_weights;
+
+fn fairnas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairnas")).args(args).output().expect("run fairnas")
+}
+
+fn stdout_ok(args: &[&str]) -> String {
+    let out = fairnas(args);
+    assert!(out.status.success(), "fairnas {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fairnas-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn info_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["info", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&stdout_ok(&all)).unwrap()
+}
+
+#[test]
+fn info_prints_the_published_plain_model_sizes() {
+    for (model, params, madds) in [
+        ("fairnas-a", "4,651,352", "388,122,848"),
+        ("fairnas-b", "4,506,272", "345,297,632"),
+        ("fairnas-c", "4,397,864", "321,024,992"),
+    ] {
+        let text = stdout_ok(&["info", "--model", model]);
+        assert!(text.contains(&format!("params: {params}\n")), "{model}:\n{text}");
+        assert!(text.contains(&format!("multiply-adds: {madds}\n")), "{model}:\n{text}");
+    }
+}
+
+#[test]
+fn info_prints_se_and_transfer_sizes() {
+    let se = [
+        ("fairnas-a-se", "1.0", 7_103_512),
+        ("fairnas-a-se", "0.5", 5_881_920),
+        ("fairnas-b-se", "1.0", 6_871_432),
+        ("fairnas-b-se", "0.5", 5_693_040),
+        ("fairnas-c-se", "1.0", 6_697_720),
+        ("fairnas-c-se", "0.5", 5_551_776),
+    ];
+    for (model, ratio, params) in se {
+        let j = info_json(&["--model", model, "--se-ratio", ratio]);
+        assert_eq!(j["params"], params, "{model} {ratio}");
+    }
+    let transfer = [
+        ("fairnas-a", "1.0", 5_835_322, Some(403_362_640u64)),
+        ("fairnas-b", "1.0", 5_603_242, None),
+        ("fairnas-c", "1.0", 5_429_530, None),
+        ("fairnas-a", "0.5", 4_613_730, None),
+        ("fairnas-b", "0.5", 4_424_850, Some(358_330_632)),
+        ("fairnas-c", "0.5", 4_283_586, Some(333_272_088)),
+    ];
+    for (model, ratio, params, flops) in transfer {
+        let text = stdout_ok(&["info", "--model", model, "--se-ratio", ratio, "--transfer"]);
+        let p = params.to_string();
+        let formatted = format!("{},{},{}", &p[..1], &p[1..4], &p[4..]);
+        assert!(text.contains(&format!("params: {formatted}\n")), "{model} {ratio}:\n{text}");
+        if let Some(f) = flops {
+            let j = info_json(&["--model", model, "--se-ratio", ratio, "--transfer"]);
+            assert_eq!(j["thop_flops"], f, "{model} {ratio}");
+        }
+    }
+}
+
+#[test]
+fn info_table_has_a_row_per_layer_with_block_strings() {
+    let j = info_json(&["--model", "fairnas-a-se-0.5"]);
+    let layers = j["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 23);
+    assert_eq!(layers[2]["description"], "ir_r1_k7_s2_e3_c32_se0.5");
+    assert_eq!(layers[2]["out_size"], serde_json::json!([56, 56]));
+    let text = stdout_ok(&["info", "--model", "fairnas-a"]);
+    assert!(text.contains("ir_r1_k7_s2_e3_c32"), "{text}");
+    assert!(text.contains("112x112->56x56"), "{text}");
+}
+
+#[test]
+fn choices_and_arch_select_the_same_network_as_the_name() {
+    let by_name = info_json(&["--model", "fairnas-a"]);
+    let by_choices = info_json(&["--choices", "4041500552122115153"]);
+    assert_eq!(by_name["params"], by_choices["params"]);
+    assert_eq!(by_name["madds"], by_choices["madds"]);
+    let blocks = by_name["blocks"].as_str().unwrap().to_string();
+    let by_arch = info_json(&["--arch", &blocks]);
+    assert_eq!(by_name["params"], by_arch["params"]);
+    assert_eq!(by_name["madds"], by_arch["madds"]);
+}
+
+#[test]
+fn bad_model_selection_fails_with_a_named_error() {
+    let out = fairnas(&["info", "--arch", "ds_r1_k3_s1_c16 ir_r1_k4_s2_e6_c24"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'k4'"), "{err}");
+    let out = fairnas(&["info", "--model", "fairnas-z"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'fairnas-z'"));
+    let out = fairnas(&["info", "--choices", "404150055212211515"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("18 digits"));
+}
+
+#[test]
+fn help_lists_the_models() {
+    let text = stdout_ok(&["--help"]);
+    for name in ["fairnas-a", "fairnas-{a,b,c}-se", "efficientnet-lite0", "--choices"] {
+        assert!(text.contains(name), "{name} missing from --help:\n{text}");
+    }
+}
+
+fn write_weights(model: &str, seed: u64, path: &Path) -> Network {
+    let spec = ModelSelection::named(model).resolve().unwrap();
+    let weights = synthetic_weights(&spec, seed, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&weights, path).unwrap();
+    Network::load(&spec, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu)).unwrap()
+}
+
+#[test]
+fn predict_classifies_real_photos_like_the_library() {
+    let dir = scratch("predict");
+    let weights = dir.join("a.safetensors");
+    let net = write_weights("fairnas-a", 3, &weights);
+    let images = [repo().join("data/images/n07920052_espresso.JPEG"), repo().join("data/images/n03804744_nail.JPEG")];
+    let args = [
+        "predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), "--json", "--topk", "3",
+        images[0].to_str().unwrap(), images[1].to_str().unwrap(),
+    ];
+    let j: serde_json::Value = serde_json::from_str(&stdout_ok(&args)).unwrap();
+    let preds = j["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    let transform = fairnas_data_transform();
+    for (pred, image) in preds.iter().zip(&images) {
+        let top = pred["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let probs: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6);
+        // The binary's answer equals the library's on the same preprocessed photo.
+        let x = Tensor::from_vec(transform.load(image).unwrap(), (1, 3, 224, 224), &Device::Cpu).unwrap();
+        let logits = net.forward(&x).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        assert_eq!(top[0]["index"], best, "{}", image.display());
+        assert!(!top[0]["name"].as_str().unwrap().is_empty());
+    }
+    // Human-readable output names the image and the classes.
+    let text = stdout_ok(&["predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), images[0].to_str().unwrap()]);
+    assert!(text.contains("espresso.JPEG") && text.lines().count() == 6, "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn fairnas_data_transform() -> fairnas_data::EvalTransform {
+    fairnas_data::EvalTransform::default()
+}
+
+#[test]
+fn predict_reports_every_weight_problem_and_bad_images() {
+    let dir = scratch("bad");
+    let weights = dir.join("c.safetensors");
+    write_weights("fairnas-c", 1, &weights);
+    let image = repo().join("data/images/n07920052_espresso.JPEG");
+    // Weights of C loaded as A: kernels differ in several layers, every one is listed.
+    let out = fairnas(&["predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("blocks.1.dw.conv.weight has shape [48, 1, 5, 5], expected [48, 1, 7, 7]"), "{err}");
+    assert!(err.contains("(82 problems)"), "{err}");
+    // A corrupt image is named.
+    let corrupt = dir.join("broken.jpg");
+    std::fs::write(&corrupt, &std::fs::read(&image).unwrap()[..500]).unwrap();
+    let out = fairnas(&["predict", "--model", "fairnas-c", "--weights", weights.to_str().unwrap(), corrupt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"));
+    // A missing weights file is named.
+    let out = fairnas(&["predict", "--model", "fairnas-c", "--weights", "/nonexistent/w.safetensors", image.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/w.safetensors"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -138,10 +138,19 @@ fn predict_classifies_real_photos_like_the_library() {
     let dir = scratch("predict");
     let weights = dir.join("a.safetensors");
     let net = write_weights("fairnas-a", 3, &weights);
-    let images = [repo().join("data/images/n07920052_espresso.JPEG"), repo().join("data/images/n03804744_nail.JPEG")];
+    let images =
+        [repo().join("data/images/n07920052_espresso.JPEG"), repo().join("data/images/n03804744_nail.JPEG")];
     let args = [
-        "predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), "--json", "--topk", "3",
-        images[0].to_str().unwrap(), images[1].to_str().unwrap(),
+        "predict",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--json",
+        "--topk",
+        "3",
+        images[0].to_str().unwrap(),
+        images[1].to_str().unwrap(),
     ];
     let j: serde_json::Value = serde_json::from_str(&stdout_ok(&args)).unwrap();
     let preds = j["predictions"].as_array().unwrap();
@@ -160,7 +169,14 @@ fn predict_classifies_real_photos_like_the_library() {
         assert!(!top[0]["name"].as_str().unwrap().is_empty());
     }
     // Human-readable output names the image and the classes.
-    let text = stdout_ok(&["predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), images[0].to_str().unwrap()]);
+    let text = stdout_ok(&[
+        "predict",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        weights.to_str().unwrap(),
+        images[0].to_str().unwrap(),
+    ]);
     assert!(text.contains("espresso.JPEG") && text.lines().count() == 6, "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -176,7 +192,14 @@ fn predict_reports_every_weight_problem_and_bad_images() {
     write_weights("fairnas-c", 1, &weights);
     let image = repo().join("data/images/n07920052_espresso.JPEG");
     // Weights of C loaded as A: kernels differ in several layers, every one is listed.
-    let out = fairnas(&["predict", "--model", "fairnas-a", "--weights", weights.to_str().unwrap(), image.to_str().unwrap()]);
+    let out = fairnas(&[
+        "predict",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        weights.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("blocks.1.dw.conv.weight has shape [48, 1, 5, 5], expected [48, 1, 7, 7]"), "{err}");
@@ -184,11 +207,25 @@ fn predict_reports_every_weight_problem_and_bad_images() {
     // A corrupt image is named.
     let corrupt = dir.join("broken.jpg");
     std::fs::write(&corrupt, &std::fs::read(&image).unwrap()[..500]).unwrap();
-    let out = fairnas(&["predict", "--model", "fairnas-c", "--weights", weights.to_str().unwrap(), corrupt.to_str().unwrap()]);
+    let out = fairnas(&[
+        "predict",
+        "--model",
+        "fairnas-c",
+        "--weights",
+        weights.to_str().unwrap(),
+        corrupt.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"));
     // A missing weights file is named.
-    let out = fairnas(&["predict", "--model", "fairnas-c", "--weights", "/nonexistent/w.safetensors", image.to_str().unwrap()]);
+    let out = fairnas(&[
+        "predict",
+        "--model",
+        "fairnas-c",
+        "--weights",
+        "/nonexistent/w.safetensors",
+        image.to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/w.safetensors"));
     std::fs::remove_dir_all(dir).unwrap();
 }

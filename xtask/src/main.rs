@@ -1,1 +1,82 @@
-fn main(){}
+//! Project chores: `cargo xtask <command>`.
+//!
+//! - `fixtures`: regenerate the golden test fixtures with PyTorch/Pillow in a private venv
+//!   (never needed by CI or the tests, which use the committed fixtures).
+//!
+//! Checkpoint conversion, ImageNet validation preparation and CUDA builds arrive with their issues.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fairnas-rs project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Regenerate the parity (logits) and resize fixtures with PyTorch and Pillow.
+    Fixtures {
+        /// Python virtual environment to use; created with the needed packages when missing.
+        #[arg(long, default_value = "target/fixtures-venv")]
+        venv: PathBuf,
+        /// Folder of real ImageNet photos (the shared sample).
+        #[arg(long, default_value = "../shared/data/imagenet-sample")]
+        images: PathBuf,
+    },
+}
+
+const FIXTURE_SCRIPTS: [&str; 2] = [
+    "crates/fairnas-model/tests/fixtures/generate_parity.py",
+    "crates/fairnas-data/tests/fixtures/generate_resize.py",
+];
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_venv(venv: &Path) -> Result<PathBuf> {
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "torch",
+            "numpy",
+            "pillow",
+            "safetensors",
+        ]))?;
+    }
+    Ok(python)
+}
+
+fn main() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root)?;
+    match Cli::parse().command {
+        Task::Fixtures { venv, images } => {
+            if !images.is_dir() {
+                bail!("image folder {} not found (pass --images)", images.display());
+            }
+            let python = ensure_venv(&venv)?;
+            for script in FIXTURE_SCRIPTS {
+                run(Command::new(&python).arg(script).arg("--images").arg(&images))?;
+            }
+            eprintln!("fixtures regenerated; review `git diff --stat` before committing");
+        }
+    }
+    Ok(())
+}

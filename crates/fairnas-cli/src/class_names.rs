@@ -10,12 +10,7 @@ const CIFAR10: [&str; 10] =
 /// The name of class `index` for a classifier with `classes` outputs.
 pub fn class_name(classes: usize, index: usize) -> String {
     match classes {
-        1000 => IMAGENET
-            .lines()
-            .nth(index)
-            .and_then(|l| l.split('\t').nth(1))
-            .unwrap_or("?")
-            .to_string(),
+        1000 => IMAGENET.lines().nth(index).and_then(|l| l.split('\t').nth(1)).unwrap_or("?").to_string(),
         10 => CIFAR10.get(index).copied().unwrap_or("?").to_string(),
         _ => format!("class {index}"),
     }

@@ -24,7 +24,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -53,7 +53,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("model: {}  (input {input}x{input}, {} classes, BN eps {:e})", spec.name, spec.classes, spec.bn_eps);
+    println!(
+        "model: {}  (input {input}x{input}, {} classes, BN eps {:e})",
+        spec.name, spec.classes, spec.bn_eps
+    );
     println!(
         "{:>3}  {:<12} {:<34} {:>11}  {:>15}  {:>11} {:>13} {:>13}",
         "#", "layer", "block", "channels", "resolution", "params", "madds", "thop flops"

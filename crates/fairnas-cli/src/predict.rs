@@ -43,7 +43,11 @@ pub struct PredictArgs {
 /// The preprocessing a model's checkpoints were trained with.
 fn default_transform(spec: &ArchSpec) -> EvalTransform {
     if spec.stem_padding == Padding::TfSame {
-        EvalTransform { interpolation: Interpolation::Bicubic, normalization: Normalization::Inception, ..Default::default() }
+        EvalTransform {
+            interpolation: Interpolation::Bicubic,
+            normalization: Normalization::Inception,
+            ..Default::default()
+        }
     } else {
         EvalTransform::default()
     }
@@ -86,10 +90,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         for (path, p) in chunk.iter().zip(probs) {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top: Vec<_> = order[..topk]
-                .iter()
-                .map(|&i| (i, class_name(spec.classes, i), p[i]))
-                .collect();
+            let top: Vec<_> = order[..topk].iter().map(|&i| (i, class_name(spec.classes, i), p[i])).collect();
             results.push((path.clone(), top));
         }
     }

@@ -22,7 +22,10 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, DataError> {
     if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_has_end_marker(&bytes) {
         // The JPEG decoder fills missing scan data with grey instead of failing; PIL refuses
         // such files ("image file is truncated"), and so do we, so they are never silently scored.
-        return Err(DataError::Decode { path: path.into(), reason: "truncated JPEG (no end-of-image marker after the scan)".into() });
+        return Err(DataError::Decode {
+            path: path.into(),
+            reason: "truncated JPEG (no end-of-image marker after the scan)".into(),
+        });
     }
     let img = image::load_from_memory(&bytes)
         .map_err(|e| DataError::Decode { path: path.into(), reason: e.to_string() })?;
@@ -58,7 +61,8 @@ mod tests {
 
     #[test]
     fn truncated_jpeg_is_rejected_and_complete_ones_decode() {
-        let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/images/n07920052_espresso.JPEG");
+        let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/images/n07920052_espresso.JPEG");
         let bytes = std::fs::read(&photo).unwrap();
         assert!(jpeg_has_end_marker(&bytes));
         let img = load_rgb(&photo).unwrap();
@@ -77,7 +81,8 @@ mod tests {
 
     #[test]
     fn grayscale_jpeg_becomes_rgb() {
-        let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/images/n03804744_nail.JPEG");
+        let photo =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/images/n03804744_nail.JPEG");
         let img = load_rgb(&photo).unwrap();
         assert_eq!(img.dimensions(), (183, 280));
         assert!(img.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));

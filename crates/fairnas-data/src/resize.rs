@@ -79,9 +79,8 @@ fn coefficients(in_size: usize, out_size: usize, filter: Interpolation) -> Coeff
         // C's (int) truncates toward zero; the clamps make that equal to floor here.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let raw: Vec<f64> = (xmin..xmax)
-            .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
-            .collect();
+        let raw: Vec<f64> =
+            (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale)).collect();
         let total: f64 = raw.iter().sum();
         let fixed = raw
             .iter()

@@ -93,7 +93,12 @@ pub struct EvalTransform {
 impl Default for EvalTransform {
     /// The FairNAS protocol: bilinear resize to 256, crop 224, ImageNet statistics.
     fn default() -> Self {
-        EvalTransform { resize: 256, crop: 224, interpolation: Interpolation::Bilinear, normalization: Normalization::Imagenet }
+        EvalTransform {
+            resize: 256,
+            crop: 224,
+            interpolation: Interpolation::Bilinear,
+            normalization: Normalization::Imagenet,
+        }
     }
 }
 
@@ -102,8 +107,12 @@ impl EvalTransform {
     pub fn apply_image(&self, img: &RgbImage, path: &Path) -> Result<Vec<f32>, DataError> {
         let resized = resize_shorter_side(img, self.resize, self.interpolation);
         let (width, height) = resized.dimensions();
-        let crop = center_crop(&resized, self.crop)
-            .ok_or(DataError::TooSmall { path: path.into(), width, height, crop: self.crop })?;
+        let crop = center_crop(&resized, self.crop).ok_or(DataError::TooSmall {
+            path: path.into(),
+            width,
+            height,
+            crop: self.crop,
+        })?;
         let hw = (self.crop * self.crop) as usize;
         let mut out = vec![0f32; 3 * hw];
         for (i, p) in crop.pixels().enumerate() {

@@ -20,7 +20,10 @@ fn matches_pillow_exactly() {
     }
 }
 
-fn safetensors_u8(path: &std::path::Path) -> Vec<(String, (Vec<usize>, Vec<u8>))> {
+/// (name, (shape, bytes)) of every tensor in a safetensors file.
+type NamedBytes = Vec<(String, (Vec<usize>, Vec<u8>))>;
+
+fn safetensors_u8(path: &std::path::Path) -> NamedBytes {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors().into_iter().map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec()))).collect()

@@ -68,7 +68,8 @@ pub fn parse_block(block: &str, default_activation: Activation) -> Result<Vec<Bl
         _ => return Err(err(kind_token, "block kind must be 'ds' or 'ir'")),
     };
     let (mut repeat, mut kernel, mut stride, mut expansion, mut out) = (1, None, 1, None, None);
-    let (mut se, mut activation, mut skip, mut padding) = (None, default_activation, true, Padding::Symmetric);
+    let (mut se, mut activation, mut skip, mut padding) =
+        (None, default_activation, true, Padding::Symmetric);
     for token in tokens {
         if token == "noskip" {
             skip = false;
@@ -105,7 +106,10 @@ pub fn parse_block(block: &str, default_activation: Activation) -> Result<Vec<Bl
         } else if let Some(v) = token.strip_prefix('c') {
             out = Some(parse_positive(block, token, v, "output channels")?);
         } else {
-            return Err(err(token, "unknown token (expected r, k, s, e, c, se, seh, nre/nr6/nsw, noskip, same)"));
+            return Err(err(
+                token,
+                "unknown token (expected r, k, s, e, c, se, seh, nre/nr6/nsw, noskip, same)",
+            ));
         }
     }
     let kernel = kernel.ok_or_else(|| err(block, "missing kernel token k<n>"))?;
@@ -156,7 +160,11 @@ pub fn parse_blocks(text: &str, default_activation: Activation) -> Result<Vec<Bl
         blocks.extend(parse_block(part, default_activation)?);
     }
     if blocks.is_empty() {
-        return Err(BlockStringError { block: text.into(), token: text.into(), reason: "no blocks given".into() });
+        return Err(BlockStringError {
+            block: text.into(),
+            token: text.into(),
+            reason: "no blocks given".into(),
+        });
     }
     Ok(blocks)
 }

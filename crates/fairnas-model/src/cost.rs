@@ -88,7 +88,11 @@ pub fn cost_report(spec: &ArchSpec) -> CostReport {
 /// Computes the costs for a square input of `input` pixels.
 pub fn cost_report_at(spec: &ArchSpec, input: usize) -> CostReport {
     let mut layers = Vec::new();
-    let mut push = |name: String, description: String, io: (usize, usize), sizes: ((usize, usize), (usize, usize)), t: Tally| {
+    let mut push = |name: String,
+                    description: String,
+                    io: (usize, usize),
+                    sizes: ((usize, usize), (usize, usize)),
+                    t: Tally| {
         layers.push(LayerCost {
             name,
             description,

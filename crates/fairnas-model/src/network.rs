@@ -125,9 +125,13 @@ impl ConvBnAct {
                 if p.is_symmetric() && p.top == p.left {
                     x.conv2d(&self.weight, p.top, stride, 1, 1)
                 } else {
-                    x.pad_with_zeros(2, p.top, p.bottom)?
-                        .pad_with_zeros(3, p.left, p.right)?
-                        .conv2d(&self.weight, 0, stride, 1, 1)
+                    x.pad_with_zeros(2, p.top, p.bottom)?.pad_with_zeros(3, p.left, p.right)?.conv2d(
+                        &self.weight,
+                        0,
+                        stride,
+                        1,
+                        1,
+                    )
                 }
             }
             ConvKind::Depthwise { kernel, stride } => {
@@ -319,7 +323,11 @@ impl Network {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
         if c != self.spec.in_channels {
-            candle_core::bail!("{}: expected {} input channels, got {c}", self.spec.name, self.spec.in_channels);
+            candle_core::bail!(
+                "{}: expected {} input channels, got {c}",
+                self.spec.name,
+                self.spec.in_channels
+            );
         }
         let mut h = self.stem.forward(x)?;
         for b in &self.blocks {

@@ -79,9 +79,14 @@ impl ModelSelection {
             fairnas_spec(&format!("choices-{choices}{}", variant_suffix(variant)), &choices, variant)
         } else if let Some(text) = &self.arch {
             if self.se_ratio.is_some() {
-                return Err("--se-ratio does not apply to --arch: write se<ratio> in the block strings".into());
+                return Err(
+                    "--se-ratio does not apply to --arch: write se<ratio> in the block strings".into()
+                );
             }
-            let mut spec = custom_spec(parse_blocks(text, fairnas_ops::Activation::Relu6).map_err(|e| e.to_string())?, self.transfer);
+            let mut spec = custom_spec(
+                parse_blocks(text, fairnas_ops::Activation::Relu6).map_err(|e| e.to_string())?,
+                self.transfer,
+            );
             spec.name = if self.transfer { "custom-transfer".into() } else { "custom".into() };
             spec
         } else {
@@ -121,7 +126,9 @@ impl ModelSelection {
             let ratio: f64 = r.parse().map_err(|_| unknown())?;
             if let Some(flag) = self.se_ratio {
                 if flag != ratio {
-                    return Err(format!("model '{name}' has SE ratio {ratio} but --se-ratio {flag} was given"));
+                    return Err(format!(
+                        "model '{name}' has SE ratio {ratio} but --se-ratio {flag} was given"
+                    ));
                 }
             }
             Some(ratio)
@@ -162,20 +169,32 @@ mod tests {
         assert!(sel("fairnas-d", None, false).unwrap_err().contains("unknown model 'fairnas-d'"));
         assert!(sel("efficientnet-lite0", None, true).is_err());
         assert!(sel("fairnas-a", Some(-1.0), false).is_err());
-        let both = ModelSelection { model: Some("fairnas-a".into()), choices: Some("0".repeat(19)), ..Default::default() };
+        let both = ModelSelection {
+            model: Some("fairnas-a".into()),
+            choices: Some("0".repeat(19)),
+            ..Default::default()
+        };
         assert!(both.resolve().unwrap_err().contains("exactly one"));
         assert!(ModelSelection::default().resolve().is_err());
     }
 
     #[test]
     fn choices_and_arch_build_specs() {
-        let a = ModelSelection { choices: Some("4041500552122115153".into()), ..Default::default() }.resolve().unwrap();
+        let a = ModelSelection { choices: Some("4041500552122115153".into()), ..Default::default() }
+            .resolve()
+            .unwrap();
         assert_eq!(a.blocks, sel("fairnas-a", None, false).unwrap().blocks);
-        let a_se = ModelSelection { choices: Some("4041500552122115153".into()), se_ratio: Some(1.0), ..Default::default() };
+        let a_se = ModelSelection {
+            choices: Some("4041500552122115153".into()),
+            se_ratio: Some(1.0),
+            ..Default::default()
+        };
         assert_eq!(a_se.resolve().unwrap().blocks, sel("fairnas-a-se-1.0", None, false).unwrap().blocks);
-        let arch = ModelSelection { arch: Some("ds_r1_k3_s1_c16 ir_r2_k5_s2_e6_c40".into()), ..Default::default() };
+        let arch =
+            ModelSelection { arch: Some("ds_r1_k3_s1_c16 ir_r2_k5_s2_e6_c40".into()), ..Default::default() };
         assert_eq!(arch.resolve().unwrap().blocks.len(), 3);
-        let bad = ModelSelection { arch: Some("ds_r1_k3_s1_c16 ir_r2_k4_s2_e6_c40".into()), ..Default::default() };
+        let bad =
+            ModelSelection { arch: Some("ds_r1_k3_s1_c16 ir_r2_k4_s2_e6_c40".into()), ..Default::default() };
         assert!(bad.resolve().unwrap_err().contains("'k4'"));
     }
 }

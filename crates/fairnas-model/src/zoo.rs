@@ -5,9 +5,7 @@ use fairnas_ops::Activation;
 
 use crate::block_string::parse_blocks;
 use crate::search_space::{Choices, FAIRNAS_LAYERS};
-use crate::spec::{
-    ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, SeBase, SqueezeExciteSpec, StemSpec,
-};
+use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, SeBase, SqueezeExciteSpec, StemSpec};
 
 /// Per-layer kernels of FairNAS-A, -B, -C (FAIRNAS.md section 1).
 const KERNELS: [[usize; 19]; 3] = [
@@ -134,7 +132,8 @@ pub fn efficientnet_lite0() -> ArchSpec {
 
 /// An arbitrary block list on the FairNAS stem and head (plain ReLU6 family defaults).
 pub fn custom_spec(blocks: Vec<BlockSpec>, transfer: bool) -> ArchSpec {
-    let mut spec = fairnas_spec("custom", &FairnasModel::A.choices(), FairnasVariant { se_ratio: None, transfer });
+    let mut spec =
+        fairnas_spec("custom", &FairnasModel::A.choices(), FairnasVariant { se_ratio: None, transfer });
     spec.blocks = blocks;
     spec
 }

@@ -49,7 +49,8 @@ fn check(model: &str) {
     let want = golden["logits"].to_vec2::<f32>().unwrap();
     assert_eq!((got.len(), got[0].len()), (want.len(), want[0].len()), "{model}: logits shape");
     let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.iter().flatten().zip(want.iter().flatten()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_diff =
+        got.iter().flatten().zip(want.iter().flatten()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let rel = max_diff / scale;
     eprintln!("{model}: max |diff| {max_diff:.3e}, max |logit| {scale:.3e}, relative {rel:.3e}");
     assert!(rel <= 1e-4, "{model}: relative error {rel:.3e} exceeds 1e-4");

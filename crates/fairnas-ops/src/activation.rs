@@ -98,6 +98,13 @@ impl FromStr for Activation {
     }
 }
 
+/// Serialised by its display name (`"relu6"`), for JSON reports.
+impl serde::Serialize for Activation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +150,5 @@ mod tests {
                 assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{a}: {g} vs {want}");
             }
         }
-    }
-}
-
-/// Serialised by its display name (`"relu6"`), for JSON reports.
-impl serde::Serialize for Activation {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }

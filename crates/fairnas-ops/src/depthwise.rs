@@ -129,6 +129,23 @@ fn forward_plane<T: DwElement>(
 ) {
     let k = g.kernel;
     out.fill(T::zero());
+    // For strided convolutions, split every input row into `stride` phases (columns
+    // c, c + s, c + 2s, ...) once per plane, so that every tap reads contiguous memory.
+    let phase_row_stride = g.width.div_ceil(stride);
+    let phase_len = g.height * phase_row_stride;
+    let phase_buffer;
+    let phases: Option<&[T]> = if stride == 1 {
+        None
+    } else {
+        let mut buf = vec![T::zero(); stride * phase_len];
+        for y in 0..g.height {
+            for (x, &v) in input[y * g.width..(y + 1) * g.width].iter().enumerate() {
+                buf[(x % stride) * phase_len + y * phase_row_stride + x / stride] = v;
+            }
+        }
+        phase_buffer = buf;
+        Some(&phase_buffer)
+    };
     for oy in 0..g.out_height {
         let out_row = &mut out[oy * g.out_width..(oy + 1) * g.out_width];
         for ky in 0..k {
@@ -144,16 +161,19 @@ fn forward_plane<T: DwElement>(
                     continue;
                 }
                 let first = lo * stride + kx - pad.left;
-                if stride == 1 {
-                    let src = &in_row[first..first + (hi - lo)];
-                    for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
-                        *o += wv * x;
+                let src: &[T] = match phases {
+                    // Stride 1: the input row itself is contiguous.
+                    None => &in_row[first..first + (hi - lo)],
+                    // Stride s: column `first + s*j` lives at phase `first % s`, index
+                    // `first / s + j` of the de-interleaved row, so the loop stays contiguous.
+                    Some(p) => {
+                        let phase_row = &p[(first % stride) * phase_len..];
+                        let start = (iy - pad.top) * phase_row_stride + first / stride;
+                        &phase_row[start..start + (hi - lo)]
                     }
-                } else {
-                    let src = in_row[first..].iter().step_by(stride);
-                    for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
-                        *o += wv * x;
-                    }
+                };
+                for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
+                    *o += wv * x;
                 }
             }
         }
@@ -233,9 +253,7 @@ mod tests {
 
     /// candle's own grouped convolution as the reference (slow, but independent of our kernel).
     fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
-        let x = x
-            .pad_with_zeros(2, pad.top, pad.bottom)?
-            .pad_with_zeros(3, pad.left, pad.right)?;
+        let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
         let channels = x.dim(1)?;
         x.conv2d(w, 0, stride, 1, channels)
     }

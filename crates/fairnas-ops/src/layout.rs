@@ -6,10 +6,7 @@ use candle_core::{CpuStorage, Layout, Result, WithDType};
 
 /// The elements of `storage` viewed through `layout`, in row-major order: borrowed when the view
 /// is contiguous, gathered into a fresh buffer when it is strided (transposed, broadcast, narrowed).
-pub fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> Result<Cow<'a, [T]>> {
+pub fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<Cow<'a, [T]>> {
     let data = storage.as_slice::<T>()?;
     if let Some((start, end)) = layout.contiguous_offsets() {
         return Ok(Cow::Borrowed(&data[start..end]));

@@ -9,7 +9,7 @@ fn depthwise(c: &mut Criterion) {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (32, 144, 56, 56), &dev).unwrap();
     let mut group = c.benchmark_group("depthwise_32x144x56x56");
-    group.sample_size(10);
+    group.sample_size(10).measurement_time(std::time::Duration::from_secs(16));
     for (k, s) in [(3usize, 1usize), (5, 2)] {
         let w = Tensor::randn(0f32, 1., (144, 1, k, k), &dev).unwrap();
         let id = format!("k{k}_s{s}");

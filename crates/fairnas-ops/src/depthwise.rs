@@ -7,11 +7,10 @@
 //! multiply-add over contiguous (stride 1) or evenly strided (stride 2) memory that the compiler
 //! vectorises. Padding is never materialised.
 
+use crate::buffer::par_filled_chunks;
+use crate::layout::contiguous_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use crate::layout::contiguous_slice;
 
 /// Zero padding on each side of the spatial dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -115,10 +114,11 @@ fn valid_range(out_len: usize, width: usize, tap: usize, pad: usize, stride: usi
     (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
 }
 
-trait DwElement: candle_core::WithDType + std::ops::Mul<Output = Self> + std::ops::AddAssign {}
+trait DwElement: candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign {}
 impl DwElement for f32 {}
 impl DwElement for f64 {}
 
+/// One output plane; `out` must be zero on entry.
 fn forward_plane<T: DwElement>(
     input: &[T],
     filter: &[T],
@@ -128,7 +128,6 @@ fn forward_plane<T: DwElement>(
     pad: Padding2d,
 ) {
     let k = g.kernel;
-    out.fill(T::zero());
     // For strided convolutions, split every input row into `stride` phases (columns
     // c, c + s, c + 2s, ...) once per plane, so that every tap reads contiguous memory.
     let phase_row_stride = g.width.div_ceil(stride);
@@ -193,15 +192,12 @@ fn forward_typed<T: DwElement>(
     let in_plane = g.height * g.width;
     let out_plane = g.out_height * g.out_width;
     let kk = g.kernel * g.kernel;
-    let mut out = vec![T::zero(); g.batch * g.channels * out_plane];
-    if out_plane > 0 {
-        out.par_chunks_mut(out_plane).enumerate().for_each(|(plane, dst)| {
-            let c = plane % g.channels;
-            let src = &input[plane * in_plane..(plane + 1) * in_plane];
-            let filter = &weight[c * kk..(c + 1) * kk];
-            forward_plane(src, filter, dst, &g, op.stride, op.padding);
-        });
-    }
+    let out = par_filled_chunks(g.batch * g.channels * out_plane, out_plane, |plane, dst| {
+        let c = plane % g.channels;
+        let src = &input[plane * in_plane..(plane + 1) * in_plane];
+        let filter = &weight[c * kk..(c + 1) * kk];
+        forward_plane(src, filter, dst, &g, op.stride, op.padding);
+    });
     Ok((out, Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
 }
 

@@ -9,7 +9,10 @@
 //! into a contiguous buffer first) and parallelises over independent (batch, channel) planes with
 //! rayon, so the per-plane inner loops stay simple enough for the compiler to vectorise.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod activation;
+pub mod buffer;
 pub mod depthwise;
 pub mod layout;
 pub mod squeeze_excite;

@@ -12,6 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::buffer::par_filled_chunks;
 use crate::layout::contiguous_slice;
 use crate::Activation;
 
@@ -92,13 +93,12 @@ fn forward_f32(
         }
     }
     // Scale every plane by its gate.
-    let mut out = vec![0f32; n * c * hw];
-    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(gates.par_iter()).for_each(|((dst, src), &g)| {
+    Ok(par_filled_chunks(n * c * hw, hw, |plane, dst| {
+        let (src, g) = (&x[plane * hw..(plane + 1) * hw], gates[plane]);
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = s * g;
         }
-    });
-    Ok(out)
+    }))
 }
 
 impl CustomOp3 for SqueezeExcite {

@@ -69,7 +69,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let spec = args.model.resolve()?;
     let device = Device::Cpu;
+    let started = std::time::Instant::now();
     let net = load_network(&spec, &args.weights, &device)?;
+    tracing::info!(model = %spec.name, weights = %args.weights.display(), elapsed = ?started.elapsed(), "weights loaded");
     let mut transform = default_transform(&spec);
     if let Some(i) = args.interpolation {
         transform.interpolation = i;
@@ -86,7 +88,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
             pixels.extend(transform.load(path)?);
         }
         let x = Tensor::from_vec(pixels, (chunk.len(), 3, crop, crop), &device)?;
+        let batch_started = std::time::Instant::now();
         let probs = candle_nn::ops::softmax_last_dim(&net.forward(&x)?)?.to_vec2::<f32>()?;
+        tracing::info!(images = chunk.len(), elapsed = ?batch_started.elapsed(), "batch classified");
         for (path, p) in chunk.iter().zip(probs) {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));

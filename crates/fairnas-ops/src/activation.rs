@@ -17,25 +17,19 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of one value, in any float precision (the kernels' scalar epilogues).
+    /// NaN propagates, as in PyTorch, so a diverging network is never masked.
     #[inline(always)]
-    pub fn apply_f32(self, x: f32) -> f32 {
+    pub fn apply<F: num_traits::Float>(self, x: F) -> F {
+        let (zero, one, six) = (F::zero(), F::one(), F::from(6.0).unwrap_or_else(F::one));
         match self {
             Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::Swish => x / (1.0 + (-x).exp()),
-            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        }
-    }
-
-    #[inline(always)]
-    pub fn apply_f64(self, x: f64) -> f64 {
-        match self {
-            Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::Swish => x / (1.0 + (-x).exp()),
-            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Relu if x.is_nan() => x,
+            Activation::Relu => x.max(zero),
+            Activation::Relu6 if x.is_nan() => x,
+            Activation::Relu6 => x.max(zero).min(six),
+            Activation::Swish => x / (one + (-x).exp()),
+            Activation::Sigmoid => one / (one + (-x).exp()),
         }
     }
 
@@ -111,11 +105,14 @@ mod tests {
 
     #[test]
     fn scalar_values() {
-        assert_eq!(Activation::Relu6.apply_f32(7.5), 6.0);
-        assert_eq!(Activation::Relu6.apply_f32(-1.0), 0.0);
-        assert_eq!(Activation::Relu.apply_f32(-3.0), 0.0);
-        assert!((Activation::Swish.apply_f64(1.0) - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-15);
-        assert!((Activation::Sigmoid.apply_f32(0.0) - 0.5).abs() < 1e-7);
+        assert_eq!(Activation::Relu6.apply(7.5), 6.0);
+        assert_eq!(Activation::Relu6.apply(-1.0), 0.0);
+        assert_eq!(Activation::Relu.apply(-3.0), 0.0);
+        assert!((Activation::Swish.apply(1.0) - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-15);
+        assert!((Activation::Sigmoid.apply(0.0f32) - 0.5).abs() < 1e-7);
+        for a in [Activation::Relu, Activation::Relu6, Activation::Swish, Activation::Sigmoid] {
+            assert!(a.apply(f32::NAN).is_nan(), "{a} must propagate NaN");
+        }
     }
 
     #[test]
@@ -146,7 +143,7 @@ mod tests {
         ] {
             let got = a.forward(&t).unwrap().to_vec1::<f32>().unwrap();
             for (g, x) in got.iter().zip(xs) {
-                let want = a.apply_f32(x);
+                let want = a.apply(x);
                 assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{a}: {g} vs {want}");
             }
         }

@@ -83,13 +83,13 @@ fn forward_f32(
             .map(|j| {
                 let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
                 let z = row[..c].iter().zip(p).map(|(w, v)| w * v).sum::<f32>() + row[c];
-                op.inner.apply_f32(z)
+                op.inner.apply(z)
             })
             .collect();
         for (i, g) in gate.iter_mut().enumerate() {
             let row = &expand[i * (r + 1)..(i + 1) * (r + 1)];
             let z = row[..r].iter().zip(&hidden).map(|(w, v)| w * v).sum::<f32>() + row[r];
-            *g = Activation::Sigmoid.apply_f32(z);
+            *g = Activation::Sigmoid.apply(z);
         }
     }
     // Scale every plane by its gate.

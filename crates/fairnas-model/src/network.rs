@@ -20,7 +20,7 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use fairnas_ops::{depthwise_conv2d, squeeze_excite, Activation, Padding2d};
+use fairnas_ops::{depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d};
 
 use crate::spec::{ArchSpec, BlockKind, Padding};
 
@@ -145,12 +145,11 @@ impl ConvBnAct {
     }
 }
 
+/// Squeeze-excite with its two FC layers packed as `weight | bias` once at load time.
 #[derive(Debug, Clone)]
 struct SqueezeExciteLayer {
-    reduce_w: Tensor,
-    reduce_b: Tensor,
-    expand_w: Tensor,
-    expand_b: Tensor,
+    reduce: Tensor,
+    expand: Tensor,
     inner: Activation,
 }
 
@@ -171,7 +170,7 @@ impl Block {
         };
         h = self.depthwise.forward(&h)?;
         if let Some(se) = &self.se {
-            h = squeeze_excite(&h, &se.reduce_w, &se.reduce_b, &se.expand_w, &se.expand_b, se.inner)?;
+            h = squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner)?;
         }
         let out = self.project.forward(&h)?;
         if self.residual {
@@ -179,6 +178,41 @@ impl Block {
         } else {
             Ok(out)
         }
+    }
+}
+
+/// (canonical name, shape) of every tensor a network loads.
+pub type Manifest = Vec<(String, Vec<usize>)>;
+
+/// A VarBuilder backend that hands out zeros and records the name and shape of every tensor
+/// asked for, so the network can declare its own manifest without allocating random weights.
+#[derive(Default)]
+struct ManifestRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Manifest>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for ManifestRecorder {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _hint: Init,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        self.seen
+            .lock()
+            .map_err(|_| candle_core::Error::msg("manifest recorder poisoned"))?
+            .push((name.to_string(), shape.dims().to_vec()));
+        Tensor::zeros(shape, dtype, device)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &candle_core::Device) -> Result<Tensor> {
+        candle_core::bail!("the manifest recorder needs a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
     }
 }
 
@@ -236,10 +270,14 @@ impl Network {
                 Some(r) => {
                     let vb = vb.pp("se");
                     Some(SqueezeExciteLayer {
-                        reduce_w: vb.pp("reduce").get((r, hidden, 1, 1), "weight")?,
-                        reduce_b: vb.pp("reduce").get(r, "bias")?,
-                        expand_w: vb.pp("expand").get((hidden, r, 1, 1), "weight")?,
-                        expand_b: vb.pp("expand").get(hidden, "bias")?,
+                        reduce: pack_fc(
+                            &vb.pp("reduce").get((r, hidden, 1, 1), "weight")?,
+                            &vb.pp("reduce").get(r, "bias")?,
+                        )?,
+                        expand: pack_fc(
+                            &vb.pp("expand").get((hidden, r, 1, 1), "weight")?,
+                            &vb.pp("expand").get(hidden, "bias")?,
+                        )?,
                         inner: b.activation,
                     })
                 }
@@ -275,11 +313,12 @@ impl Network {
 
     /// Every tensor the network for `spec` loads, with its shape, sorted by name (the network
     /// itself declares them, so this cannot drift from [`Network::load`]).
-    pub fn tensor_manifest(spec: &ArchSpec) -> Result<Vec<(String, Vec<usize>)>> {
-        let varmap = candle_nn::VarMap::new();
-        Network::load(spec, VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu))?;
-        let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("variable map poisoned"))?;
-        let mut out: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    pub fn tensor_manifest(spec: &ArchSpec) -> Result<Manifest> {
+        let recorder = ManifestRecorder::default();
+        let seen = recorder.seen.clone();
+        let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, candle_core::Device::Cpu);
+        Network::load(spec, vb)?;
+        let mut out = seen.lock().map_err(|_| candle_core::Error::msg("manifest recorder poisoned"))?.clone();
         out.sort();
         Ok(out)
     }
@@ -367,6 +406,19 @@ mod tests {
         for name in all_named_models() {
             let spec = ModelSelection::named(&name).resolve().unwrap();
             assert_eq!(instantiated_params(&spec), cost_report(&spec).params, "{name}");
+        }
+    }
+
+    #[test]
+    fn manifest_lists_exactly_what_the_network_instantiates() {
+        for name in ["fairnas-a-se-0.5-transfer", "efficientnet-lite0"] {
+            let spec = ModelSelection::named(name).resolve().unwrap();
+            let varmap = VarMap::new();
+            Network::load(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+            let mut instantiated: Vec<_> =
+                varmap.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+            instantiated.sort();
+            assert_eq!(Network::tensor_manifest(&spec).unwrap(), instantiated, "{name}");
         }
     }
 

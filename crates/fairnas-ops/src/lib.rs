@@ -19,4 +19,4 @@ pub mod squeeze_excite;
 
 pub use activation::Activation;
 pub use depthwise::{depthwise_conv2d, DepthwiseConv2d, Padding2d};
-pub use squeeze_excite::{squeeze_excite, SqueezeExcite};
+pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

@@ -125,6 +125,24 @@ impl CustomOp3 for SqueezeExcite {
     }
 }
 
+/// Packs a 1x1 conv's weight `[O, I, 1, 1]` (or `[O, I]`) and bias `[O]` into the `[O, I + 1]`
+/// operand [`SqueezeExcite`] takes. Inference packs once at load time.
+pub fn pack_fc(weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let out = weight.dim(0)?;
+    let inputs = weight.elem_count() / out.max(1);
+    Tensor::cat(&[weight.reshape((out, inputs))?, bias.reshape((out, 1))?], 1)
+}
+
+/// Squeeze-excite of `x` `[N, C, H, W]` with packed operands from [`pack_fc`].
+pub fn squeeze_excite_packed(
+    x: &Tensor,
+    reduce: &Tensor,
+    expand: &Tensor,
+    inner: Activation,
+) -> Result<Tensor> {
+    x.apply_op3_no_bwd(reduce, expand, &SqueezeExcite { inner })
+}
+
 /// Squeeze-excite of `x` `[N, C, H, W]` with PyTorch-layout 1x1 conv weights
 /// (`reduce_w [R, C, 1, 1]`, `reduce_b [R]`, `expand_w [C, R, 1, 1]`, `expand_b [C]`).
 pub fn squeeze_excite(
@@ -135,11 +153,7 @@ pub fn squeeze_excite(
     expand_b: &Tensor,
     inner: Activation,
 ) -> Result<Tensor> {
-    let pack = |w: &Tensor, b: &Tensor| -> Result<Tensor> {
-        let (o, i) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
-        Tensor::cat(&[w.reshape((o, i))?, b.reshape((o, 1))?], 1)
-    };
-    x.apply_op3_no_bwd(&pack(reduce_w, reduce_b)?, &pack(expand_w, expand_b)?, &SqueezeExcite { inner })
+    squeeze_excite_packed(x, &pack_fc(reduce_w, reduce_b)?, &pack_fc(expand_w, expand_b)?, inner)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub fn thousands(n: u64) -> String {
 pub fn run(args: InfoArgs) -> Result<()> {
     let spec = args.model.resolve()?;
     let input = args.input_size.unwrap_or(spec.input_size);
+    anyhow::ensure!((1..=8192).contains(&input), "--input-size {input} must be between 1 and 8192 pixels");
     let report = fairnas_model::cost::cost_report_at(&spec, input);
     debug_assert_eq!(cost_report(&spec).params, report.params);
     if args.json {

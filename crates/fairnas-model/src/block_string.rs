@@ -16,6 +16,9 @@
 //! | `noskip` | no residual connection even where shapes allow one | skip allowed |
 //! | `same` | TensorFlow SAME padding instead of symmetric k//2 | symmetric |
 //!
+//! Values are bounded (repeat <= 64, kernel <= 31, stride <= 8, expansion <= 64, channels <= 65536,
+//! SE ratio <= 16) so typos fail early and cost sums cannot overflow.
+//!
 //! Example: `ir_r1_k7_s2_e3_c32_se0.5_nsw` is FairNAS-A-SE-0.5's first searchable layer.
 //! An architecture is its blocks' strings separated by spaces; printing groups identical
 //! consecutive blocks back into `r<n>` runs.
@@ -42,13 +45,18 @@ impl fmt::Display for BlockStringError {
 
 impl std::error::Error for BlockStringError {}
 
+/// Upper bounds that keep every cost product far from overflow and catch typos early.
+const MAX_VALUE: [(&str, usize); 5] =
+    [("repeat", 64), ("kernel", 31), ("stride", 8), ("expansion", 64), ("output channels", 65_536)];
+
 fn parse_positive(block: &str, token: &str, digits: &str, what: &str) -> Result<usize, BlockStringError> {
+    let max = MAX_VALUE.iter().find(|(name, _)| *name == what).map_or(usize::MAX, |(_, m)| *m);
     match digits.parse::<usize>() {
-        Ok(v) if v > 0 => Ok(v),
+        Ok(v) if v > 0 && v <= max => Ok(v),
         _ => Err(BlockStringError {
             block: block.into(),
             token: token.into(),
-            reason: format!("{what} must be a positive integer"),
+            reason: format!("{what} must be an integer from 1 to {max}"),
         }),
     }
 }
@@ -88,8 +96,8 @@ pub fn parse_block(block: &str, default_activation: Activation) -> Result<Vec<Bl
             .or_else(|| token.strip_prefix("se").map(|r| (r, SeBase::InputChannels)))
         {
             match ratio.parse::<f64>() {
-                Ok(r) if r > 0.0 && r.is_finite() => se = Some(SqueezeExciteSpec { ratio: r, base }),
-                _ => return Err(err(token, "squeeze-excite ratio must be a positive number")),
+                Ok(r) if r > 0.0 && r <= 16.0 => se = Some(SqueezeExciteSpec { ratio: r, base }),
+                _ => return Err(err(token, "squeeze-excite ratio must be a number in (0, 16]")),
             }
         } else if let Some(v) = token.strip_prefix('r') {
             repeat = parse_positive(block, token, v, "repeat")?;
@@ -235,6 +243,8 @@ mod tests {
             ("ir_r1_k3_s1_e6_c16_zz", "zz"),
             ("ds_r1_k3_s1_e6_c16", "e6"),
             ("ir_r0_k3_s1_e6_c16", "r0"),
+            ("ir_r1_k3_s1_e6_c99999999999999999999", "c99999999999999999999"),
+            ("ir_r1_k33_s1_e6_c16", "k33"),
         ];
         for (s, token) in cases {
             let e = parse_block(s, R6).unwrap_err();

@@ -63,8 +63,8 @@ impl ModelSelection {
     /// Resolves the options to a spec, or explains which combination is invalid.
     pub fn resolve(&self) -> Result<ArchSpec, String> {
         if let Some(r) = self.se_ratio {
-            if !(r > 0.0 && r.is_finite()) {
-                return Err(format!("--se-ratio {r} must be a positive number"));
+            if !(r > 0.0 && r <= 16.0) {
+                return Err(format!("--se-ratio {r} must be a number in (0, 16]"));
             }
         }
         let given = [self.model.is_some(), self.arch.is_some(), self.choices.is_some()];

@@ -155,7 +155,7 @@ fn predict_classifies_real_photos_like_the_library() {
     let j: serde_json::Value = serde_json::from_str(&stdout_ok(&args)).unwrap();
     let preds = j["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 2);
-    let transform = fairnas_data_transform();
+    let transform = fairnas_data::EvalTransform::default();
     for (pred, image) in preds.iter().zip(&images) {
         let top = pred["top"].as_array().unwrap();
         assert_eq!(top.len(), 3);
@@ -179,10 +179,6 @@ fn predict_classifies_real_photos_like_the_library() {
     ]);
     assert!(text.contains("espresso.JPEG") && text.lines().count() == 6, "{text}");
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-fn fairnas_data_transform() -> fairnas_data::EvalTransform {
-    fairnas_data::EvalTransform::default()
 }
 
 #[test]

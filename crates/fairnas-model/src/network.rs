@@ -375,10 +375,6 @@ impl Network {
         let h = self.head.forward(&h)?.mean((2, 3))?;
         self.classifier.forward(&h)
     }
-
-    pub fn dtype(&self) -> DType {
-        self.stem.weight.dtype()
-    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn generator_is_pinned() {
-        // Pinned values: the Python generator asserts the same three numbers.
+        // Pinned hash: generate_parity.py asserts the same value for the same name.
         assert_eq!(fnv1a64(b"stem.conv.weight"), 0xe244_e2a6_a97c_f0ba, "fnv pinned");
         let v = synthetic_values("stem.bn.running_var", &[3], 0);
         assert!(v.iter().all(|x| (0.5..1.5).contains(x)));

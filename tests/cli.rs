@@ -225,3 +225,154 @@ fn predict_reports_every_weight_problem_and_bad_images() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/w.safetensors"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `$FAIRNAS_SHARED`, else `../shared` beside the checkout; required in CI (`CI` set), reported
+/// as skipped elsewhere.
+fn shared_dir() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("FAIRNAS_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"));
+    if dir.join("data").is_dir() {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "shared data not found at {} in CI", dir.display());
+    eprintln!("SKIPPED: shared data not found at {} (set FAIRNAS_SHARED)", dir.display());
+    None
+}
+
+fn top1_indices(json: &str) -> Vec<u64> {
+    let j: serde_json::Value = serde_json::from_str(json).unwrap();
+    j["predictions"].as_array().unwrap().iter().map(|p| p["top"][0]["index"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn real_lite0_checkpoint_converts_and_classifies() {
+    let Some(shared) = shared_dir() else { return };
+    let dir = scratch("lite0");
+    let pth = shared.join("data/weights/efficientnet-lite0-57934424.pth");
+    let out = dir.join("lite0.safetensors");
+    let summary: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+        "convert",
+        "--input",
+        pth.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        "efficientnet-lite0",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(summary["layout"], "efficientnet-pytorch");
+    assert_eq!(summary["parameters"], 4_652_008);
+    assert_eq!(summary["dropped_num_batches_tracked"], 49);
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["source_sha256"], summary["source_sha256"].as_str().unwrap());
+    assert!(meta["source_sha256"].starts_with("5793442"), "{meta:?}");
+    assert_eq!(
+        (meta["layout"].as_str(), meta["model"].as_str()),
+        ("efficientnet-pytorch", "efficientnet-lite0")
+    );
+
+    let images = ["n02123045_tabby.JPEG", "n07920052_espresso.JPEG", "n01443537_goldfish.JPEG"]
+        .map(|n| shared.join("data/imagenet-sample").join(n).to_str().unwrap().to_string());
+    let predict = |weights: &str| {
+        let mut args = vec!["predict", "--model", "efficientnet-lite0", "--weights", weights, "--json"];
+        args.extend(images.iter().map(String::as_str));
+        stdout_ok(&args)
+    };
+    // The checkpoint read directly and its conversion give identical answers.
+    let direct = predict(pth.to_str().unwrap());
+    assert_eq!(direct, predict(out.to_str().unwrap()));
+    assert_eq!(top1_indices(&direct), [285, 967, 1], "Egyptian cat, espresso, goldfish:\n{direct}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn malicious_and_broken_checkpoints_are_refused_cleanly() {
+    let fixtures = repo().join("crates/fairnas-model/tests/fixtures/checkpoints");
+    let image = repo().join("data/images/n07920052_espresso.JPEG");
+    for (file, needle) in [
+        ("evil-os-system.legacy.pth", "refusing to load global `posix.system`"),
+        ("evil-popen.zip.pth", "refusing to load global `subprocess.Popen`"),
+        ("dtypes.zip.pth", "cannot recognise the checkpoint layout"),
+    ] {
+        let path = fixtures.join(file);
+        let out = fairnas(&[
+            "predict",
+            "--model",
+            "fairnas-a",
+            "--weights",
+            path.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains(needle) && err.contains(file), "{file}: {err}");
+        assert!(!err.contains("panicked"), "{file}: {err}");
+    }
+    // A wrong --layout or --key is named, and nothing is written.
+    let se = fixtures.join("se.zip.pth.tar");
+    for (flag, value, needle) in
+        [("--layout", "timm", "unknown layout 'timm'"), ("--key", "ema", "no entry 'ema'")]
+    {
+        let mut args = vec!["convert", "--input", se.to_str().unwrap(), "--output", "/tmp/never.safetensors"];
+        args.extend(["--model", "fairnas-a", flag, value]);
+        let err = String::from_utf8_lossy(&fairnas(&args).stderr).into_owned();
+        assert!(err.contains(needle), "{err}");
+    }
+    assert!(!Path::new("/tmp/never.safetensors").exists());
+}
+
+/// Lays out a Hugging Face cache the way the hub client does:
+/// `hub/models--<owner>--<repo>/refs/<revision>` holds a commit id and the file lives under
+/// `snapshots/<commit>/`.
+fn lay_out_hf_cache(home: &Path, repo_id: &str, revision: &str, commit: &str, file: &str, source: &Path) {
+    let repo_dir = home.join("hub").join(format!("models--{}", repo_id.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs").join(revision), commit).unwrap();
+    let target = repo_dir.join("snapshots").join(commit).join(file);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(source, target).unwrap();
+}
+
+#[test]
+fn weights_resolve_from_the_hugging_face_cache_offline() {
+    let dir = scratch("hf");
+    let weights = dir.join("a.safetensors");
+    write_weights("fairnas-a", 5, &weights);
+    let home = dir.join("hf-home");
+    lay_out_hf_cache(&home, "fairnas-test/tiny", "main", "0123abcd", "weights/a.safetensors", &weights);
+    lay_out_hf_cache(&home, "fairnas-test/tiny", "v2", "4567ef01", "weights/a.safetensors", &weights);
+    let image = repo().join("data/images/n07920052_espresso.JPEG");
+    let run = |w: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fairnas"))
+            .args(["predict", "--model", "fairnas-a", "--json", "--weights", w, image.to_str().unwrap()])
+            .env("HF_HOME", &home)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HUB_CACHE")
+            .output()
+            .unwrap()
+    };
+    let local = run(weights.to_str().unwrap());
+    assert!(local.status.success());
+    for uri in
+        ["hf://fairnas-test/tiny/weights/a.safetensors", "hf://fairnas-test/tiny@v2/weights/a.safetensors"]
+    {
+        let hub = run(uri);
+        assert!(hub.status.success(), "{uri}: {}", String::from_utf8_lossy(&hub.stderr));
+        assert_eq!(hub.stdout, local.stdout, "{uri}");
+    }
+    // Absent from the cache while offline: a clear error, no network attempt.
+    let missing = run("hf://fairnas-test/tiny/weights/b.safetensors");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        err.contains("hf://fairnas-test/tiny/weights/b.safetensors: not in the Hugging Face cache"),
+        "{err}"
+    );
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    let malformed = run("hf://fairnas-test");
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("expected hf://owner/repo"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,7 +3,10 @@
 //! - `fixtures`: regenerate the golden test fixtures with PyTorch/Pillow in a private venv
 //!   (never needed by CI or the tests, which use the committed fixtures).
 //!
-//! Checkpoint conversion, ImageNet validation preparation and CUDA builds arrive with their issues.
+//! - `convert`: a PyTorch checkpoint (.pth/.pth.tar, legacy or zip) to safetensors with the
+//!   project's canonical names (the same code as `fairnas convert`).
+//!
+//! ImageNet validation preparation and CUDA builds arrive with their issues.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,11 +32,14 @@ enum Task {
         #[arg(long, default_value = "../shared/data/imagenet-sample")]
         images: PathBuf,
     },
+    /// Convert a PyTorch checkpoint to safetensors with canonical names, checked against the model.
+    Convert(fairnas_cli::convert::ConvertArgs),
 }
 
-const FIXTURE_SCRIPTS: [&str; 2] = [
+const FIXTURE_SCRIPTS: [&str; 3] = [
     "crates/fairnas-model/tests/fixtures/generate_parity.py",
     "crates/fairnas-data/tests/fixtures/generate_resize.py",
+    "crates/fairnas-model/tests/fixtures/checkpoints/generate_checkpoints.py",
 ];
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -64,10 +70,10 @@ fn ensure_venv(venv: &Path) -> Result<PathBuf> {
 }
 
 fn main() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::env::set_current_dir(&root)?;
     match Cli::parse().command {
         Task::Fixtures { venv, images } => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            std::env::set_current_dir(&root)?;
             if !images.is_dir() {
                 bail!("image folder {} not found (pass --images)", images.display());
             }
@@ -77,6 +83,7 @@ fn main() -> Result<()> {
             }
             eprintln!("fixtures regenerated; review `git diff --stat` before committing");
         }
+        Task::Convert(args) => fairnas_cli::convert::run(args)?,
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 
 mod class_names;
 mod info;
-mod model_args;
 mod predict;
+
+use fairnas_cli::{convert, model_args};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,8 +31,10 @@ struct Cli {
 enum Command {
     /// Per-layer table of a model: block strings, shapes, params, multiply-adds, thop FLOPs.
     Info(info::InfoArgs),
-    /// Classify images with a model and its weights (safetensors, canonical names).
+    /// Classify images with a model and its weights (safetensors or a PyTorch checkpoint).
     Predict(predict::PredictArgs),
+    /// Convert a PyTorch checkpoint (.pth/.pth.tar) to safetensors with canonical names.
+    Convert(convert::ConvertArgs),
 }
 
 fn main() {
@@ -52,5 +55,6 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

@@ -2,25 +2,23 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
 use clap::Args;
 use fairnas_data::{EvalTransform, Interpolation, Normalization};
-use fairnas_model::network::Network;
 use fairnas_model::spec::{ArchSpec, Padding};
 use serde_json::json;
 
 use crate::class_names::class_name;
-use crate::model_args::ModelArgs;
+use fairnas_cli::model_args::ModelArgs;
+use fairnas_cli::weights::{load_network, WeightsArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Weights in safetensors with canonical names (`cargo xtask convert` makes them).
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub weights: PathBuf,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
     /// Images to classify (JPEG or PNG).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
@@ -53,25 +51,14 @@ fn default_transform(spec: &ArchSpec) -> EvalTransform {
     }
 }
 
-pub fn load_network(spec: &ArchSpec, weights: &std::path::Path, device: &Device) -> Result<Network> {
-    let tensors = candle_core::safetensors::load(weights, device)
-        .with_context(|| format!("cannot read safetensors file {}", weights.display()))?;
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-        .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    Network::check_tensors(spec, &tensors).with_context(|| format!("in {}", weights.display()))?;
-    Ok(Network::load(spec, VarBuilder::from_tensors(tensors, DType::F32, device))?)
-}
-
 pub fn run(args: PredictArgs) -> Result<()> {
     anyhow::ensure!(args.topk > 0, "--topk must be at least 1");
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let spec = args.model.resolve()?;
     let device = Device::Cpu;
     let started = std::time::Instant::now();
-    let net = load_network(&spec, &args.weights, &device)?;
-    tracing::info!(model = %spec.name, weights = %args.weights.display(), elapsed = ?started.elapsed(), "weights loaded");
+    let net = load_network(&args.weights, &spec, &device)?;
+    tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");
     let mut transform = default_transform(&spec);
     if let Some(i) = args.interpolation {
         transform.interpolation = i;

@@ -339,3 +339,46 @@ fn real_lite0_checkpoint_matches_pytorch_logits() {
         got.iter().map(|row| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()).collect();
     assert_eq!(top1, [285, 967, 1], "tabby -> Egyptian cat, espresso, goldfish");
 }
+
+/// A legacy checkpoint whose state dict repeats one 6-float storage `entries` times, each time
+/// viewed with the given shape (memoised tuple, so each extra entry costs a few bytes).
+fn legacy_repeating_views(entries: usize, rank: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.");
+    f.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    f.extend_from_slice(b"\x80\x02}.");
+    f.extend_from_slice(b"\x80\x02}q\x00");
+    // memo 1: the tensor, built once
+    f.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    f.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00(");
+    f.extend(std::iter::repeat_n(b"K\x01".as_slice(), rank - 1).flatten());
+    f.extend_from_slice(b"K\x06t(");
+    f.extend(std::iter::repeat_n(b"K\x00".as_slice(), rank - 1).flatten());
+    f.extend_from_slice(b"K\x01t\x89)tRq\x01");
+    f.push(b'0');
+    f.push(b'(');
+    for i in 0..entries {
+        let name = format!("t{i}");
+        f.push(b'X');
+        f.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        f.extend_from_slice(name.as_bytes());
+        f.extend_from_slice(b"h\x01");
+    }
+    f.extend_from_slice(b"u.");
+    f.extend_from_slice(b"\x80\x02]X\x01\x00\x00\x000a.");
+    f.extend_from_slice(&6u64.to_le_bytes());
+    f.extend_from_slice(&[0u8; 24]);
+    f
+}
+
+#[test]
+fn repeated_views_and_huge_ranks_cannot_exhaust_memory() {
+    // A handful of views of one storage is fine (weight tying does this).
+    let ok = read_checkpoint_bytes(&legacy_repeating_views(3, 2)).unwrap().state_dict(None).unwrap();
+    assert_eq!((ok.len(), ok[2].1.shape.clone()), (3, vec![1, 6]));
+    // A million views of it would be 24 MB from a file of a few MB: refused before allocating.
+    let err = read_error(&legacy_repeating_views(1_000_000, 2));
+    assert!(err.contains("storage bytes in the file"), "{err}");
+    let err = read_error(&legacy_repeating_views(1, 100));
+    assert!(err.contains("tensor with 100 dimensions"), "{err}");
+}

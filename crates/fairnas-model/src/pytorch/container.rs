@@ -19,6 +19,9 @@ use super::{CheckpointError, TorchDtype};
 /// The legacy container's magic number, 0x1950a86a20f9469cfc6c, as pickled (little-endian).
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const LEGACY_PROTOCOL_VERSION: i64 = 1001;
+/// How many times the stored bytes a state dict's tensors may add up to (shared storages are
+/// legitimate, endless repeats of one are not).
+const MAX_EXPANSION: usize = 4;
 
 /// Which container a checkpoint came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +411,12 @@ impl Checkpoint {
             ))
         })?;
         let mut out = Vec::with_capacity(entries.len());
+        // Many entries may view one storage; a hostile file could use that to expand a small
+        // storage into unbounded memory, so the tensors may hold at most a few times the bytes
+        // the file itself stores.
+        let stored: usize = self.storages.values().map(|(_, bytes)| bytes.len()).sum();
+        let budget = stored.saturating_mul(MAX_EXPANSION).saturating_add(1 << 20);
+        let mut materialised = 0usize;
         for &(k, v) in entries {
             let name = self.arena.str(k).ok_or_else(|| {
                 CheckpointError::Malformed(format!(
@@ -426,14 +435,16 @@ impl Checkpoint {
                 });
             };
             let tensor = self
-                .materialise(view)
+                .materialise(view, budget - materialised)
                 .map_err(|message| CheckpointError::Tensor { name: name.to_string(), message })?;
+            materialised += tensor.data.len();
             out.push((name.to_string(), tensor));
         }
         Ok(out)
     }
 
-    fn materialise(&self, view: &super::pickle::TensorRef) -> Result<TorchTensor, String> {
+    /// Copies a view out of its storage, refusing to produce more than `budget` bytes.
+    fn materialise(&self, view: &super::pickle::TensorRef, budget: usize) -> Result<TorchTensor, String> {
         let storage = &view.storage;
         let (dtype, bytes) =
             self.storages.get(&storage.key).ok_or_else(|| format!("storage '{}' is missing", storage.key))?;
@@ -468,6 +479,12 @@ impl Checkpoint {
                     view.shape, view.strides, view.offset
                 ))
             }
+        }
+        if numel * size > budget {
+            return Err(format!(
+                "the state dict's tensors would need more than {MAX_EXPANSION}x the {} storage bytes in the file (views of one storage repeated?)",
+                self.storages.values().map(|(_, b)| b.len()).sum::<usize>()
+            ));
         }
         let src = &bytes[base * size..(base + available) * size];
         let contiguous = candle_core::Layout::contiguous(view.shape.as_slice()).stride().to_vec();

@@ -17,6 +17,10 @@ use std::collections::HashMap;
 
 use super::{CheckpointError, TorchDtype};
 
+/// More dimensions than any real tensor has; the bound keeps a hostile pickle from making every
+/// tensor carry a huge shape vector.
+pub const MAX_TENSOR_RANK: usize = 32;
+
 /// Index of a value in the [`Arena`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ValueId(pub usize);
@@ -364,6 +368,10 @@ impl Machine<'_, '_> {
                         self.arena.get(args[0]).kind()
                     )));
                 };
+                let rank = self.arena.items(args[2], "tensor size")?.len();
+                if rank > MAX_TENSOR_RANK {
+                    return Err(malformed(format!("tensor with {rank} dimensions (at most {MAX_TENSOR_RANK})")));
+                }
                 let offset = self.arena.usize(args[1], "tensor storage offset")?;
                 let shape = self.arena.usizes(args[2], "tensor size")?;
                 let strides = self.arena.usizes(args[3], "tensor stride")?;

@@ -1,8 +1,8 @@
 //! `fairnas`: FairNAS models, search space and tools from one binary.
 
-mod class_names;
 mod info;
 mod predict;
+mod verify;
 
 use fairnas_cli::{convert, model_args};
 
@@ -33,6 +33,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Classify images with a model and its weights (safetensors or a PyTorch checkpoint).
     Predict(predict::PredictArgs),
+    /// ImageNet top-1/top-5 of a model on a validation folder (the original verify.py).
+    Verify(verify::VerifyArgs),
+    /// CIFAR-10 top-1/top-5 of a transfer model (the original transfer_verify.py).
+    TransferVerify(verify::TransferVerifyArgs),
     /// Convert a PyTorch checkpoint (.pth/.pth.tar) to safetensors with canonical names.
     Convert(convert::ConvertArgs),
 }
@@ -56,5 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Verify(args) => verify::run_verify(args),
+        Command::TransferVerify(args) => verify::run_transfer_verify(args),
     }
 }

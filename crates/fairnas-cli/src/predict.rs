@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use fairnas_data::{EvalTransform, Interpolation, Normalization};
-use fairnas_model::spec::{ArchSpec, Padding};
+use fairnas_data::{Interpolation, Normalization};
 use serde_json::json;
 
-use crate::class_names::class_name;
 use fairnas_cli::model_args::ModelArgs;
 use fairnas_cli::weights::{load_network, WeightsArgs};
+use fairnas_data::classes::class_name;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -38,19 +37,6 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
-/// The preprocessing a model's checkpoints were trained with.
-fn default_transform(spec: &ArchSpec) -> EvalTransform {
-    if spec.stem_padding == Padding::TfSame {
-        EvalTransform {
-            interpolation: Interpolation::Bicubic,
-            normalization: Normalization::Inception,
-            ..Default::default()
-        }
-    } else {
-        EvalTransform::default()
-    }
-}
-
 pub fn run(args: PredictArgs) -> Result<()> {
     anyhow::ensure!(args.topk > 0, "--topk must be at least 1");
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
@@ -59,7 +45,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let net = load_network(&args.weights, &spec, &device)?;
     tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");
-    let mut transform = default_transform(&spec);
+    let mut transform = crate::verify::default_transform(&spec);
     if let Some(i) = args.interpolation {
         transform.interpolation = i;
     }

@@ -18,7 +18,7 @@
 //! transposes. BN keeps its four tensors (training will need them); the eval-mode affine
 //! `x * scale + shift` is precomputed at load time.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use fairnas_ops::{depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d};
 
@@ -373,7 +373,22 @@ impl Network {
             h = b.forward(&h)?;
         }
         let h = self.head.forward(&h)?.mean((2, 3))?;
-        self.classifier.forward(&h)
+        self.classify(&h)
+    }
+
+    /// The linear classifier, one image per matmul: a single `[N, C] x [C, K]` GEMM blocks its
+    /// reduction differently for different N, so an image's logits would depend (in the last
+    /// bits) on how many images share its batch. As `N` matrix-vector products, every
+    /// image gets bit-identical logits whatever the batch size; the cost is negligible.
+    fn classify(&self, features: &Tensor) -> Result<Tensor> {
+        let n = features.dim(0)?;
+        // [N, K, C] (stride-0 batch, as in the pointwise convolutions) x [N, C, 1].
+        let weight = self.classifier.weight().broadcast_left(n)?;
+        let logits = weight.matmul(&features.unsqueeze(2)?)?.squeeze(2)?;
+        match self.classifier.bias() {
+            Some(bias) => logits.broadcast_add(bias),
+            None => Ok(logits),
+        }
     }
 }
 

@@ -21,7 +21,8 @@ fn originals() -> Vec<Vec<u8>> {
     FILES
         .iter()
         .map(|f| {
-            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints").join(f)).unwrap()
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints").join(f))
+                .unwrap()
         })
         .collect()
 }
@@ -29,13 +30,30 @@ fn originals() -> Vec<Vec<u8>> {
 /// One edit; positions are fractions of the file length so they land anywhere in any file.
 #[derive(Debug, Clone)]
 enum Mutation {
-    Flip { at: f64, bit: u8 },
-    Set { at: f64, byte: u8 },
+    Flip {
+        at: f64,
+        bit: u8,
+    },
+    Set {
+        at: f64,
+        byte: u8,
+    },
     /// Overwrites 8 bytes with a little-endian integer (length fields, element counts).
-    BigNumber { at: f64, value: u64 },
-    Delete { at: f64, len: usize },
-    Insert { at: f64, bytes: Vec<u8> },
-    Truncate { at: f64 },
+    BigNumber {
+        at: f64,
+        value: u64,
+    },
+    Delete {
+        at: f64,
+        len: usize,
+    },
+    Insert {
+        at: f64,
+        bytes: Vec<u8>,
+    },
+    Truncate {
+        at: f64,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -46,7 +64,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (at.clone(), prop_oneof![Just(u64::MAX), Just(1 << 62), Just(1 << 40), Just(0), any::<u64>()])
             .prop_map(|(at, value)| Mutation::BigNumber { at, value }),
         (at.clone(), 1..64usize).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
         at.prop_map(|at| Mutation::Truncate { at }),
     ]
 }

@@ -350,7 +350,9 @@ fn legacy_repeating_views(entries: usize, rank: usize) -> Vec<u8> {
     f.extend_from_slice(b"\x80\x02}q\x00");
     // memo 1: the tensor, built once
     f.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
-    f.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00(");
+    f.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00(",
+    );
     f.extend(std::iter::repeat_n(b"K\x01".as_slice(), rank - 1).flatten());
     f.extend_from_slice(b"K\x06t(");
     f.extend(std::iter::repeat_n(b"K\x00".as_slice(), rank - 1).flatten());

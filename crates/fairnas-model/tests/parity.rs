@@ -75,3 +75,27 @@ fn fairnas_b_se_0_5_transfer_matches_pytorch() {
 fn efficientnet_lite0_matches_pytorch() {
     check("efficientnet-lite0");
 }
+
+/// `fairnas verify` promises the same answer for any batch size and thread count: each image's
+/// logits must be bit-identical whether it runs alone or in a batch, on 1 thread or 2.
+#[test]
+fn logits_do_not_depend_on_batch_composition_or_threads() {
+    let dev = Device::Cpu;
+    let spec = ModelSelection::named("fairnas-a-se-1.0").resolve().unwrap();
+    let weights = synthetic_weights(&spec, SEED, &dev).unwrap();
+    let net = Network::load(&spec, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
+    let x = inputs();
+    let both = Tensor::cat(&[&x, &x.flip(&[3]).unwrap(), &x.narrow(0, 0, 1).unwrap()], 0).unwrap();
+    let run = |threads: usize, input: &Tensor| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| net.forward(input).unwrap().to_vec2::<f32>().unwrap())
+    };
+    let batched = run(2, &both);
+    for threads in [1, 2] {
+        for (i, in_batch) in batched.iter().enumerate() {
+            let alone = run(threads, &both.narrow(0, i, 1).unwrap());
+            let same = alone[0].iter().zip(in_batch).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "image {i} differs alone on {threads} thread(s) vs in a batch of 5");
+        }
+    }
+}

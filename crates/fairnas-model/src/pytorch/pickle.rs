@@ -370,7 +370,9 @@ impl Machine<'_, '_> {
                 };
                 let rank = self.arena.items(args[2], "tensor size")?.len();
                 if rank > MAX_TENSOR_RANK {
-                    return Err(malformed(format!("tensor with {rank} dimensions (at most {MAX_TENSOR_RANK})")));
+                    return Err(malformed(format!(
+                        "tensor with {rank} dimensions (at most {MAX_TENSOR_RANK})"
+                    )));
                 }
                 let offset = self.arena.usize(args[1], "tensor storage offset")?;
                 let shape = self.arena.usizes(args[2], "tensor size")?;

@@ -226,17 +226,8 @@ fn predict_reports_every_weight_problem_and_bad_images() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// `$FAIRNAS_SHARED`, else `../shared` beside the checkout; required in CI (`CI` set), reported
-/// as skipped elsewhere.
 fn shared_dir() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("FAIRNAS_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"));
-    if dir.join("data").is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "shared data not found at {} in CI", dir.display());
-    eprintln!("SKIPPED: shared data not found at {} (set FAIRNAS_SHARED)", dir.display());
-    None
+    fairnas_data::shared_data::for_test(&repo())
 }
 
 fn top1_indices(json: &str) -> Vec<u64> {
@@ -374,5 +365,180 @@ fn weights_resolve_from_the_hugging_face_cache_offline() {
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     let malformed = run("hf://fairnas-test");
     assert!(String::from_utf8_lossy(&malformed.stderr).contains("expected hf://owner/repo"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn verify_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["verify", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&stdout_ok(&all)).unwrap()
+}
+
+/// PyTorch + PIL + torchvision on the same 1000 photos with Lite0's protocol
+/// (benches/peers/verify_imagenet.py, torch 2.15, 2026-11-28): 883 and 976 correct.
+const TORCH_LITE0_TOP1: f64 = 88.3;
+const TORCH_LITE0_TOP5: f64 = 97.6;
+
+#[test]
+fn verify_real_lite0_on_the_imagenet_sample_matches_pytorch() {
+    let Some(shared) = shared_dir() else { return };
+    let dir = scratch("verify-lite0");
+    let csv = dir.join("per-class.csv");
+    let pth = shared.join("data/weights/efficientnet-lite0-57934424.pth");
+    let root = shared.join("data/imagenet-sample");
+    let j = verify_json(&[
+        "--model",
+        "efficientnet-lite0",
+        "--weights",
+        pth.to_str().unwrap(),
+        "--val-dataset-root",
+        root.to_str().unwrap(),
+        "--batch-size",
+        "16",
+        "--per-class-csv",
+        csv.to_str().unwrap(),
+    ]);
+    let (top1, top5) = (j["top1"].as_f64().unwrap(), j["top5"].as_f64().unwrap());
+    eprintln!(
+        "fairnas verify lite0: top-1 {top1} top-5 {top5} (PyTorch {TORCH_LITE0_TOP1} / {TORCH_LITE0_TOP5})"
+    );
+    assert_eq!(j["evaluated"], 1000);
+    assert!((top1 - TORCH_LITE0_TOP1).abs() <= 0.3, "top-1 {top1} vs PyTorch {TORCH_LITE0_TOP1}");
+    assert!((top5 - TORCH_LITE0_TOP5).abs() <= 0.3, "top-5 {top5} vs PyTorch {TORCH_LITE0_TOP5}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 1001, "header + one row per class");
+    assert!(text.lines().nth(1).unwrap().starts_with("0,n01440764,\"tench\",1,"), "{text:.200}");
+    let correct: usize =
+        text.lines().skip(1).map(|l| l.split(',').nth(4).unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(correct as u64, j["top1_correct"].as_u64().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn verify_results_do_not_depend_on_batch_size_or_threads() {
+    let Some(shared) = shared_dir() else { return };
+    let dir = scratch("verify-determinism");
+    let pth = shared.join("data/weights/efficientnet-lite0-57934424.pth");
+    let root = shared.join("data/imagenet-sample");
+    let mut outcomes = Vec::new();
+    for (batch, threads) in [("1", "1"), ("5", "2"), ("24", "2")] {
+        let csv = dir.join(format!("b{batch}-t{threads}.csv"));
+        let j: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+            "--threads",
+            threads,
+            "verify",
+            "--json",
+            "--model",
+            "efficientnet-lite0",
+            "--weights",
+            pth.to_str().unwrap(),
+            "--val-dataset-root",
+            root.to_str().unwrap(),
+            "--limit",
+            "24",
+            "--batch-size",
+            batch,
+            "--per-class-csv",
+            csv.to_str().unwrap(),
+        ]))
+        .unwrap();
+        outcomes.push((
+            j["top1_correct"].clone(),
+            j["top5_correct"].clone(),
+            std::fs::read_to_string(&csv).unwrap(),
+        ));
+    }
+    assert_eq!(outcomes[0].0, 20, "20 of the first 24 photos right at top-1");
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn verify_reports_bad_images_by_path_and_can_skip_them() {
+    let dir = scratch("verify-bad");
+    let root = dir.join("val");
+    let espresso = repo().join("data/images/n07920052_espresso.JPEG");
+    let nail = repo().join("data/images/n03804744_nail.JPEG");
+    std::fs::create_dir_all(root.join("n07920052")).unwrap();
+    std::fs::create_dir_all(root.join("n03804744")).unwrap();
+    std::fs::copy(&espresso, root.join("n07920052/good.JPEG")).unwrap();
+    std::fs::copy(&nail, root.join("n03804744/good.JPEG")).unwrap();
+    let bytes = std::fs::read(&espresso).unwrap();
+    std::fs::write(root.join("n07920052/truncated.JPEG"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(root.join("n03804744/not-an-image.JPEG"), "hello").unwrap();
+    let weights = dir.join("a.safetensors");
+    write_weights("fairnas-a", 2, &weights);
+    let base = [
+        "--model",
+        "fairnas-a",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--val-dataset-root",
+        root.to_str().unwrap(),
+    ];
+    let out = fairnas(&[&["verify"], &base[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not-an-image.JPEG") && err.contains("--on-bad-image skip"), "{err}");
+    let j = verify_json(&[&base[..], &["--on-bad-image", "skip"]].concat());
+    assert_eq!(j["evaluated"], 2);
+    let skipped: Vec<&str> =
+        j["skipped"].as_array().unwrap().iter().map(|s| s["image"].as_str().unwrap()).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped[0].ends_with("n03804744/not-an-image.JPEG")
+            && skipped[1].ends_with("n07920052/truncated.JPEG")
+    );
+    // Text output lists them too.
+    let text = stdout_ok(&[&["verify"], &base[..], &["--on-bad-image", "skip"]].concat());
+    assert!(text.contains("skipped 2 unreadable image(s)") && text.contains("truncated.JPEG"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn transfer_verify_reads_the_real_cifar_jpeg_tree() {
+    let Some(shared) = shared_dir() else { return };
+    let dir = scratch("cifar");
+    let tar = shared.join("data/cifar10/cifar10-jpg.tar.gz");
+    let status = Command::new("tar")
+        .args([
+            "-xzf",
+            tar.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+            "--wildcards",
+            "test/*/000[0-4].jpg",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let weights = dir.join("t.safetensors");
+    write_weights("fairnas-c-se-0.5-transfer", 4, &weights);
+    let j: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+        "transfer-verify",
+        "--json",
+        "--model",
+        "fairnas-c-se-0.5-transfer",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--cifar-root",
+        dir.to_str().unwrap(),
+        "--batch-size",
+        "8",
+    ]))
+    .unwrap();
+    assert_eq!(j["evaluated"], 50);
+    assert_eq!(j["dataset"]["layout"], "CIFAR-10 test JPEG tree");
+    // An ImageNet model is refused with the reason.
+    let out = fairnas(&[
+        "transfer-verify",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        "x",
+        "--cifar-root",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CIFAR-10 transfer models have 10"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -36,9 +36,10 @@ enum Task {
     Convert(fairnas_cli::convert::ConvertArgs),
 }
 
-const FIXTURE_SCRIPTS: [&str; 3] = [
+const FIXTURE_SCRIPTS: [&str; 4] = [
     "crates/fairnas-model/tests/fixtures/generate_parity.py",
     "crates/fairnas-data/tests/fixtures/generate_resize.py",
+    "crates/fairnas-data/tests/fixtures/generate_decode.py",
     "crates/fairnas-model/tests/fixtures/checkpoints/generate_checkpoints.py",
 ];
 

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod decode;
 pub mod loader;
 pub mod resize;
+pub mod shared_data;
 pub mod transform;
 
 pub use dataset::{Dataset, DatasetError, Sample, Source};

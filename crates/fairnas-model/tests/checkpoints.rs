@@ -290,24 +290,11 @@ fn mismatches_are_all_reported_at_once() {
     assert_eq!(err.problems.len(), 1 + 1 + 1 + 19 * 4, "{text}");
 }
 
-/// Where the shared data lives: `$FAIRNAS_SHARED`, else `../shared` beside the checkout. In CI
-/// (`CI` set) its absence is a failure; elsewhere the test says it is skipping.
-fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FAIRNAS_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    if dir.join("data").is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "shared data not found at {} in CI", dir.display());
-    eprintln!("SKIPPED: shared data not found at {} (set FAIRNAS_SHARED)", dir.display());
-    None
-}
-
 #[test]
 fn real_lite0_checkpoint_matches_pytorch_logits() {
     use candle_core::{DType, Device};
-    let Some(shared) = shared_dir() else { return };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Some(shared) = fairnas_data::shared_data::for_test(&repo) else { return };
     let dev = Device::Cpu;
     let path = shared.join("data/weights/efficientnet-lite0-57934424.pth");
     let ckpt = read_checkpoint(&path).unwrap();

@@ -6,7 +6,13 @@
 //! - `convert`: a PyTorch checkpoint (.pth/.pth.tar, legacy or zip) to safetensors with the
 //!   project's canonical names (the same code as `fairnas convert`).
 //!
-//! ImageNet validation preparation and CUDA builds arrive with their issues.
+//! - `prepare-val`: the official flat ImageNet validation folder sorted into `<wnid>/` folders.
+//! - `fetch-imagenet-val`: a validation split from a Hugging Face dataset repository (cache
+//!   first, resumable per file, checksums checked), then prepared.
+//!
+//! CUDA builds arrive with their issue.
+
+mod imagenet_val;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +40,10 @@ enum Task {
     },
     /// Convert a PyTorch checkpoint to safetensors with canonical names, checked against the model.
     Convert(fairnas_cli::convert::ConvertArgs),
+    /// Sort the official flat validation folder into <out>/<wnid>/ (hard links, idempotent, checked).
+    PrepareVal(imagenet_val::PrepareValArgs),
+    /// Download a validation split through the Hugging Face hub, then prepare it.
+    FetchImagenetVal(imagenet_val::FetchValArgs),
 }
 
 const FIXTURE_SCRIPTS: [&str; 4] = [
@@ -85,6 +95,8 @@ fn main() -> Result<()> {
             eprintln!("fixtures regenerated; review `git diff --stat` before committing");
         }
         Task::Convert(args) => fairnas_cli::convert::run(args)?,
+        Task::PrepareVal(args) => imagenet_val::prepare_val(args)?,
+        Task::FetchImagenetVal(args) => imagenet_val::fetch_imagenet_val(args)?,
     }
     Ok(())
 }

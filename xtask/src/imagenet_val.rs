@@ -12,6 +12,15 @@ pub struct PrepareValArgs {
     /// The official flat validation folder (ILSVRC2012_val_00000001.JPEG ...).
     #[arg(long, value_name = "DIR")]
     pub val_dir: PathBuf,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// The split's description and where it goes.
+#[derive(Args)]
+pub struct SplitArgs {
     /// Ground truth: `<file> <class index>` per line (e.g. shared/data/imagenet-meta/val.txt).
     #[arg(long, value_name = "val.txt")]
     pub ground_truth: PathBuf,
@@ -21,8 +30,6 @@ pub struct PrepareValArgs {
     /// Output root; images land in `<out>/<wnid>/` as hard links (copies across filesystems).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub report: ReportArgs,
 }
 
 #[derive(Args)]
@@ -45,13 +52,8 @@ pub struct FetchValArgs {
     /// Folder of the images inside the repository.
     #[arg(long, default_value = "val", value_name = "PATH")]
     pub path_in_repo: String,
-    /// Ground truth: which files to fetch and their classes.
-    #[arg(long, value_name = "val.txt")]
-    pub ground_truth: PathBuf,
-    #[arg(long, value_name = "FILE")]
-    pub synsets: PathBuf,
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub split: SplitArgs,
     #[command(flatten)]
     pub report: ReportArgs,
 }
@@ -107,7 +109,7 @@ fn print_report(report: &PrepareReport, out: &Path, args: &ReportArgs) -> Result
     let only_missing = report.conflicts.is_empty()
         && report.count_mismatches.iter().all(|(_, e, f)| f <= e)
         && report.extra_in_output.is_empty();
-    if !report.is_complete() && !(args.allow_missing && only_missing) {
+    if !(report.is_complete() || args.allow_missing && only_missing) {
         bail!(
             "validation split incomplete: {} missing, {} conflicts, {} classes with the wrong count{}",
             report.missing.len(),
@@ -120,8 +122,9 @@ fn print_report(report: &PrepareReport, out: &Path, args: &ReportArgs) -> Result
 }
 
 pub fn prepare_val(args: PrepareValArgs) -> Result<()> {
-    let report = prepare(&args.val_dir, &args.ground_truth, &args.synsets, &args.out)?;
-    print_report(&report, &args.out, &args.report)
+    let split = &args.split;
+    let report = prepare(&args.val_dir, &split.ground_truth, &split.synsets, &split.out)?;
+    print_report(&report, &split.out, &args.report)
 }
 
 fn hub_offline() -> bool {
@@ -176,8 +179,9 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 pub fn fetch_imagenet_val(args: FetchValArgs) -> Result<()> {
-    let wnids = read_synsets(&args.synsets)?;
-    let entries = read_ground_truth(&args.ground_truth, wnids.len())?;
+    let split = &args.split;
+    let wnids = read_synsets(&split.synsets)?;
+    let entries = read_ground_truth(&split.ground_truth, wnids.len())?;
     let fetcher = Fetcher::new(&args)?;
     let prefix = args.path_in_repo.trim_matches('/');
     let in_repo = |file: &str| if prefix.is_empty() { file.to_string() } else { format!("{prefix}/{file}") };
@@ -236,6 +240,6 @@ pub fn fetch_imagenet_val(args: FetchValArgs) -> Result<()> {
         );
     }
     let Some(folder) = folder else { bail!("no file of the split is available from {}", fetcher.uri) };
-    let report = prepare(&folder, &args.ground_truth, &args.synsets, &args.out)?;
-    print_report(&report, &args.out, &args.report)
+    let report = prepare(&folder, &split.ground_truth, &split.synsets, &split.out)?;
+    print_report(&report, &split.out, &args.report)
 }

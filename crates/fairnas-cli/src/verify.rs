@@ -191,9 +191,14 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
     let mut tally = Tally::new(spec.classes);
     let mut skipped: Vec<(String, String)> = Vec::new();
     let mut network_time = Duration::ZERO;
+    let mut decode_time = Duration::ZERO;
+    let mut waiting = Duration::ZERO;
+    let mut waited_from = Instant::now();
     let loader = EvalLoader::new(dataset.samples, transform, eval.batch_size, 2, eval.on_bad_image);
     for batch in loader {
+        waiting += waited_from.elapsed();
         let batch = batch.context("evaluation stopped (use --on-bad-image skip to leave bad images out)")?;
+        decode_time += batch.decode_time;
         for (index, error) in &batch.skipped {
             tracing::warn!(image = %paths[*index], %error, "skipped");
             skipped.push((paths[*index].clone(), error.to_string()));
@@ -209,6 +214,7 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
         }
         progress.inc((batch.labels.len() + batch.skipped.len()) as u64);
         progress.set_message(format!("{:.2}%", Tally::percent(tally.top1, tally.images)));
+        waited_from = Instant::now();
     }
     progress.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
@@ -246,6 +252,9 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
             "wall_s": wall,
             "images_per_s": tally.images as f64 / wall,
             "network_share": network_share,
+            "network_s": network_time.as_secs_f64(),
+            "decode_s": decode_time.as_secs_f64(),
+            "waiting_for_data_s": waiting.as_secs_f64(),
             "batch_size": eval.batch_size,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -262,9 +271,11 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
             }
         }
         println!(
-            "wall {wall:.2} s, {:.1} images/s, network {:.0}% of the time, decoding (not overlapped) the rest",
+            "wall {wall:.2} s, {:.1} images/s; network {:.1} s, decoding {:.1} s (in the background), waiting for data {:.1} s",
             tally.images as f64 / wall,
-            100.0 * network_share
+            network_time.as_secs_f64(),
+            decode_time.as_secs_f64(),
+            waiting.as_secs_f64()
         );
     }
     Ok(())

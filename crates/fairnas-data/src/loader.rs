@@ -44,6 +44,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Samples of this batch that were skipped, with the reason.
     pub skipped: Vec<(usize, DataError)>,
+    /// Wall time the producer spent decoding and transforming this batch.
+    pub decode_time: std::time::Duration,
 }
 
 impl Batch {
@@ -84,6 +86,7 @@ impl EvalLoader {
         let (sender, receiver) = sync_channel(prefetch.max(1));
         let producer = std::thread::spawn(move || {
             for (b, chunk) in samples.chunks(batch_size).enumerate() {
+                let started = std::time::Instant::now();
                 let decoded: Vec<Result<Vec<f32>, DataError>> =
                     chunk.par_iter().map(|s| load_sample(s, &transform)).collect();
                 let mut batch = Batch {
@@ -91,6 +94,7 @@ impl EvalLoader {
                     labels: Vec::with_capacity(chunk.len()),
                     indices: Vec::with_capacity(chunk.len()),
                     skipped: Vec::new(),
+                    decode_time: started.elapsed(),
                 };
                 for (i, (sample, result)) in chunk.iter().zip(decoded).enumerate() {
                     let index = b * batch_size + i;

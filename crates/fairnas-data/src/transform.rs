@@ -19,6 +19,18 @@ pub enum Normalization {
 }
 
 impl Normalization {
+    /// CHW f32 values of an RGB image.
+    pub fn to_chw(&self, img: &RgbImage) -> Vec<f32> {
+        let hw = (img.width() * img.height()) as usize;
+        let mut out = vec![0f32; 3 * hw];
+        for (i, p) in img.pixels().enumerate() {
+            for ch in 0..3 {
+                out[ch * hw + i] = self.apply(p.0[ch], ch);
+            }
+        }
+        out
+    }
+
     #[inline]
     fn apply(&self, v: u8, channel: usize) -> f32 {
         match self {
@@ -113,14 +125,7 @@ impl EvalTransform {
             height,
             crop: self.crop,
         })?;
-        let hw = (self.crop * self.crop) as usize;
-        let mut out = vec![0f32; 3 * hw];
-        for (i, p) in crop.pixels().enumerate() {
-            for ch in 0..3 {
-                out[ch * hw + i] = self.normalization.apply(p.0[ch], ch);
-            }
-        }
-        Ok(out)
+        Ok(self.normalization.to_chw(&crop))
     }
 
     /// Decodes and transforms one file.

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fairnas_cli::convert::sha256_file;
+use fairnas_cli::weights::hub_offline;
 use fairnas_data::imagenet_val::{prepare, read_ground_truth, read_synsets, PrepareReport};
-use sha2::{Digest, Sha256};
 
 #[derive(Args)]
 pub struct PrepareValArgs {
@@ -127,11 +128,6 @@ pub fn prepare_val(args: PrepareValArgs) -> Result<()> {
     print_report(&report, &split.out, &args.report)
 }
 
-fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-}
-
 /// Fetches one repository file: from the cache, else (unless offline) downloaded.
 struct Fetcher {
     cache: hf_hub::CacheRepo,
@@ -169,13 +165,6 @@ impl Fetcher {
             }
         }
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub fn fetch_imagenet_val(args: FetchValArgs) -> Result<()> {

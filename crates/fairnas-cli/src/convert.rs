@@ -28,12 +28,18 @@ pub struct ConvertArgs {
     pub json: bool,
 }
 
+/// Hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &std::path::Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn run(args: ConvertArgs) -> Result<()> {
     let spec = args.model.resolve()?;
     let input = resolve_location(&args.input)?;
-    let bytes = std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
-    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    drop(bytes);
+    let sha256 = sha256_file(&input)?;
     let converted = convert_checkpoint(&input, &spec, &args.source)?;
     let params: usize = converted
         .tensors

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use fairnas_data::{Interpolation, Normalization};
+use fairnas_data::{EvalLoader, Interpolation, Normalization, OnBadImage, Sample, Source};
 use serde_json::json;
 
 use fairnas_cli::model_args::ModelArgs;
@@ -45,26 +45,19 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let net = load_network(&args.weights, &spec, &device)?;
     tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");
-    let mut transform = crate::verify::default_transform(&spec);
-    if let Some(i) = args.interpolation {
-        transform.interpolation = i;
-    }
-    if let Some(n) = args.normalize {
-        transform.normalization = n;
-    }
+    let transform = crate::verify::eval_transform(&spec, args.interpolation, args.normalize);
     let topk = args.topk.min(spec.classes);
     let crop = transform.crop as usize;
     let mut results = Vec::new();
-    for chunk in args.images.chunks(args.batch_size) {
-        let mut pixels = Vec::with_capacity(chunk.len() * 3 * crop * crop);
-        for path in chunk {
-            pixels.extend(transform.load(path)?);
-        }
-        let x = Tensor::from_vec(pixels, (chunk.len(), 3, crop, crop), &device)?;
+    let samples = args.images.iter().map(|p| Sample { source: Source::File(p.clone()), label: 0 }).collect();
+    for batch in EvalLoader::new(samples, transform, args.batch_size, 2, OnBadImage::Fail) {
+        let batch = batch?;
+        let x = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, crop, crop), &device)?;
         let batch_started = std::time::Instant::now();
         let probs = candle_nn::ops::softmax_last_dim(&net.forward(&x)?)?.to_vec2::<f32>()?;
-        tracing::info!(images = chunk.len(), elapsed = ?batch_started.elapsed(), "batch classified");
-        for (path, p) in chunk.iter().zip(probs) {
+        tracing::info!(images = batch.indices.len(), elapsed = ?batch_started.elapsed(), "batch classified");
+        for (&index, p) in batch.indices.iter().zip(probs) {
+            let path = &args.images[index];
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
             let top: Vec<_> = order[..topk].iter().map(|&i| (i, class_name(spec.classes, i), p[i])).collect();

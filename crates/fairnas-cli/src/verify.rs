@@ -83,9 +83,15 @@ pub struct TransferVerifyArgs {
     pub eval: EvalOptions,
 }
 
-/// The preprocessing a model's checkpoints were trained with.
-pub fn default_transform(spec: &ArchSpec) -> EvalTransform {
-    if spec.stem_padding == Padding::TfSame {
+/// The preprocessing a model's checkpoints were trained with (bilinear + ImageNet statistics
+/// for FairNAS, bicubic + inception scaling for the TF-SAME EfficientNet-Lite family), with the
+/// user's overrides.
+pub fn eval_transform(
+    spec: &ArchSpec,
+    interpolation: Option<Interpolation>,
+    normalize: Option<Normalization>,
+) -> EvalTransform {
+    let mut t = if spec.stem_padding == Padding::TfSame {
         EvalTransform {
             interpolation: Interpolation::Bicubic,
             normalization: Normalization::Inception,
@@ -93,7 +99,14 @@ pub fn default_transform(spec: &ArchSpec) -> EvalTransform {
         }
     } else {
         EvalTransform::default()
+    };
+    if let Some(i) = interpolation {
+        t.interpolation = i;
     }
+    if let Some(n) = normalize {
+        t.normalization = n;
+    }
+    t
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -166,13 +179,7 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
     for path in &dataset.ignored {
         tracing::warn!(path = %path.display(), "not an image file; ignored");
     }
-    let mut transform = default_transform(spec);
-    if let Some(i) = eval.interpolation {
-        transform.interpolation = i;
-    }
-    if let Some(n) = eval.normalize {
-        transform.normalization = n;
-    }
+    let transform = eval_transform(spec, eval.interpolation, eval.normalize);
     let paths: Vec<String> = dataset.samples.iter().map(|s| s.source.describe()).collect();
     let total = dataset.len();
     let layout = dataset.layout.clone();
@@ -297,7 +304,11 @@ pub fn run_verify(args: VerifyArgs) -> Result<()> {
 }
 
 pub fn run_transfer_verify(args: TransferVerifyArgs) -> Result<()> {
-    let spec = args.model.resolve()?;
+    // The original transfer_verify.py is always about the CIFAR-10 heads: `--model fairnas-a-se
+    // --se-ratio 1.0` means its transfer model here, without needing --transfer.
+    let mut model = args.model.clone();
+    model.transfer = true;
+    let spec = model.resolve()?;
     if spec.classes != 10 {
         bail!(
             "model {} has {} classes; CIFAR-10 transfer models have 10 (add --transfer or use a *-transfer model)",

@@ -58,7 +58,8 @@ pub fn resolve_location(weights: &str) -> Result<PathBuf> {
     }
 }
 
-fn hub_offline() -> bool {
+/// Whether `HF_HUB_OFFLINE` asks for the Hugging Face cache only.
+pub fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }

@@ -529,16 +529,32 @@ fn transfer_verify_reads_the_real_cifar_jpeg_tree() {
     .unwrap();
     assert_eq!(j["evaluated"], 50);
     assert_eq!(j["dataset"]["layout"], "CIFAR-10 test JPEG tree");
-    // An ImageNet model is refused with the reason.
+    // The original's spelling (`--model fairnas-c-se --se-ratio 0.5`) means the transfer model.
+    let same: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+        "transfer-verify",
+        "--json",
+        "--model",
+        "fairnas-c-se",
+        "--se-ratio",
+        "0.5",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--cifar-root",
+        dir.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!((&same["model"], &same["top1_correct"]), (&j["model"], &j["top1_correct"]));
+    // A model without a CIFAR-10 head is refused with the reason.
+    let root = dir.to_str().unwrap();
     let out = fairnas(&[
         "transfer-verify",
         "--model",
-        "fairnas-a",
+        "efficientnet-lite0",
         "--weights",
         "x",
         "--cifar-root",
-        dir.to_str().unwrap(),
+        root,
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CIFAR-10 transfer models have 10"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no SE or transfer variant"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -56,6 +56,28 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The derivative `f'(x)` element-wise, as a tensor (for hand-written backward passes).
+    pub fn derivative(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let dtype = x.dtype();
+        match self {
+            Activation::Identity => x.ones_like(),
+            Activation::Relu => x.gt(0.0)?.to_dtype(dtype),
+            Activation::Relu6 => x.gt(0.0)?.to_dtype(dtype)? * x.lt(6.0)?.to_dtype(dtype)?,
+            Activation::Swish => {
+                let s = candle_nn_free_sigmoid(x)?;
+                // d/dx x*s(x) = s * (1 + x * (1 - s))
+                let one_minus = s.affine(-1.0, 1.0)?;
+                s.mul(&((x * one_minus)? + 1.0)?)
+            }
+            Activation::Sigmoid => {
+                let s = candle_nn_free_sigmoid(x)?;
+                s.mul(&s.affine(-1.0, 1.0)?)
+            }
+        }
+    }
+}
+
 /// `1 / (1 + exp(-x))` from candle-core primitives (the fused sigmoid lives in candle-nn, which
 /// this crate does not depend on outside tests).
 fn candle_nn_free_sigmoid(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {

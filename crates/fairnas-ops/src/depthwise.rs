@@ -8,6 +8,7 @@
 //! vectorises. Padding is never materialised.
 
 use crate::buffer::par_filled_chunks;
+use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use crate::layout::contiguous_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -106,7 +107,13 @@ impl DepthwiseConv2d {
 /// The half-open range of output columns `ox` for which input column `ox * stride + tap - pad`
 /// lies inside `0..width`.
 #[inline]
-fn valid_range(out_len: usize, width: usize, tap: usize, pad: usize, stride: usize) -> (usize, usize) {
+pub(crate) fn valid_range(
+    out_len: usize,
+    width: usize,
+    tap: usize,
+    pad: usize,
+    stride: usize,
+) -> (usize, usize) {
     // lower bound: ox * stride + tap >= pad
     let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
     // upper bound: ox * stride + tap - pad <= width - 1
@@ -114,7 +121,10 @@ fn valid_range(out_len: usize, width: usize, tap: usize, pad: usize, stride: usi
     (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
 }
 
-trait DwElement: candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign {}
+pub(crate) trait DwElement:
+    candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign
+{
+}
 impl DwElement for f32 {}
 impl DwElement for f64 {}
 
@@ -230,6 +240,27 @@ impl CustomOp2 for DepthwiseConv2d {
             ),
         }
     }
+
+    /// Gradients through our own kernels (see `depthwise_backward`); candle's grouped conv
+    /// backward takes tens of seconds per layer at training sizes.
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _output: &Tensor,
+        grad_output: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, height, width) = input.dims4()?;
+        let grad_input = grad_output.apply_op2_no_bwd(
+            weight,
+            &DepthwiseInputGrad { stride: self.stride, padding: self.padding, height, width },
+        )?;
+        let grad_weight = input.apply_op2_no_bwd(
+            grad_output,
+            &DepthwiseWeightGrad { stride: self.stride, padding: self.padding, kernel: weight.dim(2)? },
+        )?;
+        Ok((Some(grad_input), Some(grad_weight)))
+    }
 }
 
 /// Depthwise convolution of `input` `[N, C, H, W]` with `weight` `[C, 1, k, k]`.
@@ -239,7 +270,7 @@ pub fn depthwise_conv2d(
     stride: usize,
     padding: Padding2d,
 ) -> Result<Tensor> {
-    input.apply_op2_no_bwd(weight, &DepthwiseConv2d { stride, padding })
+    input.apply_op2(weight, DepthwiseConv2d { stride, padding })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod buffer;
 pub mod depthwise;
+pub mod depthwise_backward;
 pub mod layout;
 pub mod squeeze_excite;
 

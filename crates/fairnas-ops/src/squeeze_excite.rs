@@ -44,6 +44,23 @@ fn dims(x: &Layout, reduce: &Layout, expand: &Layout) -> Result<(usize, usize, u
     Ok((n, c, hw, r))
 }
 
+/// The element types the op runs in: f32 (inference and training) and f64 (gradient checks).
+trait SeElement: candle_core::WithDType + num_traits::Float + Default + Send + Sync {
+    fn plane_sum(plane: &[Self]) -> f64;
+}
+
+impl SeElement for f32 {
+    fn plane_sum(plane: &[f32]) -> f64 {
+        plane_sum(plane)
+    }
+}
+
+impl SeElement for f64 {
+    fn plane_sum(plane: &[f64]) -> f64 {
+        plane.iter().sum()
+    }
+}
+
 /// Sum of a plane with 16 independent f32 lanes (a single running sum is a chain of dependent
 /// adds the compiler may not reorder, which made the pool 4x slower than candle's), combined in
 /// f64 at the end.
@@ -60,35 +77,38 @@ fn plane_sum(plane: &[f32]) -> f64 {
     acc.iter().map(|&a| a as f64).sum::<f64>() + tail.iter().map(|&v| v as f64).sum::<f64>()
 }
 
-fn forward_f32(
+fn forward_typed<T: SeElement>(
     op: &SqueezeExcite,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
     (s3, l3): (&CpuStorage, &Layout),
-) -> Result<Vec<f32>> {
+) -> Result<Vec<T>> {
     let (n, c, hw, r) = dims(l1, l2, l3)?;
-    let x = contiguous_slice::<f32>(s1, l1)?;
-    let reduce = contiguous_slice::<f32>(s2, l2)?;
-    let expand = contiguous_slice::<f32>(s3, l3)?;
+    let x = contiguous_slice::<T>(s1, l1)?;
+    let reduce = contiguous_slice::<T>(s2, l2)?;
+    let expand = contiguous_slice::<T>(s3, l3)?;
     if hw == 0 {
         return Ok(Vec::new());
     }
     // Squeeze: one mean per (n, c) plane.
-    let pooled: Vec<f32> = x.par_chunks(hw).map(|plane| (plane_sum(plane) / hw as f64) as f32).collect();
+    let pooled: Vec<T> = x
+        .par_chunks(hw)
+        .map(|plane| T::from(T::plane_sum(plane) / hw as f64).unwrap_or_else(T::nan))
+        .collect();
     // Excite: two tiny FCs per sample.
-    let mut gates = vec![0f32; n * c];
+    let mut gates = vec![T::zero(); n * c];
     for (sample, gate) in gates.chunks_mut(c).enumerate() {
         let p = &pooled[sample * c..(sample + 1) * c];
-        let hidden: Vec<f32> = (0..r)
+        let hidden: Vec<T> = (0..r)
             .map(|j| {
                 let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
-                let z = row[..c].iter().zip(p).map(|(w, v)| w * v).sum::<f32>() + row[c];
+                let z = row[..c].iter().zip(p).fold(T::zero(), |acc, (&w, &v)| acc + w * v) + row[c];
                 op.inner.apply(z)
             })
             .collect();
         for (i, g) in gate.iter_mut().enumerate() {
             let row = &expand[i * (r + 1)..(i + 1) * (r + 1)];
-            let z = row[..r].iter().zip(&hidden).map(|(w, v)| w * v).sum::<f32>() + row[r];
+            let z = row[..r].iter().zip(&hidden).fold(T::zero(), |acc, (&w, &v)| acc + w * v) + row[r];
             *g = Activation::Sigmoid.apply(z);
         }
     }
@@ -115,13 +135,52 @@ impl CustomOp3 for SqueezeExcite {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        for s in [s1, s2, s3] {
-            if s.dtype() != DType::F32 {
-                candle_core::bail!("squeeze-excite supports f32 only, got {:?}", s.dtype());
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        let out = match (s1.dtype(), s2.dtype(), s3.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => {
+                CpuStorage::F32(forward_typed(self, args.0, args.1, args.2)?)
             }
-        }
-        let out = forward_f32(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+            (DType::F64, DType::F64, DType::F64) => {
+                CpuStorage::F64(forward_typed(self, args.0, args.1, args.2)?)
+            }
+            (a, b, c) => {
+                candle_core::bail!("squeeze-excite supports f32 or f64 throughout, got {a:?}, {b:?}, {c:?}")
+            }
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    /// The backward pass in candle ops: everything but the two full-size passes (`sum_hw(dy *
+    /// x)` and `dy * g + ds / HW`) works on `[N, C]` and `[N, R]` matrices, so fusing it would
+    /// gain little. Recomputes the squeeze/excite intermediates instead of storing them.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        reduce: &Tensor,
+        expand: &Tensor,
+        _output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let r = reduce.dim(0)?;
+        let (w1, b1) = (reduce.narrow(1, 0, c)?, reduce.narrow(1, c, 1)?.squeeze(1)?);
+        let (w2, b2) = (expand.narrow(1, 0, r)?, expand.narrow(1, r, 1)?.squeeze(1)?);
+        let pooled = x.mean((2, 3))?; // [N, C]
+        let z = pooled.matmul(&w1.t()?)?.broadcast_add(&b1)?; // [N, R]
+        let hidden = self.inner.forward(&z)?;
+        let gate = Activation::Sigmoid.forward(&hidden.matmul(&w2.t()?)?.broadcast_add(&b2)?)?; // [N, C]
+        let d_gate = (grad * x)?.sum((2, 3))?;
+        let d_gate_logit = (d_gate * gate.mul(&gate.affine(-1.0, 1.0)?)?)?;
+        let d_w2 = d_gate_logit.t()?.matmul(&hidden)?; // [C, R]
+        let d_b2 = d_gate_logit.sum(0)?;
+        let d_z = d_gate_logit.matmul(&w2)?.mul(&self.inner.derivative(&z)?)?; // [N, R]
+        let d_w1 = d_z.t()?.matmul(&pooled)?; // [R, C]
+        let d_b1 = d_z.sum(0)?;
+        let d_pooled = (d_z.matmul(&w1)? / (h * w) as f64)?.reshape((n, c, 1, 1))?;
+        let d_x = grad.broadcast_mul(&gate.reshape((n, c, 1, 1))?)?.broadcast_add(&d_pooled)?;
+        let d_reduce = Tensor::cat(&[d_w1, d_b1.unsqueeze(1)?], 1)?;
+        let d_expand = Tensor::cat(&[d_w2, d_b2.unsqueeze(1)?], 1)?;
+        Ok((Some(d_x), Some(d_reduce), Some(d_expand)))
     }
 }
 
@@ -140,7 +199,7 @@ pub fn squeeze_excite_packed(
     expand: &Tensor,
     inner: Activation,
 ) -> Result<Tensor> {
-    x.apply_op3_no_bwd(reduce, expand, &SqueezeExcite { inner })
+    x.apply_op3(reduce, expand, SqueezeExcite { inner })
 }
 
 /// Squeeze-excite of `x` `[N, C, H, W]` with PyTorch-layout 1x1 conv weights

@@ -1,0 +1,251 @@
+//! Gradients of the depthwise convolution, as two more custom ops (so each is an ordinary
+//! tensor op, parallel over planes or channels like the forward):
+//!
+//! - input gradient: a transposed depthwise convolution. Each (n, c) plane is independent: for
+//!   every output row and kernel tap, the matching input columns receive `w * grad_out`, an
+//!   axpy over contiguous memory (stride 1) or over de-interleaved phases (stride s);
+//! - weight gradient: for each channel, every tap is the dot product of a shifted input window
+//!   with the output gradient, summed over the batch. One task per channel sums in a fixed order,
+//!   so the result does not depend on the thread count.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape};
+
+use crate::buffer::par_filled_chunks;
+use crate::depthwise::{conv_output_size, valid_range, DwElement, Padding2d};
+use crate::layout::contiguous_slice;
+
+/// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseInputGrad {
+    pub stride: usize,
+    pub padding: Padding2d,
+    /// Spatial size of the forward input (several input sizes map to one output size).
+    pub height: usize,
+    pub width: usize,
+}
+
+/// d(loss)/d(weight) `[C, 1, k, k]` from the forward input `[N, C, H, W]` and d(loss)/d(output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseWeightGrad {
+    pub stride: usize,
+    pub padding: Padding2d,
+    pub kernel: usize,
+}
+
+fn check_output(
+    p: Padding2d,
+    stride: usize,
+    kernel: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+) -> Result<()> {
+    let want = (
+        conv_output_size(h, p.top, p.bottom, kernel, stride)?,
+        conv_output_size(w, p.left, p.right, kernel, stride)?,
+    );
+    if want != (ho, wo) {
+        candle_core::bail!(
+            "depthwise backward: output gradient is {ho}x{wo} but a {h}x{w} input gives {}x{}",
+            want.0,
+            want.1
+        );
+    }
+    Ok(())
+}
+
+fn input_grad_typed<T: DwElement>(
+    op: &DepthwiseInputGrad,
+    gs: &CpuStorage,
+    gl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+) -> Result<(Vec<T>, Shape)> {
+    let (n, c, ho, wo) = match gl.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        d => candle_core::bail!("depthwise input grad: output gradient must be [N, C, Ho, Wo], got {d:?}"),
+    };
+    let k = match wl.dims() {
+        &[cc, 1, kh, kw] if cc == c && kh == kw => kh,
+        d => candle_core::bail!("depthwise input grad: weight must be [{c}, 1, k, k], got {d:?}"),
+    };
+    let (h, w, s, p) = (op.height, op.width, op.stride, op.padding);
+    check_output(p, s, k, h, w, ho, wo)?;
+    let grad_out = contiguous_slice::<T>(gs, gl)?;
+    let weight = contiguous_slice::<T>(ws, wl)?;
+    let phase_w = w.div_ceil(s);
+    let out = par_filled_chunks(n * c * h * w, h * w, |plane, dst| {
+        let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
+        let g = &grad_out[plane * ho * wo..(plane + 1) * ho * wo];
+        // Accumulate into stride-phase rows (column x lives in phase x % s at x / s) so every
+        // tap is a contiguous axpy; for stride 1 the phase buffer is the plane itself.
+        let mut phases = if s == 1 { Vec::new() } else { vec![T::zero(); s * h * phase_w] };
+        for oy in 0..ho {
+            let g_row = &g[oy * wo..(oy + 1) * wo];
+            for ky in 0..k {
+                let iy = oy * s + ky;
+                if iy < p.top || iy - p.top >= h {
+                    continue;
+                }
+                let iy = iy - p.top;
+                for kx in 0..k {
+                    let wv = filter[ky * k + kx];
+                    let (lo, hi) = valid_range(wo, w, kx, p.left, s);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let first = lo * s + kx - p.left;
+                    let target = if s == 1 {
+                        &mut dst[iy * w + first..iy * w + first + (hi - lo)]
+                    } else {
+                        let start = (first % s) * h * phase_w + iy * phase_w + first / s;
+                        &mut phases[start..start + (hi - lo)]
+                    };
+                    for (t, &gv) in target.iter_mut().zip(&g_row[lo..hi]) {
+                        *t += wv * gv;
+                    }
+                }
+            }
+        }
+        if s > 1 {
+            for y in 0..h {
+                for (x, d) in dst[y * w..(y + 1) * w].iter_mut().enumerate() {
+                    *d = phases[(x % s) * h * phase_w + y * phase_w + x / s];
+                }
+            }
+        }
+    });
+    Ok((out, Shape::from((n, c, h, w))))
+}
+
+fn weight_grad_typed<T: DwElement>(
+    op: &DepthwiseWeightGrad,
+    xs: &CpuStorage,
+    xl: &Layout,
+    gs: &CpuStorage,
+    gl: &Layout,
+) -> Result<(Vec<T>, Shape)> {
+    let (n, c, h, w) = match xl.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        d => candle_core::bail!("depthwise weight grad: input must be [N, C, H, W], got {d:?}"),
+    };
+    let (ho, wo) = match gl.dims() {
+        &[nn, cc, ho, wo] if nn == n && cc == c => (ho, wo),
+        d => {
+            candle_core::bail!("depthwise weight grad: output gradient must be [{n}, {c}, Ho, Wo], got {d:?}")
+        }
+    };
+    let (k, s, p) = (op.kernel, op.stride, op.padding);
+    check_output(p, s, k, h, w, ho, wo)?;
+    let input = contiguous_slice::<T>(xs, xl)?;
+    let grad_out = contiguous_slice::<T>(gs, gl)?;
+    let phase_w = w.div_ceil(s);
+    let out = par_filled_chunks(c * k * k, k * k, |channel, taps| {
+        let mut phases = if s == 1 { Vec::new() } else { vec![T::zero(); s * h * phase_w] };
+        for sample in 0..n {
+            let plane = sample * c + channel;
+            let x = &input[plane * h * w..(plane + 1) * h * w];
+            let g = &grad_out[plane * ho * wo..(plane + 1) * ho * wo];
+            if s > 1 {
+                for y in 0..h {
+                    for (col, &v) in x[y * w..(y + 1) * w].iter().enumerate() {
+                        phases[(col % s) * h * phase_w + y * phase_w + col / s] = v;
+                    }
+                }
+            }
+            for oy in 0..ho {
+                let g_row = &g[oy * wo..(oy + 1) * wo];
+                for ky in 0..k {
+                    let iy = oy * s + ky;
+                    if iy < p.top || iy - p.top >= h {
+                        continue;
+                    }
+                    let iy = iy - p.top;
+                    for kx in 0..k {
+                        let (lo, hi) = valid_range(wo, w, kx, p.left, s);
+                        if lo >= hi {
+                            continue;
+                        }
+                        let first = lo * s + kx - p.left;
+                        let src = if s == 1 {
+                            &x[iy * w + first..iy * w + first + (hi - lo)]
+                        } else {
+                            let start = (first % s) * h * phase_w + iy * phase_w + first / s;
+                            &phases[start..start + (hi - lo)]
+                        };
+                        let mut acc = T::zero();
+                        for (&a, &b) in src.iter().zip(&g_row[lo..hi]) {
+                            acc += a * b;
+                        }
+                        taps[ky * k + kx] += acc;
+                    }
+                }
+            }
+        }
+    });
+    Ok((out, Shape::from((c, 1, k, k))))
+}
+
+fn dispatch<F32, F64>(
+    name: &str,
+    a: &CpuStorage,
+    b: &CpuStorage,
+    f32_fn: F32,
+    f64_fn: F64,
+) -> Result<(CpuStorage, Shape)>
+where
+    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
+    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
+{
+    match (a.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => f32_fn().map(|(v, s)| (CpuStorage::F32(v), s)),
+        (DType::F64, DType::F64) => f64_fn().map(|(v, s)| (CpuStorage::F64(v), s)),
+        (x, y) => candle_core::bail!("{name} supports f32 and f64 with matching dtypes, got {x:?} and {y:?}"),
+    }
+}
+
+impl CustomOp2 for DepthwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "fairnas-depthwise-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch(
+            "depthwise input grad",
+            s1,
+            s2,
+            || input_grad_typed::<f32>(self, s1, l1, s2, l2),
+            || input_grad_typed::<f64>(self, s1, l1, s2, l2),
+        )
+    }
+}
+
+impl CustomOp2 for DepthwiseWeightGrad {
+    fn name(&self) -> &'static str {
+        "fairnas-depthwise-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch(
+            "depthwise weight grad",
+            s1,
+            s2,
+            || weight_grad_typed::<f32>(self, s1, l1, s2, l2),
+            || weight_grad_typed::<f64>(self, s1, l1, s2, l2),
+        )
+    }
+}

@@ -226,19 +226,13 @@ impl CustomOp2 for DepthwiseConv2d {
         if self.stride == 0 {
             candle_core::bail!("depthwise conv: stride must be positive");
         }
-        match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => {
-                let (v, s) = forward_typed::<f32>(self, s1, l1, s2, l2)?;
-                Ok((CpuStorage::F32(v), s))
-            }
-            (DType::F64, DType::F64) => {
-                let (v, s) = forward_typed::<f64>(self, s1, l1, s2, l2)?;
-                Ok((CpuStorage::F64(v), s))
-            }
-            (a, b) => candle_core::bail!(
-                "depthwise conv supports f32 and f64 with matching dtypes, got input {a:?} and weight {b:?}"
-            ),
-        }
+        dispatch_f32_f64(
+            "depthwise conv",
+            s1,
+            s2,
+            || forward_typed::<f32>(self, s1, l1, s2, l2),
+            || forward_typed::<f64>(self, s1, l1, s2, l2),
+        )
     }
 
     /// Gradients through our own kernels (see `depthwise_backward`); candle's grouped conv
@@ -260,6 +254,25 @@ impl CustomOp2 for DepthwiseConv2d {
             &DepthwiseWeightGrad { stride: self.stride, padding: self.padding, kernel: weight.dim(2)? },
         )?;
         Ok((Some(grad_input), Some(grad_weight)))
+    }
+}
+
+/// Runs the f32 or f64 instance of a two-input kernel, refusing other or mixed dtypes.
+pub(crate) fn dispatch_f32_f64<F32, F64>(
+    name: &str,
+    a: &CpuStorage,
+    b: &CpuStorage,
+    f32_fn: F32,
+    f64_fn: F64,
+) -> Result<(CpuStorage, Shape)>
+where
+    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
+    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
+{
+    match (a.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => f32_fn().map(|(v, s)| (CpuStorage::F32(v), s)),
+        (DType::F64, DType::F64) => f64_fn().map(|(v, s)| (CpuStorage::F64(v), s)),
+        (x, y) => candle_core::bail!("{name} supports f32 and f64 with matching dtypes, got {x:?} and {y:?}"),
     }
 }
 

@@ -8,11 +8,10 @@
 //!   with the output gradient, summed over the batch. One task per channel sums in a fixed order,
 //!   so the result does not depend on the thread count.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 use crate::buffer::par_filled_chunks;
-use crate::depthwise::{conv_output_size, valid_range, DwElement, Padding2d};
+use crate::depthwise::{conv_output_size, dispatch_f32_f64, valid_range, DwElement, Padding2d};
 use crate::layout::contiguous_slice;
 
 /// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
@@ -188,24 +187,6 @@ fn weight_grad_typed<T: DwElement>(
     Ok((out, Shape::from((c, 1, k, k))))
 }
 
-fn dispatch<F32, F64>(
-    name: &str,
-    a: &CpuStorage,
-    b: &CpuStorage,
-    f32_fn: F32,
-    f64_fn: F64,
-) -> Result<(CpuStorage, Shape)>
-where
-    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
-    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
-{
-    match (a.dtype(), b.dtype()) {
-        (DType::F32, DType::F32) => f32_fn().map(|(v, s)| (CpuStorage::F32(v), s)),
-        (DType::F64, DType::F64) => f64_fn().map(|(v, s)| (CpuStorage::F64(v), s)),
-        (x, y) => candle_core::bail!("{name} supports f32 and f64 with matching dtypes, got {x:?} and {y:?}"),
-    }
-}
-
 impl CustomOp2 for DepthwiseInputGrad {
     fn name(&self) -> &'static str {
         "fairnas-depthwise-input-grad"
@@ -218,7 +199,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch(
+        dispatch_f32_f64(
             "depthwise input grad",
             s1,
             s2,
@@ -240,7 +221,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch(
+        dispatch_f32_f64(
             "depthwise weight grad",
             s1,
             s2,

@@ -1,5 +1,7 @@
-//! Supernet, path samplers (strict fairness, uniform, expectation fairness), training loop,
-//! checkpoints and BN recalibration.
-//!
-//! Not implemented yet: this crate is a placeholder in the workspace layout until the supernet
-//! issue lands. It intentionally exports nothing.
+//! Supernet training with strict fairness. Built so far: the path samplers (strict fairness,
+//! uniform single path, expectation fairness, fixed path). The supernet itself, the trainer,
+//! checkpoints and BN recalibration follow in the supernet issue.
+
+pub mod sampler;
+
+pub use sampler::{ExpectationFair, FixedPath, Path, PathSampler, StrictFair, UniformSinglePath};

@@ -73,7 +73,8 @@ pub fn parse_block(block: &str, default_activation: Activation) -> Result<Vec<Bl
     let kind = match kind_token {
         "ds" => BlockKind::DepthwiseSeparable,
         "ir" => BlockKind::InvertedResidual,
-        _ => return Err(err(kind_token, "block kind must be 'ds' or 'ir'")),
+        "sk" => BlockKind::Skip,
+        _ => return Err(err(kind_token, "block kind must be 'ds', 'ir' or 'sk'")),
     };
     let (mut repeat, mut kernel, mut stride, mut expansion, mut out) = (1, None, 1, None, None);
     let (mut se, mut activation, mut skip, mut padding) =
@@ -120,12 +121,18 @@ pub fn parse_block(block: &str, default_activation: Activation) -> Result<Vec<Bl
             ));
         }
     }
-    let kernel = kernel.ok_or_else(|| err(block, "missing kernel token k<n>"))?;
+    let kernel = match (kind, kernel) {
+        (BlockKind::Skip, None | Some(1)) => 1,
+        (BlockKind::Skip, Some(k)) => {
+            return Err(err(&format!("k{k}"), "a skip block has no kernel (1x1 at most)"))
+        }
+        (_, k) => k.ok_or_else(|| err(block, "missing kernel token k<n>"))?,
+    };
     let out_channels = out.ok_or_else(|| err(block, "missing output channels token c<n>"))?;
     let expansion = match (kind, expansion) {
-        (BlockKind::DepthwiseSeparable, None | Some(1)) => 1,
-        (BlockKind::DepthwiseSeparable, Some(e)) => {
-            return Err(err(&format!("e{e}"), "a ds block has no expansion (use ir)"))
+        (BlockKind::DepthwiseSeparable | BlockKind::Skip, None | Some(1)) => 1,
+        (BlockKind::DepthwiseSeparable | BlockKind::Skip, Some(e)) => {
+            return Err(err(&format!("e{e}"), "only ir blocks have an expansion"))
         }
         (BlockKind::InvertedResidual, Some(e)) => e,
         (BlockKind::InvertedResidual, None) => return Err(err(block, "missing expansion token e<n>")),
@@ -140,6 +147,7 @@ pub fn format_block(b: &BlockSpec, repeat: usize, default_activation: Activation
     let mut s = match b.kind {
         BlockKind::DepthwiseSeparable => format!("ds_r{repeat}_k{}_s{}", b.kernel, b.stride),
         BlockKind::InvertedResidual => format!("ir_r{repeat}_k{}_s{}_e{}", b.kernel, b.stride, b.expansion),
+        BlockKind::Skip => format!("sk_r{repeat}_s{}", b.stride),
     };
     s.push_str(&format!("_c{}", b.out_channels));
     if let Some(se) = b.se {
@@ -198,6 +206,15 @@ mod tests {
     use super::*;
 
     const R6: Activation = Activation::Relu6;
+
+    #[test]
+    fn skip_blocks_parse_and_print() {
+        let b = parse_block("sk_r1_s2_c64", R6).unwrap();
+        assert_eq!((b[0].kind, b[0].kernel, b[0].stride, b[0].out_channels), (BlockKind::Skip, 1, 2, 64));
+        assert_eq!(format_block(&b[0], 1, R6), "sk_r1_s2_c64");
+        assert!(parse_block("sk_r1_k3_s1_c64", R6).unwrap_err().to_string().contains("'k3'"));
+        assert!(parse_block("sk_r1_s1_e6_c64", R6).unwrap_err().to_string().contains("'e6'"));
+    }
 
     #[test]
     fn parses_the_documented_examples() {

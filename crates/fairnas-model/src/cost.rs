@@ -120,19 +120,26 @@ pub fn cost_report_at(spec: &ArchSpec, input: usize) -> CostReport {
 
     for (i, (b, g)) in spec.blocks.iter().zip(spec.block_geometry(input)).enumerate() {
         let mut t = Tally::default();
-        if b.kind == BlockKind::InvertedResidual {
-            t.conv(g.in_channels, g.hidden_channels, 1, 1, g.in_size);
-            t.batch_norm(g.hidden_channels, g.in_size);
+        if b.kind == BlockKind::Skip {
+            if b.skip_projects(g.in_channels) {
+                t.conv(g.in_channels, g.out_channels, 1, 1, g.out_size);
+                t.batch_norm(g.out_channels, g.out_size);
+            }
+        } else {
+            if b.kind == BlockKind::InvertedResidual {
+                t.conv(g.in_channels, g.hidden_channels, 1, 1, g.in_size);
+                t.batch_norm(g.hidden_channels, g.in_size);
+            }
+            t.conv(g.hidden_channels, g.hidden_channels, g.hidden_channels, b.kernel, g.out_size);
+            t.batch_norm(g.hidden_channels, g.out_size);
+            if let Some(r) = g.se_channels {
+                t.global_pool(g.hidden_channels, g.out_size);
+                t.conv1x1_bias_on_vector(g.hidden_channels, r);
+                t.conv1x1_bias_on_vector(r, g.hidden_channels);
+            }
+            t.conv(g.hidden_channels, g.out_channels, 1, 1, g.out_size);
+            t.batch_norm(g.out_channels, g.out_size);
         }
-        t.conv(g.hidden_channels, g.hidden_channels, g.hidden_channels, b.kernel, g.out_size);
-        t.batch_norm(g.hidden_channels, g.out_size);
-        if let Some(r) = g.se_channels {
-            t.global_pool(g.hidden_channels, g.out_size);
-            t.conv1x1_bias_on_vector(g.hidden_channels, r);
-            t.conv1x1_bias_on_vector(r, g.hidden_channels);
-        }
-        t.conv(g.hidden_channels, g.out_channels, 1, 1, g.out_size);
-        t.batch_norm(g.out_channels, g.out_size);
         push(
             format!("blocks.{i}"),
             format_block(b, 1, spec.default_activation),

@@ -13,6 +13,9 @@
 //! classifier.{weight,bias}         [classes, 1280], [classes]
 //! ```
 //!
+//! A skip block (`sk`, NAS-Bench-Macro's identity choice) has no tensors, or, where it changes
+//! stride or width, only `blocks.<i>.project.conv.weight [O, C, 1, 1]` and `blocks.<i>.project.bn.*`.
+//!
 //! `i` counts every block from 0, so FairNAS searchable layer `j` is `blocks.<j+1>` (block 0 is
 //! the fixed depthwise-separable block). Shapes follow PyTorch so converted checkpoints need no
 //! transposes. BN keeps its four tensors (training will need them); the eval-mode affine
@@ -153,12 +156,13 @@ struct SqueezeExciteLayer {
     inner: Activation,
 }
 
+/// Any block of the family: each stage is present or not by kind (a skip block may have none).
 #[derive(Debug, Clone)]
 struct Block {
     expand: Option<ConvBnAct>,
-    depthwise: ConvBnAct,
+    depthwise: Option<ConvBnAct>,
     se: Option<SqueezeExciteLayer>,
-    project: ConvBnAct,
+    project: Option<ConvBnAct>,
     residual: bool,
 }
 
@@ -168,11 +172,16 @@ impl Block {
             Some(e) => e.forward(x)?,
             None => x.clone(),
         };
-        h = self.depthwise.forward(&h)?;
+        if let Some(dw) = &self.depthwise {
+            h = dw.forward(&h)?;
+        }
         if let Some(se) = &self.se {
             h = squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner)?;
         }
-        let out = self.project.forward(&h)?;
+        let out = match &self.project {
+            Some(p) => p.forward(&h)?,
+            None => h,
+        };
         if self.residual {
             out + x
         } else {
@@ -245,6 +254,28 @@ impl Network {
         for (i, (b, g)) in spec.blocks.iter().zip(spec.block_geometry(spec.input_size)).enumerate() {
             let vb = vb.pp("blocks").pp(i);
             let hidden = g.hidden_channels;
+            if b.kind == BlockKind::Skip {
+                let project = if b.skip_projects(g.in_channels) {
+                    let kind = if b.stride == 1 {
+                        ConvKind::Pointwise
+                    } else {
+                        ConvKind::Dense { kernel: 1, stride: b.stride }
+                    };
+                    Some(ConvBnAct::load(
+                        vb.pp("project"),
+                        g.in_channels,
+                        g.out_channels,
+                        kind,
+                        b.padding,
+                        Activation::Identity,
+                        eps,
+                    )?)
+                } else {
+                    None
+                };
+                blocks.push(Block { expand: None, depthwise: None, se: None, project, residual: false });
+                continue;
+            }
             let expand = match b.kind {
                 BlockKind::InvertedResidual => Some(ConvBnAct::load(
                     vb.pp("expand"),
@@ -255,9 +286,9 @@ impl Network {
                     b.activation,
                     eps,
                 )?),
-                BlockKind::DepthwiseSeparable => None,
+                BlockKind::DepthwiseSeparable | BlockKind::Skip => None,
             };
-            let depthwise = ConvBnAct::load(
+            let depthwise = Some(ConvBnAct::load(
                 vb.pp("dw"),
                 hidden,
                 hidden,
@@ -265,7 +296,7 @@ impl Network {
                 b.padding,
                 b.activation,
                 eps,
-            )?;
+            )?);
             let se = match g.se_channels {
                 Some(r) => {
                     let vb = vb.pp("se");
@@ -283,7 +314,7 @@ impl Network {
                 }
                 None => None,
             };
-            let project = ConvBnAct::load(
+            let project = Some(ConvBnAct::load(
                 vb.pp("project"),
                 hidden,
                 g.out_channels,
@@ -291,7 +322,7 @@ impl Network {
                 b.padding,
                 Activation::Identity,
                 eps,
-            )?;
+            )?);
             blocks.push(Block { expand, depthwise, se, project, residual: g.residual });
         }
         let head = ConvBnAct::load(

@@ -1,3 +1,6 @@
+//! Search spaces: the generic description ([`SearchSpace`]: fixed parts + per-layer candidate
+//! lists) with the two that ship (FairNAS, NAS-Bench-Macro), and the FairNAS choice vector.
+//!
 //! The FairNAS search space: 19 searchable inverted-residual layers, 6 choices each.
 //!
 //! Fixed parts (shared by every architecture): stem conv 3x3/2 to 32 channels, a depthwise
@@ -15,6 +18,11 @@
 
 use std::fmt;
 use std::str::FromStr;
+
+use fairnas_ops::Activation;
+
+use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, StemSpec};
+use crate::zoo::{fairnas_spec, FairnasVariant};
 
 /// (output channels, stride) of the 19 searchable layers.
 pub const FAIRNAS_LAYERS: [(usize, usize); 19] = [
@@ -101,6 +109,151 @@ impl FromStr for Choices {
             }
         }
         Ok(Choices(digits))
+    }
+}
+
+/// A weight-sharing search space: a fixed network (stem, fixed leading blocks, head, classifier)
+/// around searchable layers, each a list of candidate blocks. A sub-network picks one candidate
+/// per layer; its spec is an ordinary [`ArchSpec`], so everything that runs, costs or converts
+/// an architecture works on sub-networks unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchSpace {
+    pub name: String,
+    /// Stem, head, classifier, input size, BN eps; `blocks` holds the fixed blocks that come
+    /// before the searchable layers (FairNAS's depthwise-separable block; none for NAS-Bench-Macro).
+    pub base: ArchSpec,
+    /// Per searchable layer, its candidates (each already carries the layer's stride and width).
+    pub layers: Vec<Vec<BlockSpec>>,
+}
+
+/// NAS-Bench-Macro's layers: 3 stages of [2, 3, 3] layers, the first of each with stride 2 and
+/// twice the channels (32 -> 64 -> 128 -> 256).
+const MACRO_LAYERS: [(usize, usize); 8] =
+    [(64, 2), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1), (256, 1)];
+
+impl SearchSpace {
+    /// The FairNAS space: 19 layers x 6 (kernel, expansion) choices in digit order, on the
+    /// plain, SE or transfer family of [`crate::zoo::fairnas_spec`].
+    pub fn fairnas(variant: FairnasVariant) -> Self {
+        let mut base = fairnas_spec("fairnas-supernet", &Choices([0; FAIRNAS_NUM_LAYERS]), variant);
+        let template = base.blocks[1];
+        base.blocks.truncate(1);
+        let layers = FAIRNAS_LAYERS
+            .iter()
+            .map(|&(out_channels, stride)| {
+                FAIRNAS_CHOICES
+                    .iter()
+                    .map(|&(kernel, expansion)| BlockSpec {
+                        kernel,
+                        expansion,
+                        out_channels,
+                        stride,
+                        ..template
+                    })
+                    .collect()
+            })
+            .collect();
+        SearchSpace { name: "fairnas".into(), base, layers }
+    }
+
+    /// NAS-Bench-Macro (FAIRNAS.md section 7): 32x32 CIFAR-10 input, stem conv 3x3/1 to 32, 8
+    /// layers with choices 0 = skip (1x1 conv + BN where shape changes), 1 = MBConv e3 k3,
+    /// 2 = MBConv e6 k5, ReLU throughout, no SE; head 1x1 to 1280, Linear(1280, 10).
+    pub fn nas_bench_macro() -> Self {
+        let block = |kind, kernel, expansion, out_channels, stride| BlockSpec {
+            kind,
+            kernel,
+            stride,
+            expansion,
+            out_channels,
+            se: None,
+            activation: Activation::Relu,
+            padding: Padding::Symmetric,
+            skip: true,
+        };
+        let layers = MACRO_LAYERS
+            .iter()
+            .map(|&(c, s)| {
+                vec![
+                    block(BlockKind::Skip, 1, 1, c, s),
+                    block(BlockKind::InvertedResidual, 3, 3, c, s),
+                    block(BlockKind::InvertedResidual, 5, 6, c, s),
+                ]
+            })
+            .collect();
+        let base = ArchSpec {
+            name: "nas-bench-macro".into(),
+            in_channels: 3,
+            input_size: 32,
+            stem: StemSpec { channels: 32, kernel: 3, stride: 1, activation: Activation::Relu },
+            blocks: Vec::new(),
+            head: HeadSpec { channels: 1280, activation: Activation::Relu },
+            dropout: 0.0,
+            classes: 10,
+            bn_eps: 1e-5,
+            stem_padding: Padding::Symmetric,
+            default_activation: Activation::Relu,
+        };
+        SearchSpace { name: "nas-bench-macro".into(), base, layers }
+    }
+
+    /// Looks a space up by its CLI name.
+    pub fn named(name: &str) -> Result<Self, String> {
+        match name {
+            "fairnas" => Ok(Self::fairnas(FairnasVariant::PLAIN)),
+            "nas-bench-macro" => Ok(Self::nas_bench_macro()),
+            other => Err(format!("unknown search space '{other}' (fairnas or nas-bench-macro)")),
+        }
+    }
+
+    /// Number of candidates of every searchable layer.
+    pub fn choice_counts(&self) -> Vec<usize> {
+        self.layers.iter().map(Vec::len).collect()
+    }
+
+    /// Parses one digit per layer (`"4041500552122115153"`, `"12012012"`).
+    pub fn parse_choices(&self, digits: &str) -> Result<Vec<usize>, String> {
+        let choices: Vec<usize> = digits
+            .chars()
+            .map(|c| {
+                c.to_digit(10)
+                    .map(|d| d as usize)
+                    .ok_or_else(|| format!("'{c}' in '{digits}' is not a digit"))
+            })
+            .collect::<Result<_, _>>()?;
+        self.check(&choices)?;
+        Ok(choices)
+    }
+
+    fn check(&self, choices: &[usize]) -> Result<(), String> {
+        if choices.len() != self.layers.len() {
+            return Err(format!(
+                "{}: {} choices given for {} layers",
+                self.name,
+                choices.len(),
+                self.layers.len()
+            ));
+        }
+        for (l, (&c, candidates)) in choices.iter().zip(&self.layers).enumerate() {
+            if c >= candidates.len() {
+                return Err(format!(
+                    "{}: layer {l} has choices 0..{}, got {c}",
+                    self.name,
+                    candidates.len() - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec of one sub-network.
+    pub fn subnet(&self, choices: &[usize]) -> Result<ArchSpec, String> {
+        self.check(choices)?;
+        let mut spec = self.base.clone();
+        spec.name = format!("{}-{}", self.name, choices.iter().map(|c| c.to_string()).collect::<String>());
+        spec.blocks.extend(choices.iter().zip(&self.layers).map(|(&c, candidates)| candidates[c]));
+        spec.validate()?;
+        Ok(spec)
     }
 }
 

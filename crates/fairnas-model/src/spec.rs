@@ -24,6 +24,9 @@ pub enum BlockKind {
     DepthwiseSeparable,
     /// Inverted residual (MBConv): 1x1 expand, BN, act; depthwise, BN, act; [SE]; 1x1 project, BN.
     InvertedResidual,
+    /// The identity choice of a search space: nothing when shape is kept; where stride or
+    /// channels change, a 1x1 conv with that stride + BN, no activation (NAS-Bench-Macro's rule).
+    Skip,
 }
 
 /// What the squeeze-excite ratio multiplies to give the bottleneck width.
@@ -79,7 +82,12 @@ impl BlockSpec {
     }
 
     pub fn has_residual(&self, in_channels: usize) -> bool {
-        self.skip && self.stride == 1 && in_channels == self.out_channels
+        self.kind != BlockKind::Skip && self.skip && self.stride == 1 && in_channels == self.out_channels
+    }
+
+    /// For a [`BlockKind::Skip`] block: whether it needs its 1x1 projection.
+    pub fn skip_projects(&self, in_channels: usize) -> bool {
+        self.kind == BlockKind::Skip && (self.stride != 1 || in_channels != self.out_channels)
     }
 }
 
@@ -195,6 +203,9 @@ impl ArchSpec {
             }
             if b.kind == BlockKind::DepthwiseSeparable && b.expansion != 1 {
                 return Err(format!("block {i}: a ds block has no expansion (got e{})", b.expansion));
+            }
+            if b.kind == BlockKind::Skip && (b.kernel != 1 || b.expansion != 1 || b.se.is_some()) {
+                return Err(format!("block {i}: a skip block has kernel 1, no expansion and no SE"));
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {

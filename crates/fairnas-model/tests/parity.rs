@@ -40,10 +40,13 @@ fn inputs() -> Tensor {
 }
 
 fn check(model: &str) {
+    check_spec(model, &ModelSelection::named(model).resolve().unwrap());
+}
+
+fn check_spec(model: &str, spec: &fairnas_model::spec::ArchSpec) {
     let dev = Device::Cpu;
-    let spec = ModelSelection::named(model).resolve().unwrap();
-    let weights = synthetic_weights(&spec, SEED, &dev).unwrap();
-    let net = Network::load(&spec, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
+    let weights = synthetic_weights(spec, SEED, &dev).unwrap();
+    let net = Network::load(spec, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
     let got = net.forward(&inputs()).unwrap().to_vec2::<f32>().unwrap();
     let golden = candle_core::safetensors::load(fixture(&format!("{model}.safetensors")), &dev).unwrap();
     let want = golden["logits"].to_vec2::<f32>().unwrap();
@@ -74,6 +77,14 @@ fn fairnas_b_se_0_5_transfer_matches_pytorch() {
 #[test]
 fn efficientnet_lite0_matches_pytorch() {
     check("efficientnet-lite0");
+}
+
+/// A NAS-Bench-Macro sub-network with all three choices, including skip blocks that project
+/// (stride 2) and skip blocks that are the identity.
+#[test]
+fn nas_bench_macro_subnet_matches_pytorch() {
+    let space = fairnas_model::search_space::SearchSpace::nas_bench_macro();
+    check_spec("nas-bench-macro-01201020", &space.subnet(&space.parse_choices("01201020").unwrap()).unwrap());
 }
 
 /// `fairnas verify` promises the same answer for any batch size and thread count: each image's

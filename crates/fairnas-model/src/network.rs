@@ -65,9 +65,10 @@ impl BatchNorm2d {
     }
 }
 
-/// The three convolution shapes of the family; each runs on the fastest path we have for it.
-#[derive(Debug, Clone, Copy)]
-enum ConvKind {
+/// The three convolution shapes of the family; each runs on the fastest path we have for it
+/// (shared with the supernet, which runs the same shapes with trainable weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKind {
     /// A full k x k convolution (the stem): candle's conv2d.
     Dense { kernel: usize, stride: usize },
     /// 1x1, stride 1: a batched matmul.

@@ -1,7 +1,10 @@
 //! Supernet training with strict fairness. Built so far: the path samplers (strict fairness,
-//! uniform single path, expectation fairness, fixed path). The supernet itself, the trainer,
-//! checkpoints and BN recalibration follow in the supernet issue.
+//! uniform single path, expectation fairness, fixed path) and the differentiable supernet of any
+//! [`fairnas_model::search_space::SearchSpace`]. The trainer, checkpoints, BN recalibration and
+//! the CLI follow in the supernet issue.
 
 pub mod sampler;
+pub mod supernet;
 
 pub use sampler::{ExpectationFair, FixedPath, Path, PathSampler, StrictFair, UniformSinglePath};
+pub use supernet::{Mode, Supernet};

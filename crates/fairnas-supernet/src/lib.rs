@@ -4,7 +4,9 @@
 //! the CLI follow in the supernet issue.
 
 pub mod sampler;
+pub mod step;
 pub mod supernet;
 
 pub use sampler::{ExpectationFair, FixedPath, Path, PathSampler, StrictFair, UniformSinglePath};
+pub use step::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions, StepStats};
 pub use supernet::{Mode, Supernet};

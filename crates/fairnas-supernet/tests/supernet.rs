@@ -7,8 +7,12 @@ use fairnas_model::search_space::SearchSpace;
 use fairnas_model::zoo::FairnasVariant;
 use fairnas_supernet::{Mode, Supernet};
 
+/// A deterministic pseudo-random batch (candle's randn is not seeded).
 fn input(n: usize, size: usize) -> Tensor {
-    Tensor::randn(0f32, 1., (n, 3, size, size), &Device::Cpu).unwrap()
+    let mut rng = fairnas_data::SampleRng::new(42, n as u64, size as u64);
+    let values: Vec<f32> =
+        (0..n * 3 * size * size).map(|_| (rng.uniform() * 2.0 - 1.0) as f32 * 1.7).collect();
+    Tensor::from_vec(values, (n, 3, size, size), &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -114,4 +118,132 @@ fn initialisation_is_a_function_of_the_seed() {
     };
     assert_eq!(values(5), values(5));
     assert_ne!(values(5), values(6));
+}
+
+mod training_step {
+    use super::*;
+    use fairnas_supernet::{
+        train_step, PathSampler, Sgd, SgdConfig, SharedGradient, StepOptions, StrictFair,
+    };
+
+    fn opts(label_smoothing: f64, shared: SharedGradient) -> StepOptions {
+        StepOptions { label_smoothing, shared }
+    }
+
+    fn snapshot(s: &Supernet) -> std::collections::HashMap<String, Vec<f32>> {
+        s.named_vars()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect()
+    }
+
+    fn batch() -> (Tensor, Tensor) {
+        let labels = Tensor::new(&[0u32, 3, 7, 9, 1, 1, 4, 2], &Device::Cpu).unwrap();
+        (input(8, 32), labels)
+    }
+
+    /// One strict-fair step updates every convolution of every candidate of every layer (and of
+    /// the shared parts) and runs every candidate's BN. (BN scales directly followed by ReLU, a
+    /// per-channel depthwise conv and another training-mode BN get an exactly zero gradient:
+    /// that scale cancels; PyTorch behaves the same.)
+    #[test]
+    fn one_strict_step_trains_every_candidate() {
+        let space = SearchSpace::nas_bench_macro();
+        let supernet = Supernet::new(&space, 4, &Device::Cpu).unwrap();
+        let before = snapshot(&supernet);
+        let paths = StrictFair::new(&space.choice_counts(), 11).unwrap().paths(0);
+        assert_eq!(paths.len(), 3);
+        let (x, y) = batch();
+        let mut sgd = Sgd::new(SgdConfig::default());
+        let stats =
+            train_step(&supernet, &paths, &x, &y, &opts(0.1, SharedGradient::Sum), &mut sgd, 0.05).unwrap();
+        assert_eq!(stats.losses.len(), 3);
+        let after = snapshot(&supernet);
+        let mut checked = 0;
+        for (name, old) in &before {
+            if name.ends_with("conv.weight")
+                || name.ends_with("running_var")
+                || name.starts_with("classifier")
+            {
+                assert_ne!(old, &after[name], "{name} was not updated");
+                checked += 1;
+            }
+        }
+        assert!(checked > 60, "{checked}");
+    }
+
+    /// Mean divides only the shared parameters' step by the number of paths.
+    #[test]
+    fn shared_gradient_sum_versus_mean() {
+        let space = SearchSpace::nas_bench_macro();
+        let paths = StrictFair::new(&space.choice_counts(), 2).unwrap().paths(0);
+        let (x, y) = batch();
+        let plain = SgdConfig { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let delta = |shared| {
+            let s = Supernet::new(&space, 8, &Device::Cpu).unwrap();
+            let before = snapshot(&s);
+            // A large step, so that the parameter deltas are far above f32 resolution.
+            train_step(&s, &paths, &x, &y, &opts(0.0, shared), &mut Sgd::new(plain.clone()), 5.0).unwrap();
+            let after = snapshot(&s);
+            move |name: &str| before[name].iter().zip(&after[name]).map(|(a, b)| b - a).collect::<Vec<f32>>()
+        };
+        let (sum, mean) = (delta(SharedGradient::Sum), delta(SharedGradient::Mean));
+        for name in ["head.conv.weight", "classifier.weight", "stem.bn.weight"] {
+            for (s, m) in sum(name).iter().zip(mean(name)) {
+                assert!((s - 3.0 * m).abs() <= 1e-3 * s.abs().max(1e-4), "{name}: {s} vs 3 x {m}");
+            }
+        }
+        assert_eq!(sum("layers.3.2.dw.conv.weight"), mean("layers.3.2.dw.conv.weight"));
+    }
+
+    #[test]
+    fn repeated_steps_on_one_batch_lower_the_loss() {
+        let space = SearchSpace::nas_bench_macro();
+        let supernet = Supernet::new(&space, 1, &Device::Cpu).unwrap();
+        let sampler = StrictFair::new(&space.choice_counts(), 3).unwrap();
+        let (x, y) = batch();
+        let mut sgd = Sgd::new(SgdConfig::default());
+        let mean_loss = |stats: fairnas_supernet::StepStats| stats.losses.iter().sum::<f32>() / 3.0;
+        let step = |sgd: &mut Sgd, i| {
+            mean_loss(
+                train_step(&supernet, &sampler.paths(i), &x, &y, &opts(0.0, SharedGradient::Sum), sgd, 0.005)
+                    .unwrap(),
+            )
+        };
+        let first = step(&mut sgd, 0);
+        let mut last = first;
+        for i in 1..10 {
+            last = step(&mut sgd, i);
+        }
+        assert!(last < first * 0.9, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn a_non_finite_loss_names_the_path_and_updates_nothing() {
+        let space = SearchSpace::nas_bench_macro();
+        let supernet = Supernet::new(&space, 1, &Device::Cpu).unwrap();
+        let (x, y) = batch();
+        // A diverged classifier (NaN input would be masked by candle's ReLU, which maps NaN to 0).
+        let (_, bias) = supernet.named_vars().find(|(n, _)| *n == "classifier.bias").unwrap();
+        bias.set(&(bias.as_tensor() * f64::NAN).unwrap()).unwrap();
+        let before = snapshot(&supernet);
+        let err = train_step(
+            &supernet,
+            &[vec![1, 2, 0, 1, 2, 0, 1, 2]],
+            &x,
+            &y,
+            &opts(0.0, SharedGradient::Sum),
+            &mut Sgd::default(),
+            0.1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("loss is NaN on path 12012012"), "{err}");
+        let after = snapshot(&supernet);
+        for (name, old) in &before {
+            if !name.ends_with("running_mean") && !name.ends_with("running_var") {
+                let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(old), bits(&after[name]), "{name} changed");
+            }
+        }
+    }
 }

@@ -1,0 +1,160 @@
+//! One supernet training step: every path the sampler returns runs forward and backward on the
+//! SAME mini-batch, the gradients are accumulated, then ONE optimizer update follows
+//! (FAIRNAS.md section 5). Under strict fairness every candidate therefore receives exactly one
+//! gradient contribution per step, and so exactly one update.
+//!
+//! **Shared parameters** (stem, fixed blocks, head, classifier) receive one contribution per
+//! path. [`SharedGradient::Sum`] (the default) adds them, as the paper's Algorithm 1 does
+//! ("accumulate gradients over the m paths, then update"): the loss of a step is the sum of the
+//! paths' losses. [`SharedGradient::Mean`] divides the shared parts' gradient by the number of
+//! paths, so they move with the same step size as a single candidate; an option because the
+//! original never said which it used and users asked.
+
+use std::collections::HashMap;
+
+use candle_core::{Result, Tensor, D};
+
+use crate::sampler::Path;
+use crate::supernet::{Mode, Supernet};
+
+/// How the shared parameters' per-path gradients are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SharedGradient {
+    #[default]
+    Sum,
+    Mean,
+}
+
+/// SGD with momentum, Nesterov and weight decay, in PyTorch's formulation; no decay on BN
+/// parameters and biases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    /// The MnasNet/SPOS-era defaults of FAIRNAS.md section 5.
+    fn default() -> Self {
+        SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 4e-5 }
+    }
+}
+
+/// The optimizer state: one momentum buffer per parameter name.
+#[derive(Debug, Default)]
+pub struct Sgd {
+    pub config: SgdConfig,
+    pub momentum: HashMap<String, Tensor>,
+}
+
+fn is_running_stat(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+fn decays(name: &str) -> bool {
+    !name.contains(".bn.") && !name.ends_with("bias")
+}
+
+impl Sgd {
+    pub fn new(config: SgdConfig) -> Self {
+        Sgd { config, momentum: HashMap::new() }
+    }
+
+    /// `p -= lr * d`, with `d` from the gradient, weight decay and momentum as torch.optim.SGD.
+    fn update(&mut self, name: &str, param: &candle_core::Var, grad: &Tensor, lr: f64) -> Result<()> {
+        let c = &self.config;
+        let mut g = grad.clone();
+        if c.weight_decay > 0.0 && decays(name) {
+            g = (g + (param.as_tensor() * c.weight_decay)?)?;
+        }
+        if c.momentum > 0.0 {
+            let buf = match self.momentum.get(name) {
+                Some(b) => ((b * c.momentum)? + &g)?,
+                None => g.clone(),
+            };
+            g = if c.nesterov { (g + (&buf * c.momentum)?)? } else { buf.clone() };
+            self.momentum.insert(name.to_string(), buf);
+        }
+        param.set(&(param.as_tensor() - (g * lr)?)?)
+    }
+}
+
+/// Cross-entropy with label smoothing `eps` (PyTorch's definition), mean over the batch.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let uniform = log_p.mean(D::Minus1)?.neg()?;
+    ((nll * (1.0 - eps))? + (uniform * eps)?)?.mean_all()
+}
+
+/// Loss and gradient-combination options of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepOptions {
+    /// Label smoothing of the cross-entropy (0.1 in the MnasNet/SPOS recipe).
+    pub label_smoothing: f64,
+    pub shared: SharedGradient,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Loss of each path, in sampler order.
+    pub losses: Vec<f32>,
+    /// Top-1 correct predictions of each path on the batch.
+    pub correct: Vec<usize>,
+}
+
+/// Runs `paths` on one batch, accumulates their gradients and makes one SGD update with `lr`.
+/// A NaN or infinite loss stops before any update, naming the path.
+pub fn train_step(
+    supernet: &Supernet,
+    paths: &[Path],
+    images: &Tensor,
+    labels: &Tensor,
+    options: &StepOptions,
+    optimizer: &mut Sgd,
+    lr: f64,
+) -> Result<StepStats> {
+    let mut accumulated: HashMap<&str, Tensor> = HashMap::new();
+    let mut stats = StepStats { losses: Vec::new(), correct: Vec::new() };
+    let label_values = labels.to_vec1::<u32>()?;
+    for path in paths {
+        let logits = supernet.forward(images, path, Mode::Train)?;
+        let loss = cross_entropy(&logits, labels, options.label_smoothing)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            candle_core::bail!(
+                "loss is {value} on path {} (no update made)",
+                path.iter().map(|c| c.to_string()).collect::<String>()
+            );
+        }
+        let predictions = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        stats.correct.push(predictions.iter().zip(&label_values).filter(|(p, l)| p == l).count());
+        stats.losses.push(value);
+        let grads = loss.backward()?;
+        for (name, var) in supernet.named_vars() {
+            if let Some(g) = grads.get(var) {
+                let sum = match accumulated.remove(name) {
+                    Some(previous) => (previous + g)?,
+                    None => g.clone(),
+                };
+                accumulated.insert(name, sum);
+            }
+        }
+    }
+    for (name, var) in supernet.named_vars() {
+        if is_running_stat(name) {
+            continue;
+        }
+        if let Some(g) = accumulated.get(name) {
+            let g = if options.shared == SharedGradient::Mean && !name.starts_with("layers.") {
+                (g / paths.len() as f64)?
+            } else {
+                g.clone()
+            };
+            optimizer.update(name, var, &g, lr)?;
+        }
+    }
+    Ok(stats)
+}

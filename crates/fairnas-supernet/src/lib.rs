@@ -3,6 +3,7 @@
 //! [`fairnas_model::search_space::SearchSpace`]. The trainer, checkpoints, BN recalibration and
 //! the CLI follow in the supernet issue.
 
+pub mod checkpoint;
 pub mod sampler;
 pub mod step;
 pub mod supernet;

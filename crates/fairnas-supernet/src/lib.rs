@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod sampler;
+pub mod schedule;
 pub mod step;
 pub mod supernet;
 

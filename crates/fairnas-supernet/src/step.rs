@@ -94,6 +94,8 @@ pub struct StepOptions {
     /// Label smoothing of the cross-entropy (0.1 in the MnasNet/SPOS recipe).
     pub label_smoothing: f64,
     pub shared: SharedGradient,
+    /// Rescale the accumulated gradient to at most this global L2 norm (running stats excluded).
+    pub max_grad_norm: Option<f64>,
 }
 
 /// What one step measured.
@@ -103,6 +105,8 @@ pub struct StepStats {
     pub losses: Vec<f32>,
     /// Top-1 correct predictions of each path on the batch.
     pub correct: Vec<usize>,
+    /// Global gradient norm before clipping (when clipping is on).
+    pub grad_norm: Option<f64>,
 }
 
 /// Runs `paths` on one batch, accumulates their gradients and makes one SGD update with `lr`.
@@ -117,7 +121,7 @@ pub fn train_step(
     lr: f64,
 ) -> Result<StepStats> {
     let mut accumulated: HashMap<&str, Tensor> = HashMap::new();
-    let mut stats = StepStats { losses: Vec::new(), correct: Vec::new() };
+    let mut stats = StepStats { losses: Vec::new(), correct: Vec::new(), grad_norm: None };
     let label_values = labels.to_vec1::<u32>()?;
     for path in paths {
         let logits = supernet.forward(images, path, Mode::Train)?;
@@ -143,6 +147,7 @@ pub fn train_step(
             }
         }
     }
+    let mut combined: Vec<(&str, &candle_core::Var, Tensor)> = Vec::new();
     for (name, var) in supernet.named_vars() {
         if is_running_stat(name) {
             continue;
@@ -153,8 +158,24 @@ pub fn train_step(
             } else {
                 g.clone()
             };
-            optimizer.update(name, var, &g, lr)?;
+            combined.push((name, var, g));
         }
+    }
+    if let Some(max) = options.max_grad_norm {
+        let mut sq = 0f64;
+        for (_, _, g) in &combined {
+            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        }
+        let norm = sq.sqrt();
+        stats.grad_norm = Some(norm);
+        if norm > max {
+            for (_, _, g) in combined.iter_mut() {
+                *g = (&*g * (max / norm))?;
+            }
+        }
+    }
+    for (name, var, g) in &combined {
+        optimizer.update(name, var, g, lr)?;
     }
     Ok(stats)
 }

@@ -30,6 +30,12 @@ pub const BN_MOMENTUM: f64 = 0.1;
 pub enum Mode {
     Train,
     Eval,
+    /// Training-mode statistics for BN recalibration: batch `k` (0-based) enters the running
+    /// statistics with momentum `1 / (k + 1)`, so after K batches they are the plain average of
+    /// the K batch statistics (PyTorch's `momentum=None`).
+    Recalibrate {
+        batch: usize,
+    },
 }
 
 /// A named parameter store: every tensor of the supernet, in creation order.
@@ -114,12 +120,15 @@ impl Bn {
             Mode::Eval => {
                 (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)
             }
-            Mode::Train => {
+            Mode::Train | Mode::Recalibrate { .. } => {
                 let mean = x.mean_keepdim((0, 2, 3))?;
                 let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
                 let count = x.elem_count() / c;
                 let unbiased = (var.detach().flatten_all()? * (count as f64 / (count.max(2) - 1) as f64))?;
-                let m = BN_MOMENTUM;
+                let m = match mode {
+                    Mode::Recalibrate { batch } => 1.0 / (batch as f64 + 1.0),
+                    _ => BN_MOMENTUM,
+                };
                 let rm =
                     ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
                 let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
@@ -458,6 +467,23 @@ impl Supernet {
             }
         }
         Ok(())
+    }
+
+    /// BN recalibration for scoring a sub-network: resets the statistics of every BN on `path`
+    /// and re-estimates them as the average over `batches` (training-mode forwards, no weight
+    /// change). Shared BNs are recalibrated too, since their statistics depend on the path.
+    pub fn recalibrate_bn<'a>(
+        &self,
+        path: &[usize],
+        batches: impl IntoIterator<Item = &'a Tensor>,
+    ) -> Result<usize> {
+        self.reset_bn_stats(path)?;
+        let mut seen = 0;
+        for x in batches {
+            self.forward(&x.detach(), path, Mode::Recalibrate { batch: seen })?;
+            seen += 1;
+        }
+        Ok(seen)
     }
 
     pub fn dtype(&self) -> DType {

@@ -127,7 +127,7 @@ mod training_step {
     };
 
     fn opts(label_smoothing: f64, shared: SharedGradient) -> StepOptions {
-        StepOptions { label_smoothing, shared }
+        StepOptions { label_smoothing, shared, max_grad_norm: None }
     }
 
     fn snapshot(s: &Supernet) -> std::collections::HashMap<String, Vec<f32>> {
@@ -258,7 +258,7 @@ mod resume {
     fn run(supernet: &Supernet, sgd: &mut Sgd, steps: std::ops::Range<u64>) {
         let space = supernet.space().clone();
         let sampler = StrictFair::new(&space.choice_counts(), 17).unwrap();
-        let options = StepOptions { label_smoothing: 0.1, shared: SharedGradient::Sum };
+        let options = StepOptions { label_smoothing: 0.1, shared: SharedGradient::Sum, max_grad_norm: None };
         for step in steps {
             let x = input(4, 32);
             let y = Tensor::new(&[(step % 10) as u32, 3, 5, 7], &Device::Cpu).unwrap();
@@ -327,5 +327,61 @@ mod resume {
             .to_string()
             .contains("not a fairnas training checkpoint"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+mod clipping_and_recalibration {
+    use super::*;
+    use fairnas_supernet::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions};
+
+    /// With plain SGD, a clipped step moves the parameters by exactly lr x max_norm in total.
+    #[test]
+    fn gradient_clipping_bounds_the_update() {
+        let space = SearchSpace::nas_bench_macro();
+        let s = Supernet::new(&space, 3, &Device::Cpu).unwrap();
+        let before: Vec<(String, Tensor)> = s
+            .named_vars()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(DType::F64).unwrap()))
+            .collect();
+        let y = Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu).unwrap();
+        let options =
+            StepOptions { label_smoothing: 0.0, shared: SharedGradient::Sum, max_grad_norm: Some(0.5) };
+        let plain = SgdConfig { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let stats =
+            train_step(&s, &[vec![1; 8]], &input(4, 32), &y, &options, &mut Sgd::new(plain), 0.1).unwrap();
+        assert!(stats.grad_norm.unwrap() > 0.5, "the test needs a gradient above the bound");
+        let mut sq = 0f64;
+        for ((name, old), (_, var)) in before.iter().zip(s.named_vars()) {
+            if name.ends_with("running_mean") || name.ends_with("running_var") {
+                continue;
+            }
+            let d = (var.as_tensor().to_dtype(DType::F64).unwrap() - old).unwrap();
+            sq += d.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        }
+        assert!((sq.sqrt() - 0.05).abs() < 1e-4, "update norm {}", sq.sqrt());
+    }
+
+    /// After recalibration the path's running statistics are the average of the batches'
+    /// statistics, whatever training left there before.
+    #[test]
+    fn bn_recalibration_averages_the_batches() {
+        let space = SearchSpace::nas_bench_macro();
+        let s = Supernet::new(&space, 3, &Device::Cpu).unwrap();
+        let path = vec![2; 8];
+        s.forward(&(input(4, 32) * 5.0).unwrap(), &path, Mode::Train).unwrap();
+        let a = input(4, 32);
+        let b = input(6, 32).affine(2.0, 1.0).unwrap();
+        assert_eq!(s.recalibrate_bn(&path, [&a, &b]).unwrap(), 2);
+        // The stem BN sees the stem conv's output: compare with the two batches' means.
+        let stem_out = |x: &Tensor| {
+            let (_, w) = s.named_vars().find(|(n, _)| *n == "stem.conv.weight").unwrap();
+            x.conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap().mean((0, 2, 3)).unwrap()
+        };
+        let want = ((stem_out(&a) + stem_out(&b)).unwrap() / 2.0).unwrap();
+        let (_, got) = s.named_vars().find(|(n, _)| *n == "stem.bn.running_mean").unwrap();
+        assert!(max_abs(&(got.as_tensor() - &want).unwrap()) < 1e-5);
+        // Recalibrating again from scratch with only batch `a` forgets `b`.
+        s.recalibrate_bn(&path, [&a]).unwrap();
+        assert!(max_abs(&(got.as_tensor() - stem_out(&a)).unwrap()) < 1e-5);
     }
 }

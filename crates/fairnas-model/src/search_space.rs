@@ -225,7 +225,8 @@ impl SearchSpace {
         Ok(choices)
     }
 
-    fn check(&self, choices: &[usize]) -> Result<(), String> {
+    /// Checks that `choices` names one valid candidate per layer.
+    pub fn check(&self, choices: &[usize]) -> Result<(), String> {
         if choices.len() != self.layers.len() {
             return Err(format!(
                 "{}: {} choices given for {} layers",

@@ -403,7 +403,7 @@ impl Supernet {
 
     /// Logits `[N, classes]` of the sub-network `path`.
     pub fn forward(&self, x: &Tensor, path: &[usize], mode: Mode) -> Result<Tensor> {
-        self.space.subnet(path).map_err(candle_core::Error::msg)?;
+        self.space.check(path).map_err(candle_core::Error::msg)?;
         let mut h = self.stem.forward(x, mode)?;
         for b in &self.fixed {
             h = b.forward(&h, mode)?;
@@ -425,7 +425,7 @@ impl Supernet {
     /// layer `l` becomes `blocks.<fixed + l>`): load them with [`fairnas_model::network::Network`]
     /// on `space.subnet(path)`.
     pub fn subnet_weights(&self, path: &[usize]) -> Result<HashMap<String, Tensor>> {
-        self.space.subnet(path).map_err(candle_core::Error::msg)?;
+        self.space.check(path).map_err(candle_core::Error::msg)?;
         let fixed = self.fixed.len();
         let mut out = HashMap::new();
         for (name, var) in &self.store.vars {

@@ -2,6 +2,7 @@
 
 mod info;
 mod predict;
+mod train;
 mod verify;
 
 use fairnas_cli::{convert, model_args};
@@ -39,9 +40,19 @@ enum Command {
     TransferVerify(verify::TransferVerifyArgs),
     /// Convert a PyTorch checkpoint (.pth/.pth.tar) to safetensors with canonical names.
     Convert(convert::ConvertArgs),
+    /// Train a supernet with strictly fair (or uniform / expectation) path sampling.
+    TrainSupernet(train::TrainSupernetArgs),
+    /// Train one stand-alone network with the supernet trainer (fixed path).
+    Train(train::TrainArgs),
+    /// Accuracy of one sub-network of a trained supernet, after BN recalibration.
+    EvalSubnet(train::EvalSubnetArgs),
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    fairnas_cli::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
@@ -62,5 +73,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run_verify(args),
         Command::TransferVerify(args) => verify::run_transfer_verify(args),
+        Command::TrainSupernet(args) => train::run_train_supernet(args),
+        Command::Train(args) => train::run_train(args),
+        Command::EvalSubnet(args) => train::run_eval_subnet(args),
     }
 }

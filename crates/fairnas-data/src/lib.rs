@@ -10,6 +10,7 @@ pub mod imagenet_val;
 pub mod loader;
 pub mod resize;
 pub mod shared_data;
+pub mod train_loader;
 pub mod train_transform;
 pub mod transform;
 
@@ -17,5 +18,6 @@ pub use dataset::{Dataset, DatasetError, Sample, Source};
 pub use decode::{load_rgb, DataError};
 pub use loader::{Batch, EvalLoader, OnBadImage};
 pub use resize::{resize, Interpolation};
+pub use train_loader::{epoch_order, ImageStore, TrainBatch, TrainLoader};
 pub use train_transform::{SampleRng, TrainTransform};
 pub use transform::{center_crop, resize_shorter_side, EvalTransform, Normalization};

@@ -5,7 +5,7 @@
 //! holds at most `prefetch` batches. Memory therefore stays at a few batches whatever the
 //! dataset size, and the network never waits for decoding while the queue is full.
 
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use rayon::prelude::*;
@@ -68,11 +68,41 @@ pub fn load_sample(sample: &Sample, transform: &EvalTransform) -> Result<Vec<f32
     }
 }
 
-/// An iterator of batches produced in the background.
-pub struct EvalLoader {
-    receiver: Receiver<Result<Batch, DataError>>,
+/// Items made by a producer thread, handed over through a queue of at most `prefetch` items.
+/// Iteration ends when the producer returns; a producer panic is re-raised in the consumer.
+pub(crate) struct Background<T> {
+    receiver: Receiver<T>,
     producer: Option<JoinHandle<()>>,
 }
+
+impl<T: Send + 'static> Background<T> {
+    pub(crate) fn spawn(prefetch: usize, produce: impl FnOnce(SyncSender<T>) + Send + 'static) -> Self {
+        let (sender, receiver) = sync_channel(prefetch.max(1));
+        let producer = std::thread::spawn(move || produce(sender));
+        Background { receiver, producer: Some(producer) }
+    }
+}
+
+impl<T> Iterator for Background<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self.receiver.recv() {
+            Ok(item) => Some(item),
+            Err(_) => {
+                if let Some(handle) = self.producer.take() {
+                    if let Err(panic) = handle.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+/// An iterator of batches produced in the background.
+pub struct EvalLoader(Background<Result<Batch, DataError>>);
 
 impl EvalLoader {
     pub fn new(
@@ -83,8 +113,7 @@ impl EvalLoader {
         on_bad_image: OnBadImage,
     ) -> Self {
         let batch_size = batch_size.max(1);
-        let (sender, receiver) = sync_channel(prefetch.max(1));
-        let producer = std::thread::spawn(move || {
+        EvalLoader(Background::spawn(prefetch, move |sender| {
             for (b, chunk) in samples.chunks(batch_size).enumerate() {
                 let started = std::time::Instant::now();
                 let decoded: Vec<Result<Vec<f32>, DataError>> =
@@ -115,8 +144,7 @@ impl EvalLoader {
                     return; // the consumer stopped early
                 }
             }
-        });
-        EvalLoader { receiver, producer: Some(producer) }
+        }))
     }
 }
 
@@ -124,17 +152,7 @@ impl Iterator for EvalLoader {
     type Item = Result<Batch, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.receiver.recv() {
-            Ok(item) => Some(item),
-            Err(_) => {
-                if let Some(handle) = self.producer.take() {
-                    if let Err(panic) = handle.join() {
-                        std::panic::resume_unwind(panic);
-                    }
-                }
-                None
-            }
-        }
+        self.0.next()
     }
 }
 

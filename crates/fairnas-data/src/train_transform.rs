@@ -109,6 +109,27 @@ impl TrainTransform {
         }
     }
 
+    /// The deterministic held-out view of an image under this recipe, normalised CHW: for
+    /// pad-crop (CIFAR) the image itself when it already has the training size, for
+    /// RandomResizedCrop torchvision's `Resize(size * 8 / 7)` + `CenterCrop(size)` (256/224).
+    pub fn evaluate(&self, img: &RgbImage, path: &std::path::Path) -> Result<Vec<f32>, crate::DataError> {
+        let (size, normalization) = match *self {
+            TrainTransform::RandomResizedCrop { size, normalization, .. } => (size, normalization),
+            TrainTransform::PadCrop { size, normalization, .. } => {
+                if img.width() == size && img.height() == size {
+                    return Ok(normalization.to_chw(img));
+                }
+                (size, normalization)
+            }
+        };
+        let resize = match self {
+            TrainTransform::RandomResizedCrop { .. } => (size as u64 * 8 / 7) as u32,
+            TrainTransform::PadCrop { .. } => size,
+        };
+        crate::EvalTransform { resize, crop: size, interpolation: Interpolation::Bilinear, normalization }
+            .apply_image(img, path)
+    }
+
     /// Augmented and normalised, CHW.
     pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Vec<f32> {
         let normalization = match self {

@@ -197,6 +197,15 @@ impl SearchSpace {
         SearchSpace { name: "nas-bench-macro".into(), base, layers }
     }
 
+    /// A space with exactly one candidate per layer: every block of `spec` becomes a layer, so
+    /// the supernet trainer trains the stand-alone network `spec` with the all-zero path, and
+    /// the sub-network's weights come out under `spec`'s canonical block names.
+    pub fn single(spec: &ArchSpec) -> Self {
+        let mut base = spec.clone();
+        let layers = std::mem::take(&mut base.blocks).into_iter().map(|b| vec![b]).collect();
+        SearchSpace { name: spec.name.clone(), base, layers }
+    }
+
     /// Looks a space up by its CLI name.
     pub fn named(name: &str) -> Result<Self, String> {
         match name {

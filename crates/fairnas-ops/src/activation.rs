@@ -33,6 +33,25 @@ impl Activation {
         }
     }
 
+    /// The derivative `f'(x)` of one value (the fused backward kernels). At the kinks it takes
+    /// PyTorch's one-sided choice: ReLU'(0) = 0, ReLU6'(0) = ReLU6'(6) = 0.
+    #[inline(always)]
+    pub fn derivative_at(self, x: f64) -> f64 {
+        match self {
+            Activation::Identity => 1.0,
+            Activation::Relu => f64::from(u8::from(x > 0.0)),
+            Activation::Relu6 => f64::from(u8::from(x > 0.0 && x < 6.0)),
+            Activation::Swish => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 + x * (1.0 - s))
+            }
+            Activation::Sigmoid => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 - s)
+            }
+        }
+    }
+
     /// The short name used in block strings (`nre`, `nr6`, `nsw` without the `n`) and on the CLI.
     pub fn short_name(self) -> &'static str {
         match self {

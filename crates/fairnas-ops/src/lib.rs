@@ -12,6 +12,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
+pub mod batch_norm;
 pub mod buffer;
 pub mod depthwise;
 pub mod depthwise_backward;
@@ -19,5 +20,6 @@ pub mod layout;
 pub mod squeeze_excite;
 
 pub use activation::Activation;
+pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
 pub use depthwise::{depthwise_conv2d, DepthwiseConv2d, Padding2d};
 pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

@@ -1,16 +1,11 @@
 //! Gradients of the custom ops, checked two ways: against candle's own (slow) autograd through
 //! its grouped convolution / unfused SE graph, and against central finite differences in f64.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use fairnas_ops::{depthwise_conv2d, squeeze_excite, Activation, Padding2d};
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-    let b = b.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-}
+mod common;
+use common::{max_rel, numeric_grad};
 
 /// candle's grouped convolution on an explicitly padded input: an independent implementation
 /// whose gradients come from candle's autograd. The trailing rows/columns no window reaches are
@@ -54,22 +49,6 @@ fn depthwise_gradients_match_candle_autograd_for_all_variants() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Central differences of `f` w.r.t. every element of `at` (f64, step 1e-6).
-fn numeric_grad(at: &Tensor, f: impl Fn(&Tensor) -> f64) -> Vec<f64> {
-    let base = at.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let eps = 1e-6;
-    (0..base.len())
-        .map(|i| {
-            let mut plus = base.clone();
-            plus[i] += eps;
-            let mut minus = base.clone();
-            minus[i] -= eps;
-            let t = |v: Vec<f64>| Tensor::from_vec(v, at.dims(), at.device()).unwrap();
-            (f(&t(plus)) - f(&t(minus))) / (2.0 * eps)
-        })
-        .collect()
 }
 
 fn assert_close(analytic: &Tensor, numeric: Vec<f64>, what: &str) {

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::step::Sgd;
 use crate::supernet::Supernet;
+use crate::trainer::{EpochAccumulator, EpochMetrics};
 
 /// Where a run stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimizer updates made so far (the next step to run).
     pub step: u64,
@@ -24,6 +25,12 @@ pub struct TrainState {
     pub sampler: String,
     /// The run's configuration as JSON, checked on resume.
     pub config: String,
+    /// Metrics of the finished epochs.
+    #[serde(default)]
+    pub history: Vec<EpochMetrics>,
+    /// Running sums of the epoch in progress.
+    #[serde(default)]
+    pub accumulator: EpochAccumulator,
 }
 
 const STATE_KEY: &str = "fairnas_train_state";
@@ -68,14 +75,7 @@ pub fn save(path: &Path, supernet: &Supernet, sgd: &Sgd, state: &TrainState) -> 
 /// shape, and nothing unknown may be there (a checkpoint of another space is refused).
 pub fn load(path: &Path, supernet: &Supernet, sgd: &mut Sgd) -> Result<TrainState, CheckpointError> {
     let bytes = std::fs::read(path)?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e.to_string()))?;
-    let state: TrainState = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATE_KEY))
-        .ok_or_else(|| invalid(path, "not a fairnas training checkpoint (no training state)"))
-        .and_then(|s| serde_json::from_str(s).map_err(|e| invalid(path, format!("training state: {e}"))))?;
+    let state = state_from_bytes(path, &bytes)?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
     let mut problems = Vec::new();
     let mut used = 0;
@@ -109,4 +109,20 @@ pub fn load(path: &Path, supernet: &Supernet, sgd: &mut Sgd) -> Result<TrainStat
         .filter_map(|(k, t)| k.strip_prefix("momentum/").map(|n| (n.to_string(), t)))
         .collect();
     Ok(state)
+}
+
+fn state_from_bytes(path: &Path, bytes: &[u8]) -> Result<TrainState, CheckpointError> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, e.to_string()))?;
+    meta.metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| invalid(path, "not a fairnas training checkpoint (no training state)"))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| invalid(path, format!("training state: {e}"))))
+}
+
+/// The training state of a checkpoint, without loading its tensors into a supernet.
+pub fn read_state(path: &Path) -> Result<TrainState, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|e| invalid(path, e.to_string()))?;
+    state_from_bytes(path, &bytes)
 }

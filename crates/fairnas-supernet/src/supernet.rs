@@ -20,7 +20,10 @@ use fairnas_data::SampleRng;
 use fairnas_model::network::ConvKind;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_model::spec::{ArchSpec, BlockKind, BlockSpec, Padding};
-use fairnas_ops::{depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d};
+use fairnas_ops::{
+    batch_norm_act, channel_affine_act, depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation,
+    Padding2d,
+};
 
 /// PyTorch's BatchNorm momentum.
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -113,33 +116,31 @@ impl Bn {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let c = x.dim(1)?;
-        let shape = (1, c, 1, 1);
-        let (mean, var) = match mode {
+    /// `activation(bn(x))`: batch statistics (fused op, differentiable) in training and
+    /// recalibration, running statistics folded into a per-channel affine in eval.
+    fn forward(&self, x: &Tensor, mode: Mode, activation: Activation) -> Result<Tensor> {
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        match mode {
             Mode::Eval => {
-                (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)
+                let scale = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?.mul(weight)?;
+                let shift = (bias - self.running_mean.as_tensor().mul(&scale)?)?;
+                channel_affine_act(x, &scale, &shift, activation)
             }
             Mode::Train | Mode::Recalibrate { .. } => {
-                let mean = x.mean_keepdim((0, 2, 3))?;
-                let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-                let count = x.elem_count() / c;
-                let unbiased = (var.detach().flatten_all()? * (count as f64 / (count.max(2) - 1) as f64))?;
+                let (y, moments) = batch_norm_act(x, weight, bias, self.eps, activation)?;
+                let count = x.elem_count() / x.dim(1)?;
+                let unbiased = (moments.get(1)? * (count as f64 / (count.max(2) - 1) as f64))?;
                 let m = match mode {
                     Mode::Recalibrate { batch } => 1.0 / (batch as f64 + 1.0),
                     _ => BN_MOMENTUM,
                 };
-                let rm =
-                    ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+                let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (moments.get(0)? * m)?)?;
                 let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
                 self.running_mean.set(&rm)?;
                 self.running_var.set(&rv)?;
-                (mean, var)
+                Ok(y)
             }
-        };
-        let scale =
-            (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?;
-        x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.as_tensor().reshape(shape)?)
+        }
     }
 }
 
@@ -186,11 +187,19 @@ impl ConvBn {
         let weight = self.weight.as_tensor();
         match self.kind {
             ConvKind::Pointwise => {
+                // One GEMM over the whole batch, `W [o, c] x X [c, n*hw]`, rather than a batched
+                // matmul with a broadcast weight: the broadcast's backward sums `[n, o, c]` over
+                // n with candle's index-arithmetic reduction, which took ~1 s per path at batch
+                // 64. The two transposing copies cost far less.
                 let o = weight.dim(0)?;
+                let columns =
+                    x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?;
                 weight
                     .reshape((o, c))?
-                    .broadcast_left(n)?
-                    .matmul(&x.reshape((n, c, h * w))?)?
+                    .matmul(&columns)?
+                    .reshape((o, n, h * w))?
+                    .transpose(0, 1)?
+                    .contiguous()?
                     .reshape((n, o, h, w))
             }
             ConvKind::Depthwise { kernel, stride } => {
@@ -213,7 +222,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.activation.forward(&self.bn.forward(&self.conv(x)?, mode)?)
+        self.bn.forward(&self.conv(x)?, mode, self.activation)
     }
 }
 

@@ -298,7 +298,14 @@ mod resume {
         let first = Supernet::new(&space, 9, &Device::Cpu).unwrap();
         let mut sgd1 = Sgd::new(SgdConfig::default());
         run(&first, &mut sgd1, 0..2);
-        let state = TrainState { step: 2, epoch: 0, seed: 17, sampler: "strict".into(), config: "{}".into() };
+        let state = TrainState {
+            step: 2,
+            epoch: 0,
+            seed: 17,
+            sampler: "strict".into(),
+            config: "{}".into(),
+            ..Default::default()
+        };
         let ckpt = dir.join("last.safetensors");
         save(&ckpt, &first, &sgd1, &state).unwrap();
 

@@ -1,5 +1,6 @@
 //! `fairnas`: FairNAS models, search space and tools from one binary.
 
+mod bench_step;
 mod info;
 mod predict;
 mod train;
@@ -46,6 +47,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Accuracy of one sub-network of a trained supernet, after BN recalibration.
     EvalSubnet(train::EvalSubnetArgs),
+    /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
+    BenchStep(bench_step::BenchStepArgs),
 }
 
 #[global_allocator]
@@ -76,5 +79,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainSupernet(args) => train::run_train_supernet(args),
         Command::Train(args) => train::run_train(args),
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
+        Command::BenchStep(args) => bench_step::run(args),
     }
 }

@@ -17,9 +17,11 @@ pub mod buffer;
 pub mod depthwise;
 pub mod depthwise_backward;
 pub mod layout;
+pub mod pointwise;
 pub mod squeeze_excite;
 
 pub use activation::Activation;
 pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
 pub use depthwise::{depthwise_conv2d, DepthwiseConv2d, Padding2d};
+pub use pointwise::{pointwise_conv, PointwiseConv};
 pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

@@ -21,8 +21,8 @@ use fairnas_model::network::ConvKind;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_model::spec::{ArchSpec, BlockKind, BlockSpec, Padding};
 use fairnas_ops::{
-    batch_norm_act, channel_affine_act, depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation,
-    Padding2d,
+    batch_norm_act, channel_affine_act, depthwise_conv2d, pack_fc, pointwise_conv, squeeze_excite_packed,
+    Activation, Padding2d,
 };
 
 /// PyTorch's BatchNorm momentum.
@@ -179,29 +179,14 @@ impl ConvBn {
     }
 
     fn conv(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+        let (_, _, h, w) = x.dims4()?;
         let pad = |kernel: usize, stride: usize| match self.padding {
             Padding::Symmetric => Padding2d::symmetric(kernel),
             Padding::TfSame => Padding2d::tf_same(h, w, kernel, stride),
         };
         let weight = self.weight.as_tensor();
         match self.kind {
-            ConvKind::Pointwise => {
-                // One GEMM over the whole batch, `W [o, c] x X [c, n*hw]`, rather than a batched
-                // matmul with a broadcast weight: the broadcast's backward sums `[n, o, c]` over
-                // n with candle's index-arithmetic reduction, which took ~1 s per path at batch
-                // 64. The two transposing copies cost far less.
-                let o = weight.dim(0)?;
-                let columns =
-                    x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?;
-                weight
-                    .reshape((o, c))?
-                    .matmul(&columns)?
-                    .reshape((o, n, h * w))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((n, o, h, w))
-            }
+            ConvKind::Pointwise => pointwise_conv(x, weight),
             ConvKind::Depthwise { kernel, stride } => {
                 depthwise_conv2d(x, weight, stride, pad(kernel, stride))
             }

@@ -292,8 +292,19 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
+    /// A training step failed (e.g. a non-finite loss); says which step and path.
+    #[error("{0}")]
+    Step(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+}
+
+/// A candle error's message without the backtrace candle attaches under RUST_BACKTRACE.
+fn without_backtrace(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other.to_string(),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -516,10 +527,11 @@ pub fn run(
             let paths: Vec<ChoicePath> = sampler.paths(state.step);
             let lr = schedule.lr(state.step);
             let stats = train_step(&supernet, &paths, &x, &y, &options, &mut sgd, lr).map_err(|e| {
-                candle_core::Error::msg(format!(
-                    "step {} (epoch {epoch}, batch {}): {e}; the last checkpoint ({}) is intact",
+                TrainError::Step(format!(
+                    "step {} (epoch {epoch}, batch {}): {}; the last checkpoint ({}) is intact",
                     state.step,
                     batch.index,
+                    without_backtrace(e),
                     ckpt.display()
                 ))
             })?;

@@ -3,13 +3,15 @@
 //! candle's built-in grouped-conv backward (the peer).
 //!
 //! The block is FairNAS-sized: input [32, 40, 28, 28], expansion 6 (hidden 240), depthwise 5x5
-//! stride 1, projection back to 40 with a residual; BN in training mode and ReLU6 as candle ops,
-//! pointwise convolutions as batched matmuls (as in the network).
+//! stride 1, projection back to 40 with a residual. Two versions: as the supernet runs it (our
+//! fused training BN + ReLU6 and pointwise GEMM ops), and with BN, ReLU6 and the pointwise
+//! convolutions as candle ops (broadcast batched matmuls), the way it ran before those ops.
 //! `cargo bench -p fairnas-ops --bench mbconv_train` (results in BENCHMARKS.md).
 
 use candle_core::{Device, Result, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use fairnas_ops::{depthwise_conv2d, Padding2d};
+use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
+use fairnas_ops::{batch_norm_act, depthwise_conv2d, pointwise_conv, Activation, Padding2d};
 
 const N: usize = 32;
 const C: usize = 40;
@@ -66,6 +68,18 @@ impl Block {
     }
 }
 
+impl Block {
+    /// As `fairnas_supernet` runs a candidate: fused BN + activation, GEMM pointwise convs.
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let bn = |i: usize, t: &Tensor, act| {
+            batch_norm_act(t, self.bn[i].0.as_tensor(), self.bn[i].1.as_tensor(), 1e-5, act).map(|r| r.0)
+        };
+        let h = bn(0, &pointwise_conv(x, self.expand.as_tensor())?, Activation::Relu6)?;
+        let h = bn(1, &ours(&h, self.dw.as_tensor())?, Activation::Relu6)?;
+        bn(2, &pointwise_conv(&h, self.project.as_tensor())?, Activation::Identity)? + x
+    }
+}
+
 fn ours(h: &Tensor, w: &Tensor) -> Result<Tensor> {
     depthwise_conv2d(h, w, 1, Padding2d::symmetric(K))
 }
@@ -83,6 +97,9 @@ fn mbconv(c: &mut Criterion) {
     let mut group = c.benchmark_group("mbconv_train_32x40x28x28_e6_k5");
     group.sample_size(10).measurement_time(std::time::Duration::from_secs(20));
     group.bench_function("block_fwd_bwd", |b| {
+        b.iter(|| block.forward_fused(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap())
+    });
+    group.bench_function("block_fwd_bwd_candle_bn_and_matmul", |b| {
         b.iter(|| block.forward(x.as_tensor(), ours).unwrap().sum_all().unwrap().backward().unwrap())
     });
     group.bench_function("depthwise_fwd_bwd_fairnas", |b| {
@@ -94,6 +111,20 @@ fn mbconv(c: &mut Criterion) {
                 .backward()
                 .unwrap()
         })
+    });
+    // The three depthwise kernels alone, without the autograd bookkeeping and the probe loss
+    // that the `_fwd_bwd` figures include: the depthwise share of the block.
+    let pad = Padding2d::symmetric(K);
+    group.bench_function("depthwise_kernel_forward", |b| {
+        b.iter(|| depthwise_conv2d(hidden.as_tensor(), block.dw.as_tensor(), 1, pad).unwrap())
+    });
+    group.bench_function("depthwise_kernel_input_grad", |b| {
+        let op = DepthwiseInputGrad { stride: 1, padding: pad, height: S, width: S };
+        b.iter(|| probe.apply_op2_no_bwd(block.dw.as_tensor(), &op).unwrap())
+    });
+    group.bench_function("depthwise_kernel_weight_grad", |b| {
+        let op = DepthwiseWeightGrad { stride: 1, padding: pad, kernel: K };
+        b.iter(|| hidden.as_tensor().apply_op2_no_bwd(&probe, &op).unwrap())
     });
     group.bench_function("depthwise_fwd_bwd_candle_conv2d_groups", |b| {
         b.iter(|| {

@@ -119,6 +119,31 @@ fn input_grad_typed<T: DwElement>(
     Ok((out, Shape::from((n, c, h, w))))
 }
 
+/// Independent partial sums of a dot product: a single running sum is a serial dependency chain
+/// the compiler may not vectorise (float addition does not reassociate); eight lanes fit the
+/// vector registers. The lanes are combined in a fixed order, so the result is deterministic.
+const DOT_LANES: usize = 8;
+
+#[inline(always)]
+fn dot<T: DwElement>(a: &[T], b: &[T]) -> T {
+    let mut lanes = [T::default(); DOT_LANES];
+    let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..DOT_LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut acc = T::default();
+    for lane in lanes {
+        acc += lane;
+    }
+    for (&x, &y) in ra.iter().zip(rb) {
+        acc += x * y;
+    }
+    acc
+}
+
 fn weight_grad_typed<T: DwElement>(
     op: &DepthwiseWeightGrad,
     xs: &CpuStorage,
@@ -174,11 +199,7 @@ fn weight_grad_typed<T: DwElement>(
                             let start = (first % s) * h * phase_w + iy * phase_w + first / s;
                             &phases[start..start + (hi - lo)]
                         };
-                        let mut acc = T::zero();
-                        for (&a, &b) in src.iter().zip(&g_row[lo..hi]) {
-                            acc += a * b;
-                        }
-                        taps[ky * k + kx] += acc;
+                        taps[ky * k + kx] += dot(src, &g_row[lo..hi]);
                     }
                 }
             }

@@ -134,8 +134,8 @@ impl Bn {
                     Mode::Recalibrate { batch } => 1.0 / (batch as f64 + 1.0),
                     _ => BN_MOMENTUM,
                 };
-                let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (moments.get(0)? * m)?)?;
-                let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+                let rm = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (moments.get(0)? * m)?)?;
+                let rv = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
                 self.running_mean.set(&rm)?;
                 self.running_var.set(&rv)?;
                 Ok(y)

@@ -258,3 +258,35 @@ fn config_files_and_bad_settings_are_checked() {
     assert!(err.contains("/nonexistent/cifar"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_corrupt_training_image_is_named_and_nothing_is_written() {
+    let root = scratch("corrupt");
+    for split in ["train", "test"] {
+        for class in fairnas_data::classes::CIFAR10_CLASSES {
+            let (from, to) = (Path::new(&data()).join(split).join(class), root.join(split).join(class));
+            std::fs::create_dir_all(&to).unwrap();
+            let mut files: Vec<_> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for file in files.iter().take(2) {
+                std::fs::copy(file, to.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let bad = root.join("train/cat/0000.jpg");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap(); // truncated JPEG
+    let out = root.join("run");
+    let err = failure(&[
+        "train-supernet",
+        "--data",
+        &root.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--batch-size",
+        "4",
+    ]);
+    assert!(err.contains("train/cat/0000.jpg") && err.contains("truncated"), "{err}");
+    assert!(!out.join("checkpoint.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -22,13 +22,12 @@ use crate::{load_rgb, DataError, Dataset};
 /// Decoded datasets up to this many bytes of RGB pixels are kept in memory.
 pub const DEFAULT_CACHE_BYTES: usize = 2 << 30;
 
-/// Where a training set's images come from.
+/// A training set's samples, with their images decoded in memory when they fit.
 #[derive(Clone)]
-pub enum ImageStore {
-    /// Decoded once, kept in memory.
-    Memory { images: Arc<Vec<RgbImage>>, labels: Arc<Vec<usize>> },
-    /// Decoded on every access.
-    Files { samples: Arc<Vec<Sample>> },
+pub struct ImageStore {
+    samples: Arc<Vec<Sample>>,
+    /// Decoded once when the set is small; `None`: decoded on every access.
+    decoded: Option<Arc<Vec<RgbImage>>>,
 }
 
 /// Decodes one sample's image.
@@ -45,46 +44,45 @@ impl ImageStore {
     /// naming the file.
     pub fn load(dataset: &Dataset, cache_bytes: usize) -> Result<Self, DataError> {
         let samples = Arc::new(dataset.samples.clone());
-        let Some(first) = samples.first() else {
-            return Ok(ImageStore::Files { samples });
+        let fits = match samples.first() {
+            None => false,
+            Some(first) => decode_sample(first)?.as_raw().len().saturating_mul(samples.len()) <= cache_bytes,
         };
-        let probe = decode_sample(first)?;
-        let estimate = probe.as_raw().len().saturating_mul(samples.len());
-        if estimate > cache_bytes {
-            return Ok(ImageStore::Files { samples });
-        }
-        let images: Vec<RgbImage> = samples.par_iter().map(decode_sample).collect::<Result<_, _>>()?;
-        let labels = samples.iter().map(|s| s.label).collect();
-        Ok(ImageStore::Memory { images: Arc::new(images), labels: Arc::new(labels) })
+        let decoded = if fits {
+            let images: Vec<RgbImage> = samples.par_iter().map(decode_sample).collect::<Result<_, _>>()?;
+            Some(Arc::new(images))
+        } else {
+            None
+        };
+        Ok(ImageStore { samples, decoded })
     }
 
     pub fn len(&self) -> usize {
-        match self {
-            ImageStore::Memory { labels, .. } => labels.len(),
-            ImageStore::Files { samples } => samples.len(),
-        }
+        self.samples.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.samples.is_empty()
     }
 
     pub fn in_memory(&self) -> bool {
-        matches!(self, ImageStore::Memory { .. })
+        self.decoded.is_some()
     }
 
     pub fn label(&self, index: usize) -> usize {
-        match self {
-            ImageStore::Memory { labels, .. } => labels[index],
-            ImageStore::Files { samples } => samples[index].label,
-        }
+        self.samples[index].label
+    }
+
+    /// Where sample `index` comes from, for messages.
+    pub fn describe(&self, index: usize) -> String {
+        self.samples[index].source.describe()
     }
 
     /// The image of sample `index`, borrowed from memory or decoded.
     pub fn with_image<R>(&self, index: usize, f: impl FnOnce(&RgbImage) -> R) -> Result<R, DataError> {
-        match self {
-            ImageStore::Memory { images, .. } => Ok(f(&images[index])),
-            ImageStore::Files { samples } => Ok(f(&decode_sample(&samples[index])?)),
+        match &self.decoded {
+            Some(images) => Ok(f(&images[index])),
+            None => Ok(f(&decode_sample(&self.samples[index])?)),
         }
     }
 }

@@ -358,7 +358,7 @@ pub fn evaluate(
     for chunk in indices.chunks(batch_size.max(1)) {
         let pixels: Vec<Vec<f32>> = chunk
             .par_iter()
-            .map(|&i| store.with_image(i, |img| transform.evaluate(img, Path::new(&format!("#{i}"))))?)
+            .map(|&i| store.with_image(i, |img| transform.evaluate(img, Path::new(&store.describe(i))))?)
             .collect::<Result<_, _>>()?;
         let x = batch_tensor(pixels.concat(), chunk.len(), size, &Device::Cpu)?;
         let predicted = supernet.forward(&x, path, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;

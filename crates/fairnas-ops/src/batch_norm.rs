@@ -40,14 +40,14 @@ pub(crate) trait BnElement: WithDType + num_traits::Float + Default {
 impl BnElement for f32 {}
 impl BnElement for f64 {}
 
-fn dims_nchw(op: &str, l: &Layout) -> Result<(usize, usize, usize)> {
+pub(crate) fn dims_nchw(op: &str, l: &Layout) -> Result<(usize, usize, usize)> {
     match l.dims() {
         &[n, c, h, w] => Ok((n, c, h * w)),
         d => candle_core::bail!("{op}: input must be [N, C, H, W], got {d:?}"),
     }
 }
 
-fn check_rows(op: &str, l: &Layout, rows: usize, c: usize) -> Result<()> {
+pub(crate) fn check_rows(op: &str, l: &Layout, rows: usize, c: usize) -> Result<()> {
     let ok = match l.dims() {
         [cc] => rows == 1 && *cc == c,
         [r, cc] => *r == rows && *cc == c,
@@ -100,7 +100,12 @@ pub(crate) fn moments<T: BnElement>(x: &[T], n: usize, c: usize, hw: usize) -> V
 }
 
 /// Runs the f32 or f64 instance of a kernel, refusing other or mixed dtypes.
-fn dispatch<F32, F64>(name: &str, dtypes: &[DType], f32_fn: F32, f64_fn: F64) -> Result<(CpuStorage, Shape)>
+pub(crate) fn dispatch<F32, F64>(
+    name: &str,
+    dtypes: &[DType],
+    f32_fn: F32,
+    f64_fn: F64,
+) -> Result<(CpuStorage, Shape)>
 where
     F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
     F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
@@ -137,6 +142,17 @@ fn bn_forward<T: BnElement>(
     let x = contiguous_slice::<T>(xs, xl)?;
     let w = contiguous_slice::<T>(ws, wl)?;
     let b = contiguous_slice::<T>(bs, bl)?;
+    Ok((normalize(op, &x, (n, c, hw), &w, &b)?, xl.shape().clone()))
+}
+
+/// `act((x - mean) / sqrt(var + eps) * w + b)` with the op's batch moments.
+pub(crate) fn normalize<T: BnElement>(
+    op: &BatchNormAct,
+    x: &[T],
+    (n, c, hw): (usize, usize, usize),
+    w: &[T],
+    b: &[T],
+) -> Result<Vec<T>> {
     if op.moments.len() != c {
         candle_core::bail!("batch norm: {} channel moments for {c} channels", op.moments.len());
     }
@@ -149,8 +165,7 @@ fn bn_forward<T: BnElement>(
             (scale, b[ch].wide() - mean * scale)
         })
         .collect();
-    let out = apply_affine(&x, c, hw, n, &affine, op.activation);
-    Ok((out, xl.shape().clone()))
+    Ok(apply_affine(x, c, hw, n, &affine, op.activation))
 }
 
 /// `act(x * scale + shift)` per plane; scale and shift per channel.
@@ -228,7 +243,7 @@ fn pre_activation_grad<T: BnElement>(activation: Activation, xhat: f64, w: f64, 
 /// Backward helper 1: per channel `[sum dz, sum dz * xhat]` as `[2, C]`, from `x`, `dy` and
 /// `params = [weight; bias]` `[2, C]`.
 #[derive(Debug, Clone, PartialEq)]
-struct BnGradSums(BatchNormAct);
+pub(crate) struct BnGradSums(pub(crate) BatchNormAct);
 
 fn grad_sums<T: BnElement>(
     BnGradSums(op): &BnGradSums,
@@ -295,7 +310,7 @@ impl CustomOp3 for BnGradSums {
 /// Backward helper 2: `dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat))`, from `x`,
 /// `dy` and `params = [weight; bias; sum dz; sum dz * xhat]` `[4, C]`.
 #[derive(Debug, Clone, PartialEq)]
-struct BnGradInput(BatchNormAct);
+pub(crate) struct BnGradInput(pub(crate) BatchNormAct);
 
 fn grad_input<T: BnElement>(
     BnGradInput(op): &BnGradInput,
@@ -442,7 +457,7 @@ pub fn batch_norm_act(
 }
 
 /// Per-channel (mean, biased variance) of a CPU tensor `[N, C, H, W]`.
-fn moments_of(x: &Tensor) -> Result<Vec<(f64, f64)>> {
+pub(crate) fn moments_of(x: &Tensor) -> Result<Vec<(f64, f64)>> {
     let (n, c, h, w) = x.dims4()?;
     let (storage, layout) = x.storage_and_layout();
     match &*storage {

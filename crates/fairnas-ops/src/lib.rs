@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod buffer;
+pub mod conv_bn;
 pub mod depthwise;
 pub mod depthwise_backward;
 pub mod layout;
@@ -22,6 +23,7 @@ pub mod squeeze_excite;
 
 pub use activation::Activation;
 pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
+pub use conv_bn::{conv_bn_act, BnConv};
 pub use depthwise::{depthwise_conv2d, DepthwiseConv2d, Padding2d};
 pub use pointwise::{pointwise_conv, PointwiseConv};
 pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

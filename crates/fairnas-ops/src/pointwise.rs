@@ -185,7 +185,7 @@ impl CustomOp2 for PointwiseConv {
 
 /// `dX [N, C, H, W]` from `dY [N, O, H, W]` and `W [O, C(, 1, 1)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PointwiseInputGrad;
+pub(crate) struct PointwiseInputGrad;
 
 impl CustomOp2 for PointwiseInputGrad {
     fn name(&self) -> &'static str {
@@ -241,7 +241,7 @@ impl CustomOp2 for PointwiseInputGrad {
 
 /// `dW [O, C]` from the input `X [N, C, H, W]` and `dY [N, O, H, W]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PointwiseWeightGrad;
+pub(crate) struct PointwiseWeightGrad;
 
 impl CustomOp2 for PointwiseWeightGrad {
     fn name(&self) -> &'static str {

@@ -21,8 +21,8 @@ use fairnas_model::network::ConvKind;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_model::spec::{ArchSpec, BlockKind, BlockSpec, Padding};
 use fairnas_ops::{
-    batch_norm_act, channel_affine_act, depthwise_conv2d, pack_fc, pointwise_conv, squeeze_excite_packed,
-    Activation, Padding2d,
+    batch_norm_act, channel_affine_act, conv_bn_act, depthwise_conv2d, pack_fc, pointwise_conv,
+    squeeze_excite_packed, Activation, BnConv, Padding2d,
 };
 
 /// PyTorch's BatchNorm momentum.
@@ -128,19 +128,24 @@ impl Bn {
             }
             Mode::Train | Mode::Recalibrate { .. } => {
                 let (y, moments) = batch_norm_act(x, weight, bias, self.eps, activation)?;
-                let count = x.elem_count() / x.dim(1)?;
-                let unbiased = (moments.get(1)? * (count as f64 / (count.max(2) - 1) as f64))?;
-                let m = match mode {
-                    Mode::Recalibrate { batch } => 1.0 / (batch as f64 + 1.0),
-                    _ => BN_MOMENTUM,
-                };
-                let rm = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (moments.get(0)? * m)?)?;
-                let rv = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
-                self.running_mean.set(&rm)?;
-                self.running_var.set(&rv)?;
+                self.update_running(&moments, x.elem_count() / x.dim(1)?, mode)?;
                 Ok(y)
             }
         }
+    }
+
+    /// Folds a batch's `[mean; biased variance]` over `count` values per channel into the
+    /// running statistics (momentum 0.1 in training; a running average in recalibration).
+    fn update_running(&self, moments: &Tensor, count: usize, mode: Mode) -> Result<()> {
+        let unbiased = (moments.get(1)? * (count as f64 / (count.max(2) - 1) as f64))?;
+        let m = match mode {
+            Mode::Recalibrate { batch } => 1.0 / (batch as f64 + 1.0),
+            _ => BN_MOMENTUM,
+        };
+        let rm = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (moments.get(0)? * m)?)?;
+        let rv = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)
     }
 }
 
@@ -178,22 +183,26 @@ impl ConvBn {
         Ok(ConvBn { weight, kind, padding, bn, activation })
     }
 
-    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+    fn padding2d(&self, x: &Tensor, kernel: usize, stride: usize) -> Result<Padding2d> {
         let (_, _, h, w) = x.dims4()?;
-        let pad = |kernel: usize, stride: usize| match self.padding {
+        Ok(match self.padding {
             Padding::Symmetric => Padding2d::symmetric(kernel),
             Padding::TfSame => Padding2d::tf_same(h, w, kernel, stride),
-        };
+        })
+    }
+
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        let pad = |kernel: usize, stride: usize| self.padding2d(x, kernel, stride);
         let weight = self.weight.as_tensor();
         match self.kind {
             ConvKind::Pointwise => pointwise_conv(x, weight),
             ConvKind::Depthwise { kernel, stride } => {
-                depthwise_conv2d(x, weight, stride, pad(kernel, stride))
+                depthwise_conv2d(x, weight, stride, pad(kernel, stride)?)
             }
             ConvKind::Dense { kernel, stride } => {
                 // Pad explicitly and cut the trailing rows/columns no window reaches: candle's
                 // conv2d backward fails with a shape mismatch when they are present.
-                let p = pad(kernel, stride);
+                let p = pad(kernel, stride)?;
                 let xp = x.pad_with_zeros(2, p.top, p.bottom)?.pad_with_zeros(3, p.left, p.right)?;
                 let (ph, pw) = (xp.dim(2)?, xp.dim(3)?);
                 let xp = xp.narrow(2, 0, ph - (ph - kernel) % stride)?.narrow(
@@ -206,8 +215,32 @@ impl ConvBn {
         }
     }
 
+    /// In training and recalibration, pointwise and depthwise convolutions run fused with their
+    /// BN and activation as one autograd node (`fairnas_ops::conv_bn`: same bits, less memory
+    /// traffic in the backward pass).
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.bn.forward(&self.conv(x)?, mode, self.activation)
+        let fused = match (mode, self.kind) {
+            (Mode::Eval, _) | (_, ConvKind::Dense { .. }) => None,
+            (_, ConvKind::Pointwise) => Some(BnConv::Pointwise),
+            (_, ConvKind::Depthwise { kernel, stride }) => {
+                Some(BnConv::Depthwise { stride, padding: self.padding2d(x, kernel, stride)? })
+            }
+        };
+        let Some(conv) = fused else {
+            return self.bn.forward(&self.conv(x)?, mode, self.activation);
+        };
+        let bn = &self.bn;
+        let (y, moments) = conv_bn_act(
+            x,
+            self.weight.as_tensor(),
+            conv,
+            bn.weight.as_tensor(),
+            bn.bias.as_tensor(),
+            bn.eps,
+            self.activation,
+        )?;
+        bn.update_running(&moments, y.elem_count() / y.dim(1)?, mode)?;
+        Ok(y)
     }
 }
 

@@ -3,15 +3,15 @@
 //! candle's built-in grouped-conv backward (the peer).
 //!
 //! The block is FairNAS-sized: input [32, 40, 28, 28], expansion 6 (hidden 240), depthwise 5x5
-//! stride 1, projection back to 40 with a residual. Two versions: as the supernet runs it (our
-//! fused training BN + ReLU6 and pointwise GEMM ops), and with BN, ReLU6 and the pointwise
-//! convolutions as candle ops (broadcast batched matmuls), the way it ran before those ops.
+//! stride 1, projection back to 40 with a residual. Two versions: as the supernet runs it (each
+//! conv + training BN + ReLU6 one fused node, pointwise convs as GEMMs), and with BN, ReLU6 and
+//! the pointwise convolutions as candle ops (broadcast batched matmuls), the way it ran before.
 //! `cargo bench -p fairnas-ops --bench mbconv_train` (results in BENCHMARKS.md).
 
 use candle_core::{Device, Result, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
 use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
-use fairnas_ops::{batch_norm_act, depthwise_conv2d, pointwise_conv, Activation, Padding2d};
+use fairnas_ops::{conv_bn_act, depthwise_conv2d, Activation, BnConv, Padding2d};
 
 const N: usize = 32;
 const C: usize = 40;
@@ -69,14 +69,16 @@ impl Block {
 }
 
 impl Block {
-    /// As `fairnas_supernet` runs a candidate: fused BN + activation, GEMM pointwise convs.
+    /// As `fairnas_supernet` runs a candidate: each conv + BN + activation one fused node.
     fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let bn = |i: usize, t: &Tensor, act| {
-            batch_norm_act(t, self.bn[i].0.as_tensor(), self.bn[i].1.as_tensor(), 1e-5, act).map(|r| r.0)
+        let step = |i: usize, t: &Tensor, w: &Var, conv, act| {
+            let (g, b) = (self.bn[i].0.as_tensor(), self.bn[i].1.as_tensor());
+            conv_bn_act(t, w.as_tensor(), conv, g, b, 1e-5, act).map(|r| r.0)
         };
-        let h = bn(0, &pointwise_conv(x, self.expand.as_tensor())?, Activation::Relu6)?;
-        let h = bn(1, &ours(&h, self.dw.as_tensor())?, Activation::Relu6)?;
-        bn(2, &pointwise_conv(&h, self.project.as_tensor())?, Activation::Identity)? + x
+        let dw = BnConv::Depthwise { stride: 1, padding: Padding2d::symmetric(K) };
+        let h = step(0, x, &self.expand, BnConv::Pointwise, Activation::Relu6)?;
+        let h = step(1, &h, &self.dw, dw, Activation::Relu6)?;
+        step(2, &h, &self.project, BnConv::Pointwise, Activation::Identity)? + x
     }
 }
 

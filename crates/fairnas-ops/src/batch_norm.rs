@@ -240,6 +240,41 @@ fn pre_activation_grad<T: BnElement>(activation: Activation, xhat: f64, w: f64, 
     dy.wide() * activation.derivative_at(z)
 }
 
+/// The checked, contiguous inputs of both backward kernels.
+struct BackwardInputs<'a, T: Clone> {
+    n: usize,
+    c: usize,
+    hw: usize,
+    x: std::borrow::Cow<'a, [T]>,
+    dy: std::borrow::Cow<'a, [T]>,
+    /// Per-channel rows (`[weight; bias; ...]`), `rows x C`.
+    p: std::borrow::Cow<'a, [T]>,
+    stats: &'a [(f64, f64)],
+}
+
+fn backward_inputs<'a, T: BnElement>(
+    op: &'a BatchNormAct,
+    (xs, xl): (&'a CpuStorage, &Layout),
+    (gs, gl): (&'a CpuStorage, &Layout),
+    (ps, pl): (&'a CpuStorage, &Layout),
+    rows: usize,
+) -> Result<BackwardInputs<'a, T>> {
+    let (n, c, hw) = dims_nchw("batch norm backward", xl)?;
+    if gl.dims() != xl.dims() {
+        candle_core::bail!("batch norm backward: gradient {:?} vs input {:?}", gl.dims(), xl.dims());
+    }
+    check_rows("batch norm backward params", pl, rows, c)?;
+    Ok(BackwardInputs {
+        n,
+        c,
+        hw,
+        x: contiguous_slice::<T>(xs, xl)?,
+        dy: contiguous_slice::<T>(gs, gl)?,
+        p: contiguous_slice::<T>(ps, pl)?,
+        stats: checked_moments(op, c)?,
+    })
+}
+
 /// Backward helper 1: per channel `[sum dz, sum dz * xhat]` as `[2, C]`, from `x`, `dy` and
 /// `params = [weight; bias]` `[2, C]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,15 +286,8 @@ fn grad_sums<T: BnElement>(
     (gs, gl): (&CpuStorage, &Layout),
     (ps, pl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, hw) = dims_nchw("batch norm backward", xl)?;
-    if gl.dims() != xl.dims() {
-        candle_core::bail!("batch norm backward: gradient {:?} vs input {:?}", gl.dims(), xl.dims());
-    }
-    check_rows("batch norm backward params", pl, 2, c)?;
-    let x = contiguous_slice::<T>(xs, xl)?;
-    let dy = contiguous_slice::<T>(gs, gl)?;
-    let p = contiguous_slice::<T>(ps, pl)?;
-    let stats = checked_moments(op, c)?;
+    let BackwardInputs::<T> { n, c, hw, x, dy, p, stats } =
+        backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 2)?;
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -318,15 +346,8 @@ fn grad_input<T: BnElement>(
     (gs, gl): (&CpuStorage, &Layout),
     (ps, pl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, hw) = dims_nchw("batch norm backward", xl)?;
-    if gl.dims() != xl.dims() {
-        candle_core::bail!("batch norm backward: gradient {:?} vs input {:?}", gl.dims(), xl.dims());
-    }
-    check_rows("batch norm backward params", pl, 4, c)?;
-    let x = contiguous_slice::<T>(xs, xl)?;
-    let dy = contiguous_slice::<T>(gs, gl)?;
-    let p = contiguous_slice::<T>(ps, pl)?;
-    let stats = checked_moments(op, c)?;
+    let BackwardInputs::<T> { n, c, hw, x, dy, p, stats } =
+        backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 4)?;
     let count = (n * hw).max(1) as f64;
     let out = par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| {
         let ch = plane % c;

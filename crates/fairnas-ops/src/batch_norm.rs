@@ -23,7 +23,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::buffer::par_filled_chunks;
-use crate::layout::contiguous_slice;
+use crate::layout::{contiguous_slice, dispatch_f32_f64 as dispatch};
 use crate::Activation;
 
 /// Elements the kernels run on.
@@ -97,26 +97,6 @@ pub(crate) fn moments<T: BnElement>(x: &[T], n: usize, c: usize, hw: usize) -> V
             (shift + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
         })
         .collect()
-}
-
-/// Runs the f32 or f64 instance of a kernel, refusing other or mixed dtypes.
-pub(crate) fn dispatch<F32, F64>(
-    name: &str,
-    dtypes: &[DType],
-    f32_fn: F32,
-    f64_fn: F64,
-) -> Result<(CpuStorage, Shape)>
-where
-    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
-    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
-{
-    if dtypes.iter().all(|d| *d == DType::F32) {
-        f32_fn().map(|(v, s)| (CpuStorage::F32(v), s))
-    } else if dtypes.iter().all(|d| *d == DType::F64) {
-        f64_fn().map(|(v, s)| (CpuStorage::F64(v), s))
-    } else {
-        candle_core::bail!("{name} supports f32 or f64 with matching dtypes, got {dtypes:?}")
-    }
 }
 
 /// `act(batch_norm(x))` with batch statistics: inputs `x` `[N, C, H, W]`, `weight` `[C]`,

@@ -13,11 +13,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use crate::batch_norm::{
-    check_rows, dims_nchw, dispatch, moments_of, normalize, BatchNormAct, BnElement, BnGradInput, BnGradSums,
+    check_rows, dims_nchw, moments_of, normalize, BatchNormAct, BnElement, BnGradInput, BnGradSums,
 };
 use crate::depthwise::{DepthwiseConv2d, Padding2d};
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
-use crate::layout::contiguous_slice;
+use crate::layout::{contiguous_slice, dispatch_f32_f64};
 use crate::pointwise::{PointwiseConv, PointwiseInputGrad, PointwiseWeightGrad};
 use crate::Activation;
 
@@ -66,7 +66,7 @@ impl CustomOp3 for ConvBnAct {
         p: &CpuStorage,
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch(
+        dispatch_f32_f64(
             "conv + batch norm",
             &[p.dtype(), self.conv_out.dtype()],
             || forward_typed::<f32>(self, (p, pl)),

@@ -9,9 +9,9 @@
 
 use crate::buffer::par_filled_chunks;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
-use crate::layout::contiguous_slice;
+use crate::layout::{contiguous_slice, dispatch_f32_f64};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Zero padding on each side of the spatial dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -228,8 +228,7 @@ impl CustomOp2 for DepthwiseConv2d {
         }
         dispatch_f32_f64(
             "depthwise conv",
-            s1,
-            s2,
+            &[s1.dtype(), s2.dtype()],
             || forward_typed::<f32>(self, s1, l1, s2, l2),
             || forward_typed::<f64>(self, s1, l1, s2, l2),
         )
@@ -257,25 +256,6 @@ impl CustomOp2 for DepthwiseConv2d {
     }
 }
 
-/// Runs the f32 or f64 instance of a two-input kernel, refusing other or mixed dtypes.
-pub(crate) fn dispatch_f32_f64<F32, F64>(
-    name: &str,
-    a: &CpuStorage,
-    b: &CpuStorage,
-    f32_fn: F32,
-    f64_fn: F64,
-) -> Result<(CpuStorage, Shape)>
-where
-    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
-    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
-{
-    match (a.dtype(), b.dtype()) {
-        (DType::F32, DType::F32) => f32_fn().map(|(v, s)| (CpuStorage::F32(v), s)),
-        (DType::F64, DType::F64) => f64_fn().map(|(v, s)| (CpuStorage::F64(v), s)),
-        (x, y) => candle_core::bail!("{name} supports f32 and f64 with matching dtypes, got {x:?} and {y:?}"),
-    }
-}
-
 /// Depthwise convolution of `input` `[N, C, H, W]` with `weight` `[C, 1, k, k]`.
 pub fn depthwise_conv2d(
     input: &Tensor,
@@ -289,7 +269,7 @@ pub fn depthwise_conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     /// candle's own grouped convolution as the reference (slow, but independent of our kernel).
     fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {

@@ -8,11 +8,12 @@
 //!   with the output gradient, summed over the batch. One task per channel sums in a fixed order,
 //!   so the result does not depend on the thread count.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 use crate::buffer::par_filled_chunks;
-use crate::depthwise::{conv_output_size, dispatch_f32_f64, valid_range, DwElement, Padding2d};
-use crate::layout::contiguous_slice;
+use crate::depthwise::{conv_output_size, valid_range, DwElement, Padding2d};
+use crate::layout::{contiguous_slice, dispatch_f32_f64};
 
 /// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,8 +223,7 @@ impl CustomOp2 for DepthwiseInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         dispatch_f32_f64(
             "depthwise input grad",
-            s1,
-            s2,
+            &[s1.dtype(), s2.dtype()],
             || input_grad_typed::<f32>(self, s1, l1, s2, l2),
             || input_grad_typed::<f64>(self, s1, l1, s2, l2),
         )
@@ -244,8 +244,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         dispatch_f32_f64(
             "depthwise weight grad",
-            s1,
-            s2,
+            &[s1.dtype(), s2.dtype()],
             || weight_grad_typed::<f32>(self, s1, l1, s2, l2),
             || weight_grad_typed::<f64>(self, s1, l1, s2, l2),
         )

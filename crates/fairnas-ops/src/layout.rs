@@ -1,8 +1,8 @@
-//! Reading candle storages through their layouts.
+//! Reading candle storages: through their layouts, and by dtype.
 
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, Layout, Result, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, WithDType};
 
 /// The elements of `storage` viewed through `layout`, in row-major order: borrowed when the view
 /// is contiguous, gathered into a fresh buffer when it is strided (transposed, broadcast, narrowed).
@@ -31,6 +31,27 @@ pub fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layo
         }
     }
     Ok(Cow::Owned(out))
+}
+
+/// Runs the f32 or f64 instance of a kernel, refusing other or mixed dtypes (`dtypes`: those of
+/// every input), naming the kernel.
+pub(crate) fn dispatch_f32_f64<F32, F64>(
+    name: &str,
+    dtypes: &[DType],
+    f32_fn: F32,
+    f64_fn: F64,
+) -> Result<(CpuStorage, Shape)>
+where
+    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
+    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
+{
+    if dtypes.iter().all(|d| *d == DType::F32) {
+        f32_fn().map(|(v, s)| (CpuStorage::F32(v), s))
+    } else if dtypes.iter().all(|d| *d == DType::F64) {
+        f64_fn().map(|(v, s)| (CpuStorage::F64(v), s))
+    } else {
+        candle_core::bail!("{name} supports f32 or f64 with matching dtypes, got {dtypes:?}")
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@
 //! threads; otherwise each GEMM uses the threads itself.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 use crate::buffer::par_filled_chunks;
-use crate::layout::contiguous_slice;
+use crate::layout::{contiguous_slice, dispatch_f32_f64};
 
 /// `[N, C, H, W] x [O, C(, 1, 1)] -> [N, O, H, W]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,20 +136,6 @@ fn forward_typed<T: GemmElement>(
     Ok((out, Shape::from((n, o, h, w))))
 }
 
-fn dispatch<F32, F64>(a: DType, b: DType, f32_fn: F32, f64_fn: F64) -> Result<(CpuStorage, Shape)>
-where
-    F32: FnOnce() -> Result<(Vec<f32>, Shape)>,
-    F64: FnOnce() -> Result<(Vec<f64>, Shape)>,
-{
-    match (a, b) {
-        (DType::F32, DType::F32) => f32_fn().map(|(v, s)| (CpuStorage::F32(v), s)),
-        (DType::F64, DType::F64) => f64_fn().map(|(v, s)| (CpuStorage::F64(v), s)),
-        (x, y) => candle_core::bail!(
-            "pointwise conv supports f32 and f64 with matching dtypes, got {x:?} and {y:?}"
-        ),
-    }
-}
-
 impl CustomOp2 for PointwiseConv {
     fn name(&self) -> &'static str {
         "fairnas-pointwise-conv"
@@ -162,9 +148,9 @@ impl CustomOp2 for PointwiseConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch(
-            s1.dtype(),
-            s2.dtype(),
+        dispatch_f32_f64(
+            "pointwise conv",
+            &[s1.dtype(), s2.dtype()],
             || forward_typed::<f32>((s1, l1), (s2, l2)),
             || forward_typed::<f64>((s1, l1), (s2, l2)),
         )
@@ -230,9 +216,9 @@ impl CustomOp2 for PointwiseInputGrad {
             });
             Ok((out, Shape::from((n, c, h, w))))
         }
-        dispatch(
-            s1.dtype(),
-            s2.dtype(),
+        dispatch_f32_f64(
+            "pointwise conv",
+            &[s1.dtype(), s2.dtype()],
             || typed::<f32>((s1, l1), (s2, l2)),
             || typed::<f64>((s1, l1), (s2, l2)),
         )
@@ -292,9 +278,9 @@ impl CustomOp2 for PointwiseWeightGrad {
             }
             Ok((out, Shape::from((o, c))))
         }
-        dispatch(
-            s1.dtype(),
-            s2.dtype(),
+        dispatch_f32_f64(
+            "pointwise conv",
+            &[s1.dtype(), s2.dtype()],
             || typed::<f32>((s1, l1), (s2, l2)),
             || typed::<f64>((s1, l1), (s2, l2)),
         )

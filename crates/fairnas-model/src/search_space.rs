@@ -256,6 +256,83 @@ impl SearchSpace {
         Ok(())
     }
 
+    /// Input channels of every searchable layer.
+    pub fn layer_input_channels(&self) -> Vec<usize> {
+        let mut channels = self.base.blocks.last().map_or(self.base.stem.channels, |b| b.out_channels);
+        self.layers
+            .iter()
+            .map(|candidates| {
+                let input = channels;
+                channels = candidates.first().map_or(channels, |c| c.out_channels);
+                input
+            })
+            .collect()
+    }
+
+    /// The canonical form of a sub-network. A pure identity (a skip that neither strides nor
+    /// projects) commutes with every shape-preserving layer next to it, so sub-networks that
+    /// differ only in where their identities sit inside a run of shape-preserving layers are
+    /// the same function: NAS-Bench-Macro's 6561 keys are 3969 architectures (FAIRNAS.md
+    /// section 7). The canonical form moves those identities to the end of their run; ranking
+    /// and search score one form per architecture, so duplicates neither tie nor count twice.
+    pub fn canonical(&self, choices: &[usize]) -> Vec<usize> {
+        let inputs = self.layer_input_channels();
+        let preserves_shape =
+            |l: usize| self.layers[l].iter().all(|b| b.stride == 1 && b.out_channels == inputs[l]);
+        let is_identity = |l: usize, c: usize| {
+            let b = &self.layers[l][c];
+            b.kind == BlockKind::Skip && !b.skip_projects(inputs[l])
+        };
+        let mut out = choices.to_vec();
+        let mut start = 0;
+        while start < out.len() {
+            if !preserves_shape(start) {
+                start += 1;
+                continue;
+            }
+            let mut end = start;
+            while end < out.len() && preserves_shape(end) {
+                end += 1;
+            }
+            let (mut kept, mut identities): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+            for l in start..end {
+                if is_identity(l, out[l]) {
+                    identities.push(out[l]);
+                } else {
+                    kept.push(out[l]);
+                }
+            }
+            kept.extend(identities);
+            out[start..end].copy_from_slice(&kept);
+            start = end;
+        }
+        out
+    }
+
+    /// Every distinct architecture of the space as its canonical form, in lexicographic order.
+    /// Refuses spaces with more than `limit` sub-networks (FairNAS's 6^19 cannot be listed).
+    pub fn canonical_architectures(&self, limit: usize) -> Result<Vec<Vec<usize>>, String> {
+        let counts = self.choice_counts();
+        let total = counts.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).filter(|&t| t <= limit);
+        let Some(total) = total else {
+            return Err(format!(
+                "{}: more than {limit} sub-networks; sample architectures instead of listing them",
+                self.name
+            ));
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for index in 0..total {
+            let mut rest = index;
+            let mut choices = vec![0; counts.len()];
+            for l in (0..counts.len()).rev() {
+                choices[l] = rest % counts[l];
+                rest /= counts[l];
+            }
+            seen.insert(self.canonical(&choices));
+        }
+        Ok(seen.into_iter().collect())
+    }
+
     /// The spec of one sub-network.
     pub fn subnet(&self, choices: &[usize]) -> Result<ArchSpec, String> {
         self.check(choices)?;
@@ -282,6 +359,19 @@ mod tests {
         assert_eq!(c.to_string(), "4041500552122115153");
         assert_eq!(c.layer(0), (7, 3));
         assert_eq!(c.layer(18), (5, 6));
+    }
+
+    #[test]
+    fn nas_bench_macro_has_3969_architectures() {
+        let space = SearchSpace::nas_bench_macro();
+        let all = space.canonical_architectures(10_000).unwrap();
+        assert_eq!(all.len(), 3969);
+        // Stage 2 is layers 2-4: its strided first layer stays, identities behind layer 3
+        // move behind layer 4; stage 1's second layer has nothing to swap with.
+        assert_eq!(space.canonical(&[1, 0, 2, 0, 1, 0, 0, 2]), vec![1, 0, 2, 1, 0, 0, 2, 0]);
+        assert_eq!(space.canonical(&[0, 0, 0, 0, 0, 0, 0, 0]), vec![0; 8]);
+        assert!(all.iter().all(|a| &space.canonical(a) == a));
+        assert!(SearchSpace::fairnas(FairnasVariant::PLAIN).canonical_architectures(1 << 20).is_err());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! NSGA-II and baseline searches over supernet architectures, objectives and Pareto output.
-//!
-//! Not implemented yet: this crate is a placeholder in the workspace layout until the search
-//! issue lands. It intentionally exports nothing.
+//! Search over supernet architectures and the measures around it: ranking statistics against a
+//! benchmark's ground truth, the ground truth itself, and plots.
+
+pub mod ground_truth;
+pub mod plot;
+pub mod ranking;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
@@ -11,30 +11,15 @@ use candle_nn::VarBuilder;
 use fairnas_model::network::Network;
 use fairnas_model::search_space::SearchSpace;
 
-fn fairnas(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fairnas")).args(args).output().expect("run fairnas")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = fairnas(args);
-    assert!(out.status.success(), "fairnas {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = fairnas(args);
-    assert!(!out.status.success(), "fairnas {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{failure, ok};
 
 fn data() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cifar10-mini").display().to_string()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fairnas-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::scratch("train", name)
 }
 
 /// Every tensor of a checkpoint, as raw little-endian bytes by name.

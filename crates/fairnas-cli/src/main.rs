@@ -3,6 +3,7 @@
 mod bench_step;
 mod info;
 mod predict;
+mod rank;
 mod train;
 mod verify;
 
@@ -47,6 +48,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Accuracy of one sub-network of a trained supernet, after BN recalibration.
     EvalSubnet(train::EvalSubnetArgs),
+    /// Ranking quality of a supernet against a benchmark's stand-alone ground truth.
+    Rank(rank::RankArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
     BenchStep(bench_step::BenchStepArgs),
 }
@@ -80,5 +83,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
         Command::BenchStep(args) => bench_step::run(args),
+        Command::Rank(args) => rank::run_rank(args),
     }
 }

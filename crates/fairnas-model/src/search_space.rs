@@ -294,15 +294,10 @@ impl SearchSpace {
             while end < out.len() && preserves_shape(end) {
                 end += 1;
             }
-            let (mut kept, mut identities): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-            for l in start..end {
-                if is_identity(l, out[l]) {
-                    identities.push(out[l]);
-                } else {
-                    kept.push(out[l]);
-                }
-            }
-            kept.extend(identities);
+            // Stable: non-identities keep their order, identities follow.
+            let mut kept: Vec<usize> = (start..end).collect();
+            kept.sort_by_key(|&l| is_identity(l, out[l]));
+            let kept: Vec<usize> = kept.into_iter().map(|l| out[l]).collect();
             out[start..end].copy_from_slice(&kept);
             start = end;
         }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod sampler;
 pub mod schedule;
+pub mod scoring;
 pub mod step;
 pub mod supernet;
 pub mod trainer;

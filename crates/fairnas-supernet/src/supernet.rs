@@ -353,6 +353,15 @@ impl BlockParams {
     }
 }
 
+/// A part of the network with its own BN statistics: the shared stem (with any fixed blocks),
+/// one candidate of one searchable layer, or the shared head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Stem,
+    Layer { layer: usize, choice: usize },
+    Head,
+}
+
 /// The supernet of a search space.
 #[derive(Debug)]
 pub struct Supernet {
@@ -431,14 +440,33 @@ impl Supernet {
     /// Logits `[N, classes]` of the sub-network `path`.
     pub fn forward(&self, x: &Tensor, path: &[usize], mode: Mode) -> Result<Tensor> {
         self.space.check(path).map_err(candle_core::Error::msg)?;
+        let mut h = self.forward_stem(x, mode)?;
+        for (layer, &choice) in path.iter().enumerate() {
+            h = self.forward_layer(layer, choice, &h, mode)?;
+        }
+        self.forward_head(&h, mode)
+    }
+
+    /// The shared part before the searchable layers: stem and fixed blocks.
+    pub fn forward_stem(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = self.stem.forward(x, mode)?;
         for b in &self.fixed {
             h = b.forward(&h, mode)?;
         }
-        for (candidates, &c) in self.layers.iter().zip(path) {
-            h = candidates[c].forward(&h, mode)?;
-        }
-        let features = self.head.forward(&h, mode)?.mean((2, 3))?;
+        Ok(h)
+    }
+
+    /// Candidate `choice` of searchable layer `layer`.
+    pub fn forward_layer(&self, layer: usize, choice: usize, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let block = self.layers.get(layer).and_then(|c| c.get(choice)).ok_or_else(|| {
+            candle_core::Error::msg(format!("{}: no candidate {choice} at layer {layer}", self.space.name))
+        })?;
+        block.forward(x, mode)
+    }
+
+    /// Head, global average pool and classifier: logits `[N, classes]`.
+    pub fn forward_head(&self, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let features = self.head.forward(h, mode)?.mean((2, 3))?;
         let (w, b) = (self.classifier.0.as_tensor(), self.classifier.1.as_tensor());
         features.matmul(&w.t()?)?.broadcast_add(b)
     }
@@ -484,9 +512,27 @@ impl Supernet {
     pub fn reset_bn_stats(&self, path: &[usize]) -> Result<()> {
         let prefixes: Vec<String> =
             path.iter().enumerate().map(|(l, c)| format!("layers.{l}.{c}.")).collect();
+        self.reset_bn_stats_where(|name| {
+            !name.starts_with("layers.") || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        })
+    }
+
+    /// Resets the BN statistics of one part of the network (for scoring many sub-networks
+    /// part by part, see [`crate::scoring`]).
+    pub fn reset_part_bn_stats(&self, part: Part) -> Result<()> {
+        match part {
+            Part::Stem => self.reset_bn_stats_where(|n| n.starts_with("stem.") || n.starts_with("blocks.")),
+            Part::Layer { layer, choice } => {
+                let prefix = format!("layers.{layer}.{choice}.");
+                self.reset_bn_stats_where(|n| n.starts_with(&prefix))
+            }
+            Part::Head => self.reset_bn_stats_where(|n| n.starts_with("head.")),
+        }
+    }
+
+    fn reset_bn_stats_where(&self, selected: impl Fn(&str) -> bool) -> Result<()> {
         for (name, var) in &self.store.vars {
-            let on_path =
-                !name.starts_with("layers.") || prefixes.iter().any(|p| name.starts_with(p.as_str()));
+            let on_path = selected(name);
             if on_path && name.ends_with("running_mean") {
                 var.set(&var.as_tensor().zeros_like()?)?;
             } else if on_path && name.ends_with("running_var") {

@@ -345,7 +345,8 @@ pub fn batch_tensor(pixels: Vec<f32>, n: usize, size: usize, device: &Device) ->
     Tensor::from_vec(pixels, (n, 3, size, size), device)
 }
 
-/// Held-out top-1 of `path` in eval mode: (correct, total).
+/// Held-out top-1 of `path` in eval mode: (correct, total). Decodes batch by batch, so any
+/// split size fits in memory.
 pub fn evaluate(
     supernet: &Supernet,
     path: &[usize],
@@ -353,24 +354,18 @@ pub fn evaluate(
     transform: &TrainTransform,
     batch_size: usize,
 ) -> Result<(usize, usize), TrainError> {
-    use rayon::prelude::*;
-    let size = transform.output_size() as usize;
     let mut correct = 0;
     let indices: Vec<usize> = (0..store.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let pixels: Vec<Vec<f32>> = chunk
-            .par_iter()
-            .map(|&i| store.with_image(i, |img| transform.evaluate(img, Path::new(&store.describe(i))))?)
-            .collect::<Result<_, _>>()?;
-        let x = batch_tensor(pixels.concat(), chunk.len(), size, &Device::Cpu)?;
+        let (x, labels) = held_out_batch(store, transform, chunk)?;
         let predicted = supernet.forward(&x, path, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;
-        correct += chunk.iter().zip(&predicted).filter(|(&i, &p)| store.label(i) == p as usize).count();
+        correct += labels.iter().zip(&predicted).filter(|(l, p)| l == p).count();
     }
     Ok((correct, store.len()))
 }
 
-/// Re-estimates the BN statistics of `path` on `batches` training batches (train transform,
-/// a fixed seeded order independent of the run's epochs).
+/// Re-estimates the BN statistics of `path` on `batches` training batches (see
+/// [`recalibration_batches`]).
 pub fn recalibrate(
     supernet: &Supernet,
     path: &[usize],
@@ -380,6 +375,19 @@ pub fn recalibrate(
     batches: usize,
     seed: u64,
 ) -> Result<usize, TrainError> {
+    let tensors = recalibration_batches(store, transform, batch_size, batches, seed)?;
+    Ok(supernet.recalibrate_bn(path, tensors.iter())?)
+}
+
+/// The training batches BN recalibration uses: the train transform (augmented), in a fixed
+/// seeded order independent of the run's epochs; at most one epoch's worth.
+pub fn recalibration_batches(
+    store: &ImageStore,
+    transform: &TrainTransform,
+    batch_size: usize,
+    batches: usize,
+    seed: u64,
+) -> Result<Vec<Tensor>, TrainError> {
     const RECALIBRATION_EPOCH: u64 = u64::MAX / 2;
     let size = transform.output_size() as usize;
     let order = fairnas_data::epoch_order(store.len(), seed, RECALIBRATION_EPOCH);
@@ -398,7 +406,32 @@ pub fn recalibrate(
         let n = batch.labels.len();
         tensors.push(batch_tensor(batch.pixels, n, size, &Device::Cpu)?);
     }
-    Ok(supernet.recalibrate_bn(path, tensors.iter())?)
+    Ok(tensors)
+}
+
+/// Every held-out image, eval transform, in store order, as batches with their labels.
+pub fn held_out_batches(
+    store: &ImageStore,
+    transform: &TrainTransform,
+    batch_size: usize,
+) -> Result<Vec<(Tensor, Vec<u32>)>, TrainError> {
+    let indices: Vec<usize> = (0..store.len()).collect();
+    indices.chunks(batch_size.max(1)).map(|chunk| held_out_batch(store, transform, chunk)).collect()
+}
+
+fn held_out_batch(
+    store: &ImageStore,
+    transform: &TrainTransform,
+    chunk: &[usize],
+) -> Result<(Tensor, Vec<u32>), TrainError> {
+    use rayon::prelude::*;
+    let size = transform.output_size() as usize;
+    let pixels: Vec<Vec<f32>> = chunk
+        .par_iter()
+        .map(|&i| store.with_image(i, |img| transform.evaluate(img, Path::new(&store.describe(i))))?)
+        .collect::<Result<_, _>>()?;
+    let labels = chunk.iter().map(|&i| store.label(i) as u32).collect();
+    Ok((batch_tensor(pixels.concat(), chunk.len(), size, &Device::Cpu)?, labels))
 }
 
 /// Trains according to `config` into `out`, from scratch or (with `resume`) from the

@@ -1,0 +1,34 @@
+//! Helpers shared by the end-to-end tests: run the built `fairnas` binary, check its exit.
+#![allow(dead_code)] // each test target uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn fairnas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairnas")).args(args).output().expect("run fairnas")
+}
+
+/// Stdout of a run that must succeed (its stderr in the failure message).
+pub fn ok(args: &[&str]) -> String {
+    let out = fairnas(args);
+    assert!(out.status.success(), "fairnas {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Stderr of a run that must fail.
+pub fn failure(args: &[&str]) -> String {
+    let out = fairnas(args);
+    assert!(!out.status.success(), "fairnas {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fresh folder under the system temp dir, unique per test process and `tag`.
+pub fn scratch(tag: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fairnas-{tag}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}

@@ -18,8 +18,8 @@ SEEDS=${SEEDS:-"0 1"}
 cargo build --release -q -p fairnas-cli
 BIN=target/release/fairnas
 mkdir -p "$OUT"
-for sampler in strict uniform; do
-  for seed in $SEEDS; do
+for seed in $SEEDS; do
+  for sampler in strict uniform; do
     run="$OUT/$sampler-$seed"
     resume=()
     [ -f "$run/checkpoint.safetensors" ] && resume=(--resume)

@@ -1,6 +1,9 @@
 //! Search over supernet architectures and the measures around it: ranking statistics against a
 //! benchmark's ground truth, the ground truth itself, and plots.
 
+pub mod evolution;
 pub mod ground_truth;
+pub mod objective;
+pub mod pareto;
 pub mod plot;
 pub mod ranking;

@@ -114,6 +114,14 @@ fn ranks_resumes_from_its_cache_and_refuses_other_settings() {
         csv,
         "resumed scores are the same bits"
     );
+    // The torn line is gone and the cache reads back whole: a third run scores nothing.
+    let jsonl = std::fs::read_to_string(out.join("scores.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 12);
+    assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    let again = fairnas(&args[..args.len() - 1]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("scores.jsonl")).unwrap(), jsonl, "nothing rescored");
+    assert_eq!(std::fs::read_to_string(out.join("scores.csv")).unwrap(), csv);
 
     // Cached scores made with other settings are never mixed in.
     let mut other = args.to_vec();

@@ -2,6 +2,7 @@
 
 mod bench_step;
 mod info;
+mod one_shot;
 mod predict;
 mod rank;
 mod train;

@@ -7,23 +7,21 @@
 //! run resumes where it stopped; the settings they were made with (and the checkpoint's
 //! SHA-256) sit in `rank-config.json`, and a resume with other settings is refused.
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fairnas_data::ImageStore;
 use fairnas_model::persist::write_atomically;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_search::ground_truth::{digits, GroundTruth};
 use fairnas_search::plot::{Scatter, Series};
 use fairnas_search::ranking::RankingReport;
-use fairnas_supernet::scoring::{OneShotScore, PrefixScorer, ScoringBatches};
-use fairnas_supernet::trainer::{self, load_run, open_split, subset};
+use fairnas_supernet::scoring::{OneShotScore, PrefixScorer};
+use fairnas_supernet::trainer::{self, load_run};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+
+use crate::one_shot::{guard_settings, OneShotArgs, ScoreCache, ScoringSettings};
 
 #[derive(Args, Debug)]
 pub struct RankArgs {
@@ -37,22 +35,8 @@ pub struct RankArgs {
     /// accuracy stratum, seeded).
     #[arg(long, default_value = "all")]
     archs: String,
-    /// Training batches for each architecture's BN recalibration (0: keep the supernet's
-    /// running statistics).
-    #[arg(long, value_name = "K", default_value_t = 4)]
-    bn_recal_batches: usize,
-    /// Images per recalibration batch (default: the run's batch size).
-    #[arg(long, value_name = "B")]
-    bn_recal_batch_size: Option<usize>,
-    /// Held-out images every architecture is scored on (a fixed subset; default 1000).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    eval_limit: usize,
-    /// Held-out split.
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Data folder (default: the run's).
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    scoring: OneShotArgs,
     /// Seed of the sample and of the recalibration batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -68,34 +52,10 @@ pub struct RankArgs {
 /// What the cached scores depend on; a resume must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RankConfig {
-    checkpoint: PathBuf,
-    checkpoint_sha256: String,
-    trained_steps: u64,
-    sampler: String,
-    space: String,
+    #[serde(flatten)]
+    scoring: ScoringSettings,
     ground_truth: PathBuf,
     archs: String,
-    bn_recal_batches: usize,
-    bn_recal_batch_size: usize,
-    eval_limit: usize,
-    split: String,
-    data: PathBuf,
-    seed: u64,
-}
-
-/// One cached line of scores.jsonl.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ScoreLine {
-    choices: String,
-    #[serde(flatten)]
-    score: OneShotScore,
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The architectures to score: all canonical forms, or one per stratum of `n` equal strata of
@@ -131,23 +91,6 @@ fn select_architectures(
     Ok(picked)
 }
 
-/// Scores already in scores.jsonl; a torn last line (a kill mid-write) is dropped.
-fn read_cache(path: &Path) -> Result<HashMap<String, OneShotScore>> {
-    let mut out = HashMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(out) };
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<ScoreLine>(line) {
-            Ok(l) => {
-                out.insert(l.choices, l.score);
-            }
-            Err(_) if i + 1 == lines.len() => tracing::warn!("{}: dropping a torn last line", path.display()),
-            Err(e) => bail!("{} line {}: {e}", path.display(), i + 1),
-        }
-    }
-    Ok(out)
-}
-
 pub fn run_rank(args: RankArgs) -> Result<()> {
     let started = Instant::now();
     let ckpt =
@@ -156,75 +99,17 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
     let space = supernet.space().clone();
     let gt = GroundTruth::load(&args.ground_truth, &space)?;
     let archs = select_architectures(&space, &gt, &args.archs, args.seed)?;
-    let data = args.data.clone().unwrap_or_else(|| train_config.data.clone());
     let out = args.out.clone().unwrap_or_else(|| ckpt.parent().unwrap_or(Path::new(".")).join("rank"));
-    let config = RankConfig {
-        checkpoint: ckpt.clone(),
-        checkpoint_sha256: sha256_file(&ckpt)?,
-        trained_steps: state.step,
-        sampler: state.sampler.clone(),
-        space: space.name.clone(),
-        ground_truth: args.ground_truth.clone(),
-        archs: args.archs.clone(),
-        bn_recal_batches: args.bn_recal_batches,
-        bn_recal_batch_size: args.bn_recal_batch_size.unwrap_or(train_config.batch_size),
-        eval_limit: args.eval_limit,
-        split: args.split.clone(),
-        data: data.clone(),
-        seed: args.seed,
-    };
+    let scoring = args.scoring.settings(&ckpt, &train_config, &state, &space, args.seed)?;
+    let config = RankConfig { scoring, ground_truth: args.ground_truth.clone(), archs: args.archs.clone() };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let config_path = out.join("rank-config.json");
+    guard_settings(&out.join("rank-config.json"), &config, &["checkpoint", "data"])?;
     let scores_path = out.join("scores.jsonl");
-    if let Ok(text) = std::fs::read_to_string(&config_path) {
-        let previous: RankConfig = serde_json::from_str(&text).with_context(|| {
-            format!("{}: unreadable; remove the folder or pick another --out", config_path.display())
-        })?;
-        let (a, b) = (serde_json::to_value(&previous)?, serde_json::to_value(&config)?);
-        let differing: Vec<String> = b
-            .as_object()
-            .expect("object")
-            .iter()
-            .filter(|(k, v)| {
-                a.get(k.as_str()) != Some(v) && k.as_str() != "checkpoint" && k.as_str() != "data"
-            })
-            .map(|(k, v)| {
-                format!("{k} (cached {}, now {v})", a.get(k.as_str()).unwrap_or(&serde_json::Value::Null))
-            })
-            .collect();
-        if !differing.is_empty() {
-            bail!(
-                "{} holds scores made with other settings: {}; use another --out",
-                out.display(),
-                differing.join(", ")
-            );
-        }
-    } else {
-        write_atomically(&config_path, serde_json::to_string_pretty(&config)?.as_bytes())?;
-    }
-    let mut cache = read_cache(&scores_path)?;
-    let todo: Vec<&Vec<usize>> = archs.iter().filter(|a| !cache.contains_key(&digits(a))).collect();
+    let mut cache = ScoreCache::open(&scores_path)?;
+    let todo: Vec<&Vec<usize>> = archs.iter().filter(|a| cache.get(a).is_none()).collect();
 
     if !todo.is_empty() {
-        let recal_batch = config.bn_recal_batch_size.max(1);
-        let transform = train_config.transform(&space);
-        let recalibration = if args.bn_recal_batches > 0 {
-            let train = subset(open_split(&data, "train")?, train_config.train_limit);
-            let store = ImageStore::load(&train, recal_batch * args.bn_recal_batches * 3 * 64 * 64)?;
-            trainer::recalibration_batches(
-                &store,
-                &transform,
-                recal_batch,
-                args.bn_recal_batches,
-                train_config.seed ^ args.seed,
-            )?
-        } else {
-            Vec::new()
-        };
-        let held_out = subset(open_split(&data, &args.split)?, Some(args.eval_limit));
-        let store = ImageStore::load(&held_out, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
-        let batches =
-            ScoringBatches { recalibration, held_out: trainer::held_out_batches(&store, &transform, 250)? };
+        let batches = config.scoring.batches(&train_config, &space)?;
         let bar = indicatif::ProgressBar::new(archs.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -236,7 +121,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
         if args.json {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        if !cache.is_empty() {
+        if cache.len() > 0 {
             eprintln!(
                 "resuming: {} of {} architectures cached in {}",
                 cache.len(),
@@ -244,31 +129,22 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
                 scores_path.display()
             );
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&scores_path)
-            .with_context(|| format!("opening {}", scores_path.display()))?;
         let mut scorer = PrefixScorer::new(&supernet, &batches);
         for arch in todo {
             let score = scorer.score(arch)?;
-            let line = ScoreLine { choices: digits(arch), score };
-            writeln!(file, "{}", serde_json::to_string(&line)?)
-                .and_then(|_| file.flush())
-                .with_context(|| format!("writing {}", scores_path.display()))?;
-            bar.set_message(format!("{} {:.1}%", line.choices, 100.0 * score.top1()));
-            cache.insert(line.choices, score);
+            cache.insert(arch, score)?;
+            bar.set_message(format!("{} {:.1}%", digits(arch), 100.0 * score.top1()));
             bar.inc(1);
         }
         bar.finish_and_clear();
     }
 
     // Report: one-shot top-1 (and -loss) vs stand-alone accuracy, and the FLOPs baseline.
-    let rows: Vec<(&Vec<usize>, &OneShotScore, f64, u64, u64)> = archs
+    let rows: Vec<(&Vec<usize>, OneShotScore, f64, u64, u64)> = archs
         .iter()
         .map(|a| {
             let e = gt.get(a).expect("checked when selecting");
-            (a, &cache[&digits(a)], e.mean_acc, e.flops, e.params)
+            (a, cache.get(a).expect("scored above"), e.mean_acc, e.flops, e.params)
         })
         .collect();
     let truth: Vec<f64> = rows.iter().map(|r| r.2).collect();
@@ -295,7 +171,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
             rows.len()
         ),
         x_label: "stand-alone accuracy (%)".into(),
-        y_label: format!("one-shot top-1 (%) on {} held-out images", args.eval_limit),
+        y_label: format!("one-shot top-1 (%) on {} held-out images", config.scoring.eval_limit),
         series: vec![Series {
             name: format!("architectures (FLOPs baseline tau {})", tau(&by_flops)),
             color: "steelblue".into(),
@@ -312,7 +188,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
         "one_shot_top1": by_accuracy,
         "one_shot_loss": by_loss,
         "flops_baseline": by_flops,
-        "held_out_images": args.eval_limit,
+        "held_out_images": config.scoring.eval_limit,
         "wall_s": started.elapsed().as_secs_f64(),
     });
     write_atomically(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -341,9 +217,9 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
             ckpt.display(),
             state.step,
             state.sampler,
-            args.eval_limit,
-            args.bn_recal_batches,
-            config.bn_recal_batch_size
+            config.scoring.eval_limit,
+            config.scoring.bn_recal_batches,
+            config.scoring.bn_recal_batch_size
         );
         line("one-shot top-1", &by_accuracy);
         line("one-shot loss", &by_loss);

@@ -1,44 +1,17 @@
 //! End-to-end tests of `fairnas rank` on the real CIFAR-10 images in `data/cifar10-mini` and
 //! the real NAS-Bench-Macro ground truth from ../shared.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fairnas_model::search_space::SearchSpace;
 use fairnas_search::ground_truth::GroundTruth;
 use fairnas_search::ranking::kendall_tau_b;
 
 mod common;
-use common::{fairnas, ok, repo};
+use common::{fairnas, ok, repo, tiny_supernet};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("rank", name)
-}
-
-/// A few strictly fair steps on the mini data: a real, barely trained supernet.
-fn tiny_supernet(dir: &Path) -> String {
-    let data = repo().join("data/cifar10-mini").display().to_string();
-    let out = dir.join("supernet").display().to_string();
-    ok(&[
-        "--threads",
-        "2",
-        "train-supernet",
-        "--space",
-        "nas-bench-macro",
-        "--sampler",
-        "strict",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--max-steps",
-        "3",
-        "--out",
-        &out,
-        "--json",
-    ]);
-    out
 }
 
 #[test]
@@ -47,7 +20,7 @@ fn ranks_resumes_from_its_cache_and_refuses_other_settings() {
     let gt_path = shared.join("data/nas-bench-macro/nas-bench-macro_cifar10.json");
     let gt = gt_path.display().to_string();
     let dir = scratch("resume");
-    let supernet = tiny_supernet(&dir);
+    let supernet = tiny_supernet(&dir, 3);
     let out = dir.join("rank");
     let out_s = out.display().to_string();
     let args = [
@@ -138,7 +111,7 @@ fn bad_inputs_are_named() {
     let dir = scratch("bad");
     std::fs::create_dir_all(&dir).unwrap();
     let missing = dir.join("none.json").display().to_string();
-    let supernet = tiny_supernet(&dir);
+    let supernet = tiny_supernet(&dir, 3);
     let e = fairnas(&["rank", "--supernet", &supernet, "--ground-truth", &missing]);
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("none.json"));

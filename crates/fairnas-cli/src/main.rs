@@ -5,6 +5,7 @@ mod info;
 mod one_shot;
 mod predict;
 mod rank;
+mod search;
 mod train;
 mod verify;
 
@@ -49,6 +50,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Accuracy of one sub-network of a trained supernet, after BN recalibration.
     EvalSubnet(train::EvalSubnetArgs),
+    /// Multi-objective evolutionary search (NSGA-II) over a trained supernet.
+    Search(search::SearchArgs),
     /// Ranking quality of a supernet against a benchmark's stand-alone ground truth.
     Rank(rank::RankArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
@@ -85,5 +88,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
         Command::BenchStep(args) => bench_step::run(args),
         Command::Rank(args) => rank::run_rank(args),
+        Command::Search(args) => search::run_search(args),
     }
 }

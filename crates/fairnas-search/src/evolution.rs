@@ -199,6 +199,14 @@ fn random_population(problem: &dyn Problem, count: usize, rng: &mut SampleRng) -
     out
 }
 
+/// A search that advances generation by generation (NSGA-II, the constrained evolution).
+pub trait Generational {
+    /// Generation 0.
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String>;
+    /// The next generation.
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String>;
+}
+
 /// Generation 0 of a search: `population` distinct random architectures, evaluated, put in
 /// the search's order.
 fn random_start(
@@ -240,9 +248,9 @@ pub struct Nsga2<'a> {
     pub goals: &'a Goals,
 }
 
-impl Nsga2<'_> {
+impl Generational for Nsga2<'_> {
     /// Generation 0: a random population.
-    pub fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
         let c = &self.config;
         random_start(
             "nsga2",
@@ -255,6 +263,12 @@ impl Nsga2<'_> {
         )
     }
 
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+        self.next_generation(problem, state)
+    }
+}
+
+impl Nsga2<'_> {
     /// Rank (front index) and crowding distance of every member.
     fn rank_and_crowd(items: &[Individual]) -> (Vec<usize>, Vec<f64>) {
         let fitness: Vec<Fitness> = items.iter().map(|i| i.fitness.clone()).collect();
@@ -269,7 +283,7 @@ impl Nsga2<'_> {
     }
 
     /// One generation: offspring by tournament, crossover and mutation, then elitist selection.
-    pub fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
         let generation = state.generation + 1;
         let mut rng = SampleRng::new(self.config.seed, generation as u64, 1);
         let counts = problem.choice_counts();
@@ -396,6 +410,18 @@ pub struct ConstrainedEvolution<'a> {
     pub goals: &'a Goals,
 }
 
+impl Generational for ConstrainedEvolution<'_> {
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
+        let c = &self.config;
+        let rng = SampleRng::new(c.seed, 0, 3);
+        random_start("evolution", problem, self.goals, c.population, rng, &c.reference, Self::order)
+    }
+
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+        self.next_generation(problem, state)
+    }
+}
+
 impl ConstrainedEvolution<'_> {
     /// Feasible first, then by the first objective (minimisation form), then genome.
     fn order(items: &mut [Individual]) {
@@ -407,13 +433,7 @@ impl ConstrainedEvolution<'_> {
         });
     }
 
-    pub fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
-        let c = &self.config;
-        let rng = SampleRng::new(c.seed, 0, 3);
-        random_start("evolution", problem, self.goals, c.population, rng, &c.reference, Self::order)
-    }
-
-    pub fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
         let generation = state.generation + 1;
         let mut rng = SampleRng::new(self.config.seed, generation as u64, 4);
         let counts = problem.choice_counts();

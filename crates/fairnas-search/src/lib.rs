@@ -4,6 +4,7 @@
 pub mod evolution;
 pub mod ground_truth;
 pub mod objective;
+pub mod one_shot;
 pub mod pareto;
 pub mod plot;
 pub mod ranking;

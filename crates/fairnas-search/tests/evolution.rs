@@ -5,8 +5,8 @@ use std::path::Path;
 
 use fairnas_model::search_space::SearchSpace;
 use fairnas_search::evolution::{
-    front_hypervolume, random_search, ConstrainedEvolution, EvolutionConfig, Individual, Nsga2, Nsga2Config,
-    SearchState,
+    front_hypervolume, random_search, ConstrainedEvolution, EvolutionConfig, Generational, Individual, Nsga2,
+    Nsga2Config, SearchState,
 };
 use fairnas_search::ground_truth::GroundTruth;
 use fairnas_search::objective::{Direction, Goals, Problem};

@@ -1,0 +1,120 @@
+//! End-to-end tests of `fairnas search` on a real (barely trained) NAS-Bench-Macro supernet and
+//! the real CIFAR-10 images in `data/cifar10-mini`.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{failure, ok, tiny_supernet};
+
+fn scratch(name: &str) -> PathBuf {
+    common::scratch("search", name)
+}
+
+/// The flags every search here shares.
+fn search_args(supernet: &str, out: &Path, generations: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--threads",
+        "2",
+        "search",
+        "--supernet",
+        supernet,
+        "--objectives",
+        "acc,madds",
+        "--max-madds",
+        "60M",
+        "--population",
+        "6",
+        "--generations",
+        generations,
+        "--seed",
+        "3",
+        "--eval-limit",
+        "40",
+        "--bn-recal-batches",
+        "1",
+        "--bn-recal-batch-size",
+        "8",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn search(supernet: &str, out: &Path, generations: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = search_args(supernet, out, generations, extra);
+    args.push("--json".into());
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+#[test]
+fn searches_resumes_exactly_and_writes_the_front() {
+    let dir = scratch("resume");
+    let supernet = tiny_supernet(&dir, 2);
+    let straight = search(&supernet, &dir.join("straight"), "3", &[]);
+    assert_eq!(straight["generations"], 3);
+    let front = straight["front"].as_array().unwrap();
+    assert!(!front.is_empty());
+    for f in front {
+        assert!(f["madds"].as_u64().unwrap() <= 60_000_000, "the constraint holds: {f}");
+        assert_eq!(f["choices"].as_str().unwrap().len(), 8);
+        assert!(f["blocks"].as_str().unwrap().contains("_c"));
+    }
+    // Evaluations are distinct architectures: at most population x (generations + 1).
+    assert!(straight["evaluations"].as_u64().unwrap() <= 24);
+    let csv = std::fs::read_to_string(dir.join("straight/front.csv")).unwrap();
+    assert_eq!(csv.lines().count(), front.len() + 1);
+    let svg = std::fs::read_to_string(dir.join("straight/front.svg")).unwrap();
+    assert!(svg.contains("Pareto front"));
+    assert!(
+        svg.matches("<circle").count() >= straight["evaluations"].as_u64().unwrap() as usize + front.len()
+    );
+
+    // Stop after generation 1 (as a kill after its state was saved would), then resume to 3.
+    let split = dir.join("split");
+    search(&supernet, &split, "1", &[]);
+    // Same settings, no --resume: refused, the existing search is not overwritten.
+    let e = failure(&search_args(&supernet, &split, "3", &[]));
+    assert!(e.contains("--resume"), "{e}");
+    let resumed = search(&supernet, &split, "3", &["--resume"]);
+    assert_eq!(resumed["front"], straight["front"]);
+    assert_eq!(resumed["hypervolume"], straight["hypervolume"]);
+    let state = |d: &Path| std::fs::read_to_string(d.join("search-state.json")).unwrap();
+    assert_eq!(state(&split), state(&dir.join("straight")), "same state, bit for bit");
+    assert!(
+        resumed["scored_in_this_run"].as_u64().unwrap() < straight["scored_in_this_run"].as_u64().unwrap()
+    );
+
+    // Other settings in the same folder are refused, naming the difference.
+    let mut other = search_args(&supernet, &split, "4", &["--resume"]);
+    let seed = other.iter().position(|a| a == "--seed").unwrap();
+    other[seed + 1] = "4".into();
+    let e = failure(&other);
+    assert!(e.contains("seed (cached 3, now 4)"), "{e}");
+
+    // The baselines run on the same problem.
+    let random = search(&supernet, &dir.join("random"), "3", &["--algorithm", "random"]);
+    assert_eq!(random["evaluations"], 24);
+    let evo = search(&supernet, &dir.join("evo"), "2", &["--algorithm", "evolution"]);
+    assert!(evo["front"].as_array().unwrap().iter().all(|f| f["madds"].as_u64().unwrap() <= 60_000_000));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let dir = scratch("bad");
+    let supernet = tiny_supernet(&dir, 2);
+    let out = dir.join("s").display().to_string();
+    let e = failure(&["search", "--supernet", &supernet, "--objectives", "acc,speed", "--out", &out]);
+    assert!(e.contains("'speed'"), "{e}");
+    let e = failure(&["search", "--supernet", &supernet, "--max-madds", "lots", "--out", &out]);
+    assert!(e.contains("'lots'"), "{e}");
+    let e = failure(&["search", "--supernet", &supernet, "--algorithm", "annealing", "--out", &out]);
+    assert!(e.contains("annealing"), "{e}");
+    let e = failure(&["search", "--supernet", &dir.join("nothing").display().to_string(), "--out", &out]);
+    assert!(e.contains("nothing"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -95,6 +95,17 @@ fn searches_resumes_exactly_and_writes_the_front() {
     let e = failure(&other);
     assert!(e.contains("seed (cached 3, now 4)"), "{e}");
 
+    // Judged by the benchmark's stand-alone results (when ../shared is here).
+    if let Some(shared) = fairnas_data::shared_data::for_test(&common::repo()) {
+        let gt = shared.join("data/nas-bench-macro/nas-bench-macro_cifar10.json").display().to_string();
+        let judged = search(&supernet, &dir.join("straight"), "3", &["--resume", "--ground-truth", &gt]);
+        let g = &judged["ground_truth"];
+        let ratio = g["hypervolume_ratio"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio <= 1.0, "{g}");
+        assert!(g["true_front_size"].as_u64().unwrap() > 5, "{g}");
+        assert_eq!(judged["front"], straight["front"], "judging changes nothing");
+    }
+
     // The baselines run on the same problem.
     let random = search(&supernet, &dir.join("random"), "3", &["--algorithm", "random"]);
     assert_eq!(random["evaluations"], 24);

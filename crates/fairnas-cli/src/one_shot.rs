@@ -37,6 +37,10 @@ pub struct OneShotArgs {
     /// Data folder (default: the supernet run's).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Seed of the recalibration batches (mixed with the run's seed). Scores made with the
+    /// same settings are interchangeable between `rank` and `search` runs.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub recal_seed: u64,
 }
 
 /// The resolved scoring settings, recorded next to cached scores.
@@ -52,7 +56,7 @@ pub struct ScoringSettings {
     pub eval_limit: usize,
     pub split: String,
     pub data: PathBuf,
-    /// Seed of the recalibration batches (mixed with the run's).
+    /// Seed of the recalibration batches (`--recal-seed`, mixed with the run's).
     pub seed: u64,
 }
 
@@ -70,7 +74,6 @@ impl OneShotArgs {
         train: &TrainConfig,
         state: &fairnas_supernet::checkpoint::TrainState,
         space: &SearchSpace,
-        seed: u64,
     ) -> Result<ScoringSettings> {
         Ok(ScoringSettings {
             checkpoint: checkpoint.to_path_buf(),
@@ -83,7 +86,7 @@ impl OneShotArgs {
             eval_limit: self.eval_limit,
             split: self.split.clone(),
             data: self.data.clone().unwrap_or_else(|| train.data.clone()),
-            seed,
+            seed: self.recal_seed,
         })
     }
 }

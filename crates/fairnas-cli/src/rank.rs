@@ -37,7 +37,7 @@ pub struct RankArgs {
     archs: String,
     #[command(flatten)]
     scoring: OneShotArgs,
-    /// Seed of the sample and of the recalibration batches.
+    /// Seed of the stratified sample (--archs N).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder (default: <run folder>/rank): scores.jsonl, scores.csv, report.json,
@@ -56,6 +56,9 @@ struct RankConfig {
     scoring: ScoringSettings,
     ground_truth: PathBuf,
     archs: String,
+    /// Seed of the stratified sample; none when every architecture is ranked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sample_seed: Option<u64>,
 }
 
 /// The architectures to score: all canonical forms, or one per stratum of `n` equal strata of
@@ -100,8 +103,14 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
     let gt = GroundTruth::load(&args.ground_truth, &space)?;
     let archs = select_architectures(&space, &gt, &args.archs, args.seed)?;
     let out = args.out.clone().unwrap_or_else(|| ckpt.parent().unwrap_or(Path::new(".")).join("rank"));
-    let scoring = args.scoring.settings(&ckpt, &train_config, &state, &space, args.seed)?;
-    let config = RankConfig { scoring, ground_truth: args.ground_truth.clone(), archs: args.archs.clone() };
+    let scoring = args.scoring.settings(&ckpt, &train_config, &state, &space)?;
+    let sample_seed = (args.archs != "all").then_some(args.seed);
+    let config = RankConfig {
+        scoring,
+        ground_truth: args.ground_truth.clone(),
+        archs: args.archs.clone(),
+        sample_seed,
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     guard_settings(&out.join("rank-config.json"), &config, &["checkpoint", "data"])?;
     let scores_path = out.join("scores.jsonl");

@@ -17,7 +17,7 @@ use fairnas_search::evolution::{
     random_search, ConstrainedEvolution, EvolutionConfig, GenerationStats, Generational, Individual, Nsga2,
     Nsga2Config, SearchState,
 };
-use fairnas_search::ground_truth::digits;
+use fairnas_search::ground_truth::{digits, GroundTruth};
 use fairnas_search::objective::{Direction, Goals};
 use fairnas_search::one_shot::{block_strings, max_cost, OneShotProblem, ScoreStore, ONE_SHOT_METRICS};
 use fairnas_search::plot::{Marker, Scatter, Series};
@@ -54,6 +54,10 @@ pub struct SearchArgs {
     seed: u64,
     #[command(flatten)]
     scoring: OneShotArgs,
+    /// A benchmark's stand-alone ground truth (NAS-Bench-Macro): also report how the found
+    /// front's architectures do stand-alone, against the benchmark's true Pareto front.
+    #[arg(long, value_name = "FILE")]
+    ground_truth: Option<PathBuf>,
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -183,7 +187,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let config = SearchConfig {
-        scoring: args.scoring.settings(&ckpt, &train_config, &train_state, &space, args.seed)?,
+        scoring: args.scoring.settings(&ckpt, &train_config, &train_state, &space)?,
         objectives: objectives.clone(),
         constraints,
         algorithm: args.algorithm.clone(),
@@ -295,6 +299,10 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     front.sort_by(|a, b| a.metrics[2].total_cmp(&b.metrics[2]).then_with(|| a.genome.cmp(&b.genome)));
     write_outputs(&args.out, &space, &config, &state, &front, args.algorithm == "evolution")?;
     let hypervolume = fairnas_search::evolution::front_hypervolume(&goals, &front, &reference);
+    let ground_truth = match &args.ground_truth {
+        Some(path) => Some(ground_truth_comparison(path, &space, &objectives, &front)?),
+        None => None,
+    };
     let summary = serde_json::json!({
         "algorithm": args.algorithm,
         "generations": state.generation,
@@ -305,6 +313,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         "reference": reference,
         "objectives": objectives,
         "front": front_json(&space, &front)?,
+        "ground_truth": ground_truth,
         "out": args.out,
         "wall_s": started.elapsed().as_secs_f64(),
     });
@@ -320,6 +329,13 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
             args.out.display(),
             started.elapsed().as_secs_f64()
         );
+        if let Some(g) = &ground_truth {
+            println!(
+                "stand-alone (ground truth): the found front's hypervolume is {:.4} of the true front's ({} architectures; reference: worst accuracy and largest cost in the benchmark)",
+                g["hypervolume_ratio"].as_f64().unwrap_or_default(),
+                g["true_front_size"]
+            );
+        }
         for i in &front {
             println!(
                 "  {}  acc {:.2}%  madds {:.1}M  params {:.2}M",
@@ -331,6 +347,70 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The found front judged by the benchmark: its architectures' stand-alone accuracy and cost,
+/// re-sorted into a front, against the true front over every canonical architecture. The
+/// reference point is the benchmark's worst accuracy and largest cost, so the ratio measures
+/// the region that matters.
+fn ground_truth_comparison(
+    path: &Path,
+    space: &SearchSpace,
+    objectives: &[(String, Direction)],
+    front: &[Individual],
+) -> Result<serde_json::Value> {
+    let gt = GroundTruth::load(path, space)?;
+    let names: Vec<String> = vec!["acc".into(), "madds".into(), "params".into()];
+    let named: Vec<(&str, Direction)> = objectives.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let goals = Goals::named(&names, &named, &[])
+        .map_err(|e| anyhow::anyhow!("--ground-truth compares acc, madds and params only: {e}"))?;
+    let stand_alone = |g: &[usize]| -> Result<Individual> {
+        let e = gt.require(space, g)?;
+        // The benchmark's `flops` are conv + FC multiply-adds: our madds (checked for all keys).
+        let metrics = vec![e.mean_acc, e.flops as f64, e.params as f64];
+        Ok(Individual { fitness: goals.fitness(&metrics), genome: g.to_vec(), metrics })
+    };
+    let all: Vec<Individual> = space
+        .canonical_architectures(1_000_000)
+        .map_err(anyhow::Error::msg)?
+        .iter()
+        .map(|g| stand_alone(g))
+        .collect::<Result<_>>()?;
+    let reference: Vec<f64> = goals
+        .objectives
+        .iter()
+        .map(|&(m, d)| {
+            let values = all.iter().map(|i| i.metrics[m]);
+            match d {
+                Direction::Maximize => values.fold(f64::INFINITY, f64::min),
+                Direction::Minimize => values.fold(f64::NEG_INFINITY, f64::max),
+            }
+        })
+        .collect();
+    let true_front = fairnas_search::pareto::non_dominated_sort(
+        &all.iter().map(|i| i.fitness.clone()).collect::<Vec<_>>(),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    let true_hv = fairnas_search::evolution::front_hypervolume(
+        &goals,
+        &true_front.iter().map(|&i| all[i].clone()).collect::<Vec<_>>(),
+        &reference,
+    );
+    let found: Vec<Individual> = front.iter().map(|i| stand_alone(&i.genome)).collect::<Result<_>>()?;
+    let found_hv = fairnas_search::evolution::front_hypervolume(&goals, &found, &reference);
+    let on_true_front =
+        found.iter().filter(|f| true_front.iter().any(|&t| all[t].genome == f.genome)).count();
+    Ok(serde_json::json!({
+        "file": path,
+        "reference": reference,
+        "true_front_size": true_front.len(),
+        "true_hypervolume": true_hv,
+        "front_hypervolume": found_hv,
+        "hypervolume_ratio": if true_hv > 0.0 { found_hv / true_hv } else { 0.0 },
+        "front_members_on_true_front": on_true_front,
+    }))
 }
 
 fn front_json(space: &SearchSpace, front: &[Individual]) -> Result<Vec<serde_json::Value>> {

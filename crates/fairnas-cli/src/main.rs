@@ -1,6 +1,7 @@
 //! `fairnas`: FairNAS models, search space and tools from one binary.
 
 mod bench_step;
+mod export;
 mod info;
 mod one_shot;
 mod predict;
@@ -52,6 +53,8 @@ enum Command {
     EvalSubnet(train::EvalSubnetArgs),
     /// Multi-objective evolutionary search (NSGA-II) over a trained supernet.
     Search(search::SearchArgs),
+    /// One sub-network of a supernet as a stand-alone model (inherited weights + description).
+    Export(export::ExportArgs),
     /// Ranking quality of a supernet against a benchmark's stand-alone ground truth.
     Rank(rank::RankArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
@@ -89,5 +92,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchStep(args) => bench_step::run(args),
         Command::Rank(args) => rank::run_rank(args),
         Command::Search(args) => search::run_search(args),
+        Command::Export(args) => export::run_export(args),
     }
 }

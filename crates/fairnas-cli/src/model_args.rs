@@ -18,9 +18,13 @@ pub struct ModelArgs {
     /// Any architecture as block strings, e.g. "ds_r1_k3_s1_c16 ir_r2_k5_s2_e6_c40".
     #[arg(long, value_name = "BLOCKS")]
     pub arch: Option<String>,
-    /// A FairNAS-space architecture as 19 choice digits 0-5.
+    /// A sub-network as choice digits: 19 digits 0-5 in the FairNAS space, or 8 digits 0-2
+    /// with --space nas-bench-macro.
     #[arg(long, value_name = "DIGITS")]
     pub choices: Option<String>,
+    /// Search space of --choices: fairnas (default) or nas-bench-macro.
+    #[arg(long, value_name = "SPACE")]
+    pub space: Option<String>,
 }
 
 impl ModelArgs {
@@ -31,6 +35,7 @@ impl ModelArgs {
             transfer: self.transfer,
             arch: self.arch.clone(),
             choices: self.choices.clone(),
+            space: self.space.clone(),
         }
         .resolve()
         .map_err(anyhow::Error::msg)

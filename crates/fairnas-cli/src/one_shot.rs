@@ -18,6 +18,73 @@ use fairnas_supernet::trainer::{self, open_split, subset, TrainConfig};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+/// One sub-network of a trained supernet, with its BN statistics re-estimated
+/// (`eval-subnet`, `export`).
+#[derive(Args, Debug, Clone)]
+pub struct SubnetArgs {
+    /// A training checkpoint (checkpoint.safetensors) or its run folder.
+    #[arg(long, value_name = "CKPT")]
+    pub supernet: PathBuf,
+    /// The sub-network: one choice digit per searchable layer (e.g. 12012012).
+    #[arg(long, value_name = "DIGITS")]
+    pub choices: String,
+    /// Re-estimate the sub-network's BN statistics on K training batches first (0: keep the
+    /// supernet's running statistics).
+    #[arg(long, value_name = "K", default_value_t = 20)]
+    pub bn_recal_batches: usize,
+    /// Data folder (default: the run's).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+/// A loaded supernet run with one recalibrated path.
+pub struct LoadedSubnet {
+    pub checkpoint: PathBuf,
+    pub supernet: fairnas_supernet::Supernet,
+    pub config: TrainConfig,
+    pub state: fairnas_supernet::checkpoint::TrainState,
+    pub space: SearchSpace,
+    pub path: Vec<usize>,
+    /// The data folder used (the run's unless --data).
+    pub data: PathBuf,
+    /// Batches the BN statistics were re-estimated on.
+    pub recalibrated: usize,
+}
+
+impl SubnetArgs {
+    /// Loads the run and recalibrates the path on the run's training data (its batch size and
+    /// seed, so every command that recalibrates the same path gets the same statistics).
+    pub fn load(&self) -> Result<LoadedSubnet> {
+        let checkpoint = if self.supernet.is_dir() {
+            trainer::checkpoint_path(&self.supernet)
+        } else {
+            self.supernet.clone()
+        };
+        let (supernet, config, state) = trainer::load_run(&checkpoint)?;
+        let space = supernet.space().clone();
+        let path = space.parse_choices(&self.choices).map_err(anyhow::Error::msg)?;
+        let data = self.data.clone().unwrap_or_else(|| config.data.clone());
+        let recalibrated = if self.bn_recal_batches > 0 {
+            let train = subset(open_split(&data, "train")?, config.train_limit);
+            let store = ImageStore::load(&train, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
+            let transform = config.transform(&space);
+            let batches = self.bn_recal_batches;
+            trainer::recalibrate(
+                &supernet,
+                &path,
+                &store,
+                &transform,
+                config.batch_size,
+                batches,
+                config.seed,
+            )?
+        } else {
+            0
+        };
+        Ok(LoadedSubnet { checkpoint, supernet, config, state, space, path, data, recalibrated })
+    }
+}
+
 /// How every architecture is scored.
 #[derive(Args, Debug, Clone)]
 pub struct OneShotArgs {

@@ -6,11 +6,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::one_shot::{LoadedSubnet, SubnetArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fairnas_data::ImageStore;
 use fairnas_supernet::trainer::{
-    self, load_run, open_split, subset, EpochMetrics, StepReport, TrainConfig, TrainObserver,
+    self, open_split, subset, EpochMetrics, StepReport, TrainConfig, TrainObserver,
 };
 
 /// Flags shared by `train-supernet` and `train`.
@@ -99,6 +100,10 @@ pub struct TrainArgs {
     /// Skip the held-out evaluation after each epoch.
     #[arg(long)]
     no_eval: bool,
+    /// Start from these weights (canonical names, e.g. `fairnas export`'s weights.safetensors)
+    /// instead of the seeded initialisation.
+    #[arg(long, value_name = "FILE")]
+    init_weights: Option<PathBuf>,
     #[command(flatten)]
     common: CommonTrainArgs,
 }
@@ -174,6 +179,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     config.sampler = "fixed".into();
     config.transfer = args.transfer;
     config.eval_every_epoch = !args.no_eval;
+    if args.init_weights.is_some() {
+        config.init_weights = args.init_weights;
+    }
     if let Some(s) = args.space {
         config.space = s;
     }
@@ -282,19 +290,8 @@ impl TrainObserver for BarObserver {
 
 #[derive(Args, Debug)]
 pub struct EvalSubnetArgs {
-    /// A training checkpoint (checkpoint.safetensors) or its run folder.
-    #[arg(long, value_name = "CKPT")]
-    supernet: PathBuf,
-    /// The sub-network: one choice digit per searchable layer (e.g. 12012012).
-    #[arg(long, value_name = "DIGITS")]
-    choices: String,
-    /// Re-estimate the path's BN statistics on K training batches first (0: keep the
-    /// supernet's running statistics).
-    #[arg(long, value_name = "K", default_value_t = 20)]
-    bn_recal_batches: usize,
-    /// Data folder (default: the run's).
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    subnet: SubnetArgs,
     /// Held-out split to score on.
     #[arg(long, default_value = "test")]
     split: String,
@@ -309,35 +306,17 @@ pub struct EvalSubnetArgs {
 
 pub fn run_eval_subnet(args: EvalSubnetArgs) -> Result<()> {
     let started = Instant::now();
-    let (supernet, config, state) = load_run(&args.supernet)?;
-    let space = supernet.space().clone();
-    let path = space.parse_choices(&args.choices).map_err(anyhow::Error::msg)?;
-    let data = args.data.clone().unwrap_or_else(|| config.data.clone());
+    let LoadedSubnet { supernet, config, state, space, path, data, recalibrated, .. } = args.subnet.load()?;
     let transform = config.transform(&space);
     let recal_batch = config.batch_size;
-    let recalibrated = if args.bn_recal_batches > 0 {
-        let train = subset(open_split(&data, "train")?, config.train_limit);
-        let store = ImageStore::load(&train, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
-        trainer::recalibrate(
-            &supernet,
-            &path,
-            &store,
-            &transform,
-            recal_batch,
-            args.bn_recal_batches,
-            config.seed,
-        )?
-    } else {
-        0
-    };
     let held_out = subset(open_split(&data, &args.split)?, args.eval_limit);
     let store = ImageStore::load(&held_out, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
     let (correct, total) = trainer::evaluate(&supernet, &path, &store, &transform, args.batch_size)?;
     let top1 = correct as f64 / total.max(1) as f64;
     let result = serde_json::json!({
-        "supernet": args.supernet,
+        "supernet": args.subnet.supernet,
         "space": space.name,
-        "choices": args.choices,
+        "choices": args.subnet.choices,
         "trained_steps": state.step,
         "sampler": state.sampler,
         "bn_recal_batches": recalibrated,
@@ -354,7 +333,7 @@ pub fn run_eval_subnet(args: EvalSubnetArgs) -> Result<()> {
         println!(
             "{} {}: top-1 {:.2}% ({correct}/{total}) on {} after BN recalibration on {recalibrated} batches of {recal_batch}",
             space.name,
-            args.choices,
+            args.subnet.choices,
             100.0 * top1,
             data.join(&args.split).display(),
         );

@@ -25,6 +25,9 @@ pub struct ModelSelection {
     pub transfer: bool,
     pub arch: Option<String>,
     pub choices: Option<String>,
+    /// The search space `choices` index (`fairnas` when absent; `nas-bench-macro` for the
+    /// benchmark's sub-networks, e.g. those `fairnas export` writes).
+    pub space: Option<String>,
 }
 
 /// Every named model, by canonical name.
@@ -73,7 +76,21 @@ impl ModelSelection {
             1 => {}
             _ => return Err("--model, --choices and --arch are alternatives: give exactly one".into()),
         }
-        let spec = if let Some(digits) = &self.choices {
+        if self.space.is_some() && self.choices.is_none() {
+            return Err("--space applies to --choices only".into());
+        }
+        let other_space = self.space.as_deref().filter(|s| *s != "fairnas");
+        let spec = if let (Some(digits), Some(space)) = (&self.choices, other_space) {
+            let space = crate::search_space::SearchSpace::named(space)?;
+            // A CIFAR-10 space needs no transfer head: --transfer is then a no-op.
+            if self.se_ratio.is_some() || (self.transfer && space.base.classes != 10) {
+                return Err(format!(
+                    "--se-ratio and --transfer apply to the fairnas space, not {}",
+                    space.name
+                ));
+            }
+            space.subnet(&space.parse_choices(digits)?)?
+        } else if let Some(digits) = &self.choices {
             let choices: Choices = digits.parse()?;
             let variant = FairnasVariant { se_ratio: self.se_ratio, transfer: self.transfer };
             fairnas_spec(&format!("choices-{choices}{}", variant_suffix(variant)), &choices, variant)

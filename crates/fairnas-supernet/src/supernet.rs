@@ -481,31 +481,57 @@ impl Supernet {
     /// on `space.subnet(path)`.
     pub fn subnet_weights(&self, path: &[usize]) -> Result<HashMap<String, Tensor>> {
         self.space.check(path).map_err(candle_core::Error::msg)?;
-        let fixed = self.fixed.len();
         let mut out = HashMap::new();
         for (name, var) in &self.store.vars {
-            let canonical = match name.strip_prefix("layers.") {
-                None => Some(name.clone()),
-                Some(rest) => {
-                    let mut parts = rest.splitn(3, '.');
-                    let (l, c, tail) = (parts.next(), parts.next(), parts.next());
-                    match (
-                        l.and_then(|l| l.parse::<usize>().ok()),
-                        c.and_then(|c| c.parse::<usize>().ok()),
-                        tail,
-                    ) {
-                        (Some(l), Some(c), Some(tail)) if path[l] == c => {
-                            Some(format!("blocks.{}.{tail}", fixed + l))
-                        }
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(canonical) = canonical {
+            if let Some(canonical) = self.canonical_name(name, path) {
                 out.insert(canonical, var.as_tensor().copy()?);
             }
         }
         Ok(out)
+    }
+
+    /// The inverse of [`Supernet::subnet_weights`]: sets the tensors of sub-network `path`
+    /// from canonical names (e.g. weights `fairnas export` wrote, to fine-tune them). Every
+    /// tensor of the path must be there with its shape; extra tensors are an error too.
+    pub fn load_subnet_weights(&self, path: &[usize], tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.space.check(path).map_err(candle_core::Error::msg)?;
+        let mut used = 0;
+        let mut problems = Vec::new();
+        for (name, var) in &self.store.vars {
+            let Some(canonical) = self.canonical_name(name, path) else { continue };
+            match tensors.get(&canonical) {
+                None => problems.push(format!("missing {canonical}")),
+                Some(t) if t.dims() != var.dims() => {
+                    problems.push(format!("{canonical}: shape {:?}, expected {:?}", t.dims(), var.dims()))
+                }
+                Some(t) => {
+                    var.set(&t.to_dtype(var.dtype())?)?;
+                    used += 1;
+                }
+            }
+        }
+        if used != tensors.len() {
+            let expected: std::collections::HashSet<String> =
+                self.store.vars.iter().filter_map(|(n, _)| self.canonical_name(n, path)).collect();
+            let mut extra: Vec<&String> = tensors.keys().filter(|k| !expected.contains(*k)).collect();
+            extra.sort();
+            problems.extend(extra.into_iter().map(|k| format!("unexpected {k}")));
+        }
+        if !problems.is_empty() {
+            candle_core::bail!("weights do not fit sub-network {path:?}: {}", problems.join(", "));
+        }
+        Ok(())
+    }
+
+    /// A supernet tensor's name in the plain network of `path` (searchable layer `l` becomes
+    /// `blocks.<fixed + l>`), or None when it belongs to a candidate off the path.
+    fn canonical_name(&self, name: &str, path: &[usize]) -> Option<String> {
+        let Some(rest) = name.strip_prefix("layers.") else { return Some(name.to_string()) };
+        let mut parts = rest.splitn(3, '.');
+        let layer = parts.next()?.parse::<usize>().ok()?;
+        let choice = parts.next()?.parse::<usize>().ok()?;
+        let tail = parts.next()?;
+        (path.get(layer) == Some(&choice)).then(|| format!("blocks.{}.{tail}", self.fixed.len() + layer))
     }
 
     /// Resets the running statistics of every BN on `path` (before re-estimating them).

@@ -74,6 +74,9 @@ pub struct TrainConfig {
     pub eval_limit: Option<usize>,
     /// Held-out accuracy after every epoch (stand-alone runs: the path trained; supernets: off).
     pub eval_every_epoch: bool,
+    /// Stand-alone runs: start from these weights (canonical names, e.g. what `fairnas
+    /// export` inherited from a supernet) instead of the seeded initialisation.
+    pub init_weights: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +104,7 @@ impl Default for TrainConfig {
             train_limit: None,
             eval_limit: None,
             eval_every_epoch: false,
+            init_weights: None,
         }
     }
 }
@@ -174,6 +178,9 @@ impl TrainConfig {
             } else {
                 "the fixed sampler needs an architecture (fairnas train --arch)".to_string()
             });
+        }
+        if self.init_weights.is_some() && self.arch.is_none() {
+            problems.push("initial weights are for stand-alone networks (fairnas train --arch)".to_string());
         }
         if let Err(e) = self.step_options() {
             problems.push(e);
@@ -525,6 +532,14 @@ pub fn run(
         ));
         (state, history, accumulator)
     } else {
+        if let Some(init) = &config.init_weights {
+            let tensors = candle_core::safetensors::load(init, &device)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", init.display())))?;
+            supernet
+                .load_subnet_weights(&sampler.paths(0)[0], &tensors)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", init.display())))?;
+            observer.message(&format!("initial weights from {}", init.display()));
+        }
         let state = TrainState {
             step: 0,
             epoch: 0,

@@ -40,7 +40,17 @@ fn search_args(supernet: &str, out: &Path, generations: &str, extra: &[&str]) ->
     .map(|s| s.to_string())
     .collect();
     args.push(out.display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
+    // `extra` adds flags, or replaces the value of one already there.
+    let mut i = 0;
+    while i < extra.len() {
+        let value = extra.get(i + 1).filter(|v| !v.starts_with("--"));
+        match (args.iter().position(|a| a == extra[i]), value) {
+            (Some(at), Some(v)) => args[at + 1] = v.to_string(),
+            (None, Some(v)) => args.extend([extra[i].to_string(), v.to_string()]),
+            (_, None) => args.push(extra[i].to_string()),
+        }
+        i += if value.is_some() { 2 } else { 1 };
+    }
     args
 }
 
@@ -89,10 +99,7 @@ fn searches_resumes_exactly_and_writes_the_front() {
     );
 
     // Other settings in the same folder are refused, naming the difference.
-    let mut other = search_args(&supernet, &split, "4", &["--resume"]);
-    let seed = other.iter().position(|a| a == "--seed").unwrap();
-    other[seed + 1] = "4".into();
-    let e = failure(&other);
+    let e = failure(&search_args(&supernet, &split, "4", &["--resume", "--seed", "4"]));
     assert!(e.contains("seed (cached 3, now 4)"), "{e}");
 
     // Judged by the benchmark's stand-alone results (when ../shared is here).
@@ -198,5 +205,62 @@ fn exports_a_subnet_that_info_predict_and_train_accept() {
     // Weights of another sub-network do not fit, and the error says what is missing.
     let e = failure(&train_from_export("22222222", &dir.join("bad")));
     assert!(e.contains("weights.safetensors") && e.contains("shape"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn latency_table_feeds_the_latency_objective() {
+    let dir = scratch("latency");
+    std::fs::create_dir_all(&dir).unwrap();
+    let table_path = dir.join("table.json");
+    let table: serde_json::Value = serde_json::from_str(&ok(&[
+        "--threads",
+        "2",
+        "latency-table",
+        "--space",
+        "nas-bench-macro",
+        "--repeats",
+        "2",
+        "--check",
+        "3",
+        "--out",
+        &table_path.display().to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    let layers = table["layers_ms"].as_array().unwrap();
+    assert_eq!(layers.len(), 8);
+    assert!(layers.iter().all(|r| r.as_array().unwrap().len() == 3));
+    let check = &table["check"];
+    assert_eq!(check["architectures"].as_array().unwrap().len(), 3);
+    assert!(check["mape"].as_f64().unwrap().is_finite());
+    let supernet = tiny_supernet(&dir, 1);
+    let table_arg = table_path.display().to_string();
+    let found = search(
+        &supernet,
+        &dir.join("s"),
+        "1",
+        &["--objectives", "acc,latency", "--latency-table", &table_arg],
+    );
+    // Each front member's latency is the sum of its table entries.
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap();
+    for f in found["front"].as_array().unwrap() {
+        let choices: Vec<usize> =
+            f["choices"].as_str().unwrap().bytes().map(|b| (b - b'0') as usize).collect();
+        let sum = ms(&table["stem_ms"])
+            + choices.iter().zip(layers).map(|(&c, r)| ms(&r[c])).sum::<f64>()
+            + ms(&table["head_ms"]);
+        assert!((ms(&f["latency_ms"]) - sum).abs() < 1e-9, "{f}");
+    }
+    let e = failure(&[
+        "search",
+        "--supernet",
+        &supernet,
+        "--objectives",
+        "acc,latency",
+        "--out",
+        &dir.join("t").display().to_string(),
+    ]);
+    assert!(e.contains("--latency-table"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

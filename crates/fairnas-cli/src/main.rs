@@ -3,6 +3,7 @@
 mod bench_step;
 mod export;
 mod info;
+mod latency;
 mod one_shot;
 mod predict;
 mod rank;
@@ -55,6 +56,8 @@ enum Command {
     Search(search::SearchArgs),
     /// One sub-network of a supernet as a stand-alone model (inherited weights + description).
     Export(export::ExportArgs),
+    /// Time every candidate block of a search space: a latency lookup table for `search`.
+    LatencyTable(latency::LatencyTableArgs),
     /// Ranking quality of a supernet against a benchmark's stand-alone ground truth.
     Rank(rank::RankArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
@@ -93,5 +96,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rank(args) => rank::run_rank(args),
         Command::Search(args) => search::run_search(args),
         Command::Export(args) => export::run_export(args),
+        Command::LatencyTable(args) => latency::run_latency_table(args),
     }
 }

@@ -18,6 +18,7 @@ use fairnas_search::evolution::{
     Nsga2Config, SearchState,
 };
 use fairnas_search::ground_truth::{digits, GroundTruth};
+use fairnas_search::latency::LatencyTable;
 use fairnas_search::objective::{Direction, Goals};
 use fairnas_search::one_shot::{block_strings, max_cost, OneShotProblem, ScoreStore, ONE_SHOT_METRICS};
 use fairnas_search::plot::{Marker, Scatter, Series};
@@ -42,6 +43,12 @@ pub struct SearchArgs {
     /// Constraint: at most this many parameters (k/M/G suffixes).
     #[arg(long, value_name = "N")]
     max_params: Option<String>,
+    /// Latency lookup table (`fairnas latency-table`): enables the latency objective.
+    #[arg(long, value_name = "FILE")]
+    latency_table: Option<PathBuf>,
+    /// Constraint: at most this many milliseconds by the latency table.
+    #[arg(long, value_name = "MS")]
+    max_latency: Option<f64>,
     /// nsga2 (multi-objective), random (baseline, same evaluation budget) or evolution
     /// (single-objective on the first objective under the constraints, SPOS-style).
     #[arg(long, default_value = "nsga2")]
@@ -137,7 +144,22 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         if args.supernet.is_dir() { trainer::checkpoint_path(&args.supernet) } else { args.supernet.clone() };
     let (supernet, train_config, train_state) = load_run(&ckpt)?;
     let space = supernet.space().clone();
-    let metrics: Vec<String> = ONE_SHOT_METRICS.iter().map(|m| m.to_string()).collect();
+    let latency_table: Option<LatencyTable> = match &args.latency_table {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            let table: LatencyTable = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a latency table", path.display()))?;
+            if table.space != space.name || table.layers_ms.len() != space.layers.len() {
+                bail!("{}: a latency table of the {} space, not {}", path.display(), table.space, space.name);
+            }
+            Some(table)
+        }
+        None => None,
+    };
+    let mut metrics: Vec<String> = ONE_SHOT_METRICS.iter().map(|m| m.to_string()).collect();
+    if latency_table.is_some() {
+        metrics.push("latency".into());
+    }
     let objectives: Vec<(String, Direction)> = args
         .objectives
         .split(',')
@@ -146,10 +168,9 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         .map(|o| match o {
             "acc" => Ok((o.to_string(), Direction::Maximize)),
             "loss" | "madds" | "params" => Ok((o.to_string(), Direction::Minimize)),
-            "latency" => {
-                bail!("objective 'latency' needs a latency table, which this build does not have yet")
-            }
-            other => bail!("unknown objective '{other}' (acc, loss, madds, params)"),
+            "latency" if latency_table.is_some() => Ok((o.to_string(), Direction::Minimize)),
+            "latency" => bail!("objective 'latency' needs --latency-table FILE (fairnas latency-table)"),
+            other => bail!("unknown objective '{other}' (acc, loss, madds, params, latency)"),
         })
         .collect::<Result<_>>()?;
     if objectives.is_empty() {
@@ -161,6 +182,12 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     }
     if let Some(p) = &args.max_params {
         constraints.push(("params".to_string(), parse_count(p).context("--max-params")?));
+    }
+    if let Some(ms) = args.max_latency {
+        if latency_table.is_none() {
+            bail!("--max-latency needs --latency-table FILE");
+        }
+        constraints.push(("latency".to_string(), ms));
     }
     if !["nsga2", "random", "evolution"].contains(&args.algorithm.as_str()) {
         bail!("--algorithm: '{}' is not nsga2, random or evolution", args.algorithm);
@@ -177,6 +204,13 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
             "acc" => 0.0,
             "loss" => 10.0,
             "madds" => limit("madds", most_madds as f64) * 1.0001,
+            "latency" => {
+                let table = latency_table.as_ref().expect("checked with the objectives");
+                let slowest = table.stem_ms
+                    + table.layers_ms.iter().map(|r| r.iter().fold(0.0f64, |m, &v| m.max(v))).sum::<f64>()
+                    + table.head_ms;
+                limit("latency", slowest) * 1.0001
+            }
             _ => limit("params", most_params as f64) * 1.0001,
         })
         .collect();
@@ -213,6 +247,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         scorer: PrefixScorer::new(&supernet, &batches),
         store: &mut cache,
         on_scored: Box::new(|_, _| scored_now += 1),
+        latency: latency_table.as_ref(),
     };
     let say = |text: String| {
         if !quiet {
@@ -424,6 +459,7 @@ fn front_json(space: &SearchSpace, front: &[Individual]) -> Result<Vec<serde_jso
                 "loss": i.metrics[1],
                 "madds": i.metrics[2] as u64,
                 "params": i.metrics[3] as u64,
+                "latency_ms": i.metrics.get(4),
             }))
         })
         .collect()
@@ -439,16 +475,17 @@ fn write_outputs(
 ) -> Result<()> {
     let rows = front_json(space, front)?;
     write_atomically(&out.join("front.json"), serde_json::to_string_pretty(&rows)?.as_bytes())?;
-    let mut csv = String::from("choices,blocks,acc,loss,madds,params\n");
+    let mut csv = String::from("choices,blocks,acc,loss,madds,params,latency_ms\n");
     for r in &rows {
         csv.push_str(&format!(
-            "{},\"{}\",{:.4},{:.6},{},{}\n",
+            "{},\"{}\",{:.4},{:.6},{},{},{}\n",
             r["choices"].as_str().unwrap_or_default(),
             r["blocks"].as_str().unwrap_or_default(),
             r["acc"].as_f64().unwrap_or_default(),
             r["loss"].as_f64().unwrap_or_default(),
             r["madds"],
-            r["params"]
+            r["params"],
+            r["latency_ms"].as_f64().map(|v| format!("{v:.4}")).unwrap_or_default()
         ));
     }
     write_atomically(&out.join("front.csv"), csv.as_bytes())?;

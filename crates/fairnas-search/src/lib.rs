@@ -3,6 +3,7 @@
 
 pub mod evolution;
 pub mod ground_truth;
+pub mod latency;
 pub mod objective;
 pub mod one_shot;
 pub mod pareto;

@@ -10,6 +10,7 @@ use fairnas_model::cost::cost_report;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_supernet::scoring::{OneShotScore, PrefixScorer};
 
+use crate::latency::LatencyTable;
 use crate::objective::Problem;
 
 /// Where one-shot scores are kept between evaluations (and runs).
@@ -19,7 +20,7 @@ pub trait ScoreStore {
 }
 
 /// Metrics, in order: `acc` (one-shot top-1, %), `loss` (one-shot cross-entropy), `madds`,
-/// `params`.
+/// `params`, and `latency` (ms, from a lookup table) when the problem has a table.
 pub const ONE_SHOT_METRICS: [&str; 4] = ["acc", "loss", "madds", "params"];
 
 /// Called after each architecture scored (progress display).
@@ -30,6 +31,8 @@ pub struct OneShotProblem<'a> {
     pub scorer: PrefixScorer<'a>,
     pub store: &'a mut dyn ScoreStore,
     pub on_scored: ScoredHook<'a>,
+    /// Adds the `latency` metric.
+    pub latency: Option<&'a LatencyTable>,
 }
 
 /// Multiply-adds and parameters of a sub-network.
@@ -78,7 +81,11 @@ impl Problem for OneShotProblem<'_> {
     }
 
     fn metric_names(&self) -> Vec<String> {
-        ONE_SHOT_METRICS.iter().map(|m| m.to_string()).collect()
+        let mut names: Vec<String> = ONE_SHOT_METRICS.iter().map(|m| m.to_string()).collect();
+        if self.latency.is_some() {
+            names.push("latency".into());
+        }
+        names
     }
 
     fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String> {
@@ -98,6 +105,9 @@ impl Problem for OneShotProblem<'_> {
             };
             let (madds, params) = cost_of(&self.space, g)?;
             rows[i] = vec![100.0 * score.top1(), score.loss, madds as f64, params as f64];
+            if let Some(table) = self.latency {
+                rows[i].push(table.predict(g));
+            }
         }
         Ok(rows)
     }

@@ -1,0 +1,83 @@
+//! `fairnas latency-table`: time every candidate block of a search space on this machine and
+//! check how well the table predicts measured end-to-end latency.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use fairnas_model::persist::write_atomically;
+use fairnas_model::search_space::SearchSpace;
+use fairnas_search::latency::LatencyTable;
+use fairnas_supernet::Supernet;
+
+#[derive(Args, Debug)]
+pub struct LatencyTableArgs {
+    /// Search space: fairnas or nas-bench-macro.
+    #[arg(long)]
+    space: String,
+    /// Device to time on (cpu; cuda needs the cuda build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed runs per entry (the median counts).
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
+    /// Random architectures measured end to end to report the table's error (MAPE).
+    #[arg(long, default_value_t = 20)]
+    check: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The table (JSON).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_latency_table(args: LatencyTableArgs) -> Result<()> {
+    if args.device != "cpu" {
+        bail!("--device {}: this build times on the cpu only", args.device);
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let space = SearchSpace::named(&args.space).map_err(anyhow::Error::msg)?;
+    // Random weights time the same as trained ones: the kernels do not look at the values.
+    let supernet = Supernet::new(&space, args.seed, &Device::Cpu)?;
+    let quiet = args.json;
+    let mut table = LatencyTable::measure(&supernet, args.batch, args.repeats, |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    if args.check > 0 {
+        table.check(&supernet, args.check, args.seed)?;
+    }
+    write_atomically(&args.out, serde_json::to_string_pretty(&table)?.as_bytes())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+    } else {
+        println!(
+            "{} latency table (batch {}, {} threads, median of {}): stem {:.3} ms, head {:.3} ms -> {}",
+            space.name,
+            table.batch,
+            table.threads,
+            table.repeats,
+            table.stem_ms,
+            table.head_ms,
+            args.out.display()
+        );
+        if let Some(c) = &table.check {
+            println!(
+                "predicted vs measured end-to-end latency on {} random architectures: MAPE {:.2}%",
+                c.architectures.len(),
+                c.mape
+            );
+        }
+    }
+    Ok(())
+}

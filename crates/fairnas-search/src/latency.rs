@@ -1,0 +1,150 @@
+//! Per-device latency lookup tables: every candidate block at every layer position, and the
+//! fixed parts, timed in isolation (median of repeats); a sub-network's predicted latency is
+//! the sum of its entries. Measured in eval mode with the same kernels a deployed sub-network
+//! runs; [`LatencyTable::check`] reports how well the sum predicts measured end-to-end
+//! latency.
+
+use std::time::Instant;
+
+use candle_core::{Device, Result, Tensor};
+use fairnas_data::SampleRng;
+use fairnas_supernet::{Mode, Supernet};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTable {
+    pub space: String,
+    pub device: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub repeats: usize,
+    /// Stem and fixed blocks, milliseconds.
+    pub stem_ms: f64,
+    /// Per layer, per candidate, milliseconds.
+    pub layers_ms: Vec<Vec<f64>>,
+    /// Head, pooling and classifier, milliseconds.
+    pub head_ms: f64,
+    /// How well the table predicted measured end-to-end latency, when checked.
+    pub check: Option<LatencyCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyCheck {
+    /// Mean absolute percentage error of predicted vs measured end-to-end latency.
+    pub mape: f64,
+    /// `(choices, predicted ms, measured ms)` per checked architecture.
+    pub architectures: Vec<(String, f64, f64)>,
+}
+
+/// Median wall time of `f` over `repeats` runs after one warm-up, in milliseconds.
+fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn input(supernet: &Supernet, batch: usize) -> Result<Tensor> {
+    let base = &supernet.space().base;
+    let size = base.input_size;
+    Tensor::randn(0f32, 1.0, (batch, base.in_channels, size, size), &Device::Cpu)
+}
+
+impl LatencyTable {
+    /// Times every part of `supernet`'s space at `batch` on the CPU.
+    pub fn measure(
+        supernet: &Supernet,
+        batch: usize,
+        repeats: usize,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Self> {
+        let x = input(supernet, batch)?;
+        let stem_ms = median_ms(repeats, || supernet.forward_stem(&x, Mode::Eval).map(drop))?;
+        let mut h = supernet.forward_stem(&x, Mode::Eval)?;
+        let mut layers_ms = Vec::new();
+        for (l, candidates) in supernet.space().layers.iter().enumerate() {
+            let mut row = Vec::new();
+            for c in 0..candidates.len() {
+                row.push(median_ms(repeats, || supernet.forward_layer(l, c, &h, Mode::Eval).map(drop))?);
+            }
+            progress(&format!("layer {l}: {row:.3?} ms"));
+            layers_ms.push(row);
+            // Every candidate of a layer yields the same shape: carry candidate 0's output on.
+            h = supernet.forward_layer(l, 0, &h, Mode::Eval)?;
+        }
+        let head_ms = median_ms(repeats, || supernet.forward_head(&h, Mode::Eval).map(drop))?;
+        Ok(LatencyTable {
+            space: supernet.space().name.clone(),
+            device: "cpu".into(),
+            batch,
+            threads: rayon::current_num_threads(),
+            repeats,
+            stem_ms,
+            layers_ms,
+            head_ms,
+            check: None,
+        })
+    }
+
+    /// Predicted latency of a sub-network, milliseconds.
+    pub fn predict(&self, choices: &[usize]) -> f64 {
+        self.stem_ms + choices.iter().zip(&self.layers_ms).map(|(&c, row)| row[c]).sum::<f64>() + self.head_ms
+    }
+
+    /// Measures `count` seeded random sub-networks end to end and records the table's error.
+    pub fn check(&mut self, supernet: &Supernet, count: usize, seed: u64) -> Result<&LatencyCheck> {
+        let x = input(supernet, self.batch)?;
+        let counts = supernet.space().choice_counts();
+        let mut rng = SampleRng::new(seed, 0, 0x1a7e);
+        let mut rows = Vec::new();
+        for _ in 0..count {
+            let choices: Vec<usize> = counts.iter().map(|&n| rng.up_to(n as u32 - 1) as usize).collect();
+            let measured = median_ms(self.repeats, || supernet.forward(&x, &choices, Mode::Eval).map(drop))?;
+            let digits: String = choices.iter().map(|c| c.to_string()).collect();
+            rows.push((digits, self.predict(&choices), measured));
+        }
+        let mape =
+            100.0 * rows.iter().map(|(_, p, m)| ((p - m) / m).abs()).sum::<f64>() / rows.len().max(1) as f64;
+        Ok(self.check.insert(LatencyCheck { mape, architectures: rows }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairnas_model::search_space::SearchSpace;
+
+    #[test]
+    fn predicts_the_sum_of_its_entries() {
+        let table = LatencyTable {
+            space: "x".into(),
+            device: "cpu".into(),
+            batch: 1,
+            threads: 1,
+            repeats: 1,
+            stem_ms: 1.0,
+            layers_ms: vec![vec![0.5, 2.0], vec![0.25, 4.0]],
+            head_ms: 0.5,
+            check: None,
+        };
+        assert_eq!(table.predict(&[1, 0]), 1.0 + 2.0 + 0.25 + 0.5);
+    }
+
+    #[test]
+    fn measures_every_candidate_and_checks_itself() -> Result<()> {
+        let space = SearchSpace::nas_bench_macro();
+        let net = Supernet::new(&space, 0, &Device::Cpu)?;
+        let mut table = LatencyTable::measure(&net, 1, 2, |_| {})?;
+        assert_eq!(table.layers_ms.len(), 8);
+        assert!(table.layers_ms.iter().flatten().all(|&t| t > 0.0));
+        let check = table.check(&net, 3, 0)?;
+        assert_eq!(check.architectures.len(), 3);
+        assert!(check.mape.is_finite());
+        Ok(())
+    }
+}

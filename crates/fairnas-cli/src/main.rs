@@ -4,9 +4,11 @@ mod bench_step;
 mod export;
 mod info;
 mod latency;
+mod nas;
 mod one_shot;
 mod predict;
 mod rank;
+mod report;
 mod search;
 mod train;
 mod verify;
@@ -36,6 +38,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on the embedded data (or --config): supernet, latency table, NSGA-II
+    /// search, export, fine-tune, HTML report.
+    Nas(nas::NasArgs),
     /// Per-layer table of a model: block strings, shapes, params, multiply-adds, thop FLOPs.
     Info(info::InfoArgs),
     /// Classify images with a model and its weights (safetensors or a PyTorch checkpoint).
@@ -94,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
         Command::BenchStep(args) => bench_step::run(args),
         Command::Rank(args) => rank::run_rank(args),
+        Command::Nas(args) => nas::run_nas(args),
         Command::Search(args) => search::run_search(args),
         Command::Export(args) => export::run_export(args),
         Command::LatencyTable(args) => latency::run_latency_table(args),

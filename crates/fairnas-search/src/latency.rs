@@ -49,6 +49,21 @@ fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[times.len() / 2])
 }
 
+/// Median end-to-end eval-mode latency of sub-network `choices` on `x`, milliseconds.
+fn end_to_end_ms(supernet: &Supernet, x: &Tensor, choices: &[usize], repeats: usize) -> Result<f64> {
+    median_ms(repeats, || supernet.forward(x, choices, Mode::Eval).map(drop))
+}
+
+/// Measured end-to-end latency of one sub-network at `batch` (median of `repeats`), ms.
+pub fn measure_end_to_end(
+    supernet: &Supernet,
+    choices: &[usize],
+    batch: usize,
+    repeats: usize,
+) -> Result<f64> {
+    end_to_end_ms(supernet, &input(supernet, batch)?, choices, repeats)
+}
+
 fn input(supernet: &Supernet, batch: usize) -> Result<Tensor> {
     let base = &supernet.space().base;
     let size = base.input_size;
@@ -136,7 +151,7 @@ impl LatencyTable {
         let mut rows = Vec::new();
         for _ in 0..count {
             let choices: Vec<usize> = counts.iter().map(|&n| rng.up_to(n as u32 - 1) as usize).collect();
-            let measured = median_ms(self.repeats, || supernet.forward(&x, &choices, Mode::Eval).map(drop))?;
+            let measured = end_to_end_ms(supernet, &x, &choices, self.repeats)?;
             let digits: String = choices.iter().map(|c| c.to_string()).collect();
             rows.push((digits, self.predict(&choices), measured));
         }

@@ -60,6 +60,9 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 
 fn label(v: f64) -> String {
     let a = v.abs();
+    if a < 1e-9 {
+        return "0".into();
+    }
     if a >= 1e9 {
         format!("{:.1}G", v / 1e9)
     } else if a >= 1e6 {

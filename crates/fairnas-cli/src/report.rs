@@ -1,0 +1,218 @@
+//! The pipeline's `report.html`: one self-contained page (inline SVG and CSS, no scripts, no
+//! network) built from the run's files, so it can be regenerated and archived with them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fairnas_model::persist::write_atomically;
+use fairnas_search::plot::{Scatter, Series};
+
+use crate::nas::{ExportedModel, NasConfig};
+
+/// Every line of a JSON-lines file.
+pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display())))
+        .collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// One series joined by a line (`name`, CSS `color`).
+fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    name: &str,
+    color: &str,
+    points: Vec<(f64, f64)>,
+) -> String {
+    Scatter {
+        title: title.into(),
+        x_label: x_label.into(),
+        y_label: y_label.into(),
+        series: vec![Series { name: name.into(), color: color.into(), radius: 3.0, line: true, points }],
+        markers: Vec::new(),
+    }
+    .to_svg()
+}
+
+/// Writes `out/report.html`; returns its path.
+pub fn write(
+    out: &Path,
+    config: &NasConfig,
+    models: &[ExportedModel],
+    timings: &[(String, f64)],
+) -> Result<PathBuf> {
+    let metrics = read_jsonl(&out.join("supernet/metrics.jsonl"))?;
+    let epoch_series = |key: &str, scale: f64| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| Some((m["epoch"].as_f64()? + 1.0, m[key].as_f64()? * scale))).collect()
+    };
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("search/search-state.json"))?)?;
+    let history = state["state"]["history"].as_array().cloned().unwrap_or_default();
+    let hv: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|h| Some((h["generation"].as_f64()?, h["hypervolume"].as_f64()?)))
+        .collect();
+    let front_size: Vec<(f64, f64)> =
+        history.iter().filter_map(|h| Some((h["generation"].as_f64()?, h["front_size"].as_f64()?))).collect();
+    let front: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("search/front.json"))?)?;
+    let front_svg = std::fs::read_to_string(out.join("search/front.svg"))?;
+    let latency: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latency.json"))?)?;
+
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>FairNAS run: {title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: .5em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
+th {{ background: #f3f3f3; }} td.l, th.l {{ text-align: left; }} code {{ font-size: .9em; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 1em; }} .charts svg {{ width: 520px; height: auto; }}
+</style></head><body>
+<h1>FairNAS run: {title}</h1>
+<p>Space <b>{space}</b>, data <code>{data}</code>, seed {seed}. Strictly fair supernet training ({epochs} epochs, batch {batch}),
+BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (population {pop}, {gens} generations),
+{count} models exported, a {ft}-epoch stand-alone fine-tune.</p>
+"#,
+        title = escape(&out.display().to_string()),
+        space = escape(&config.space),
+        data = escape(&config.data.display().to_string()),
+        seed = config.seed,
+        epochs = config.supernet.epochs,
+        batch = config.supernet.batch_size,
+        recal = config.scoring.bn_recal_batches,
+        objectives = escape(&config.search.objectives),
+        pop = config.search.population,
+        gens = config.search.generations,
+        count = models.len(),
+        ft = config.finetune.epochs,
+    );
+    html.push_str(
+        "<h2 id=\"timings\">Stages</h2>\n<table><tr><th class=\"l\">stage</th><th>wall (s)</th></tr>\n",
+    );
+    for (name, secs) in timings {
+        let _ = writeln!(html, "<tr><td class=\"l\">{}</td><td>{secs:.1}</td></tr>", escape(name));
+    }
+    html.push_str("</table>\n");
+
+    html.push_str("<h2 id=\"training\">Supernet training</h2>\n<div class=\"charts\">\n");
+    html.push_str(&line_chart(
+        "training loss per epoch (mean over paths)",
+        "epoch",
+        "loss",
+        "train loss",
+        "#d62728",
+        epoch_series("train_loss", 1.0),
+    ));
+    html.push_str(&line_chart(
+        "training top-1 per epoch (augmented, all paths)",
+        "epoch",
+        "top-1 (%)",
+        "train top-1",
+        "#2ca02c",
+        epoch_series("train_top1", 100.0),
+    ));
+    html.push_str("</div>\n");
+
+    html.push_str("<h2 id=\"search\">Search</h2>\n<div class=\"charts\">\n");
+    html.push_str(&front_svg);
+    html.push_str(&line_chart(
+        "hypervolume of the population's front per generation",
+        "generation",
+        "hypervolume",
+        "hypervolume",
+        "#1f77b4",
+        hv,
+    ));
+    html.push_str(&line_chart(
+        "front size per generation",
+        "generation",
+        "architectures",
+        "front size",
+        "#9467bd",
+        front_size,
+    ));
+    html.push_str("</div>\n");
+
+    // Per-layer choice frequencies on the front.
+    let layers = front.first().and_then(|f| f["choices"].as_str()).map_or(0, str::len);
+    let choices_max = front
+        .iter()
+        .filter_map(|f| f["choices"].as_str())
+        .flat_map(|c| c.bytes().map(|b| (b - b'0') as usize))
+        .max()
+        .map_or(0, |m| m + 1);
+    html.push_str(
+        "<h2 id=\"frequencies\">Choices on the front, per layer</h2>\n<table><tr><th class=\"l\">layer</th>",
+    );
+    for c in 0..choices_max {
+        let _ = write!(html, "<th>choice {c}</th>");
+    }
+    html.push_str("</tr>\n");
+    for l in 0..layers {
+        let _ = write!(html, "<tr><td class=\"l\">{l}</td>");
+        for c in 0..choices_max {
+            let n = front
+                .iter()
+                .filter(|f| {
+                    f["choices"].as_str().and_then(|s| s.as_bytes().get(l)).map(|b| (b - b'0') as usize)
+                        == Some(c)
+                })
+                .count();
+            let share = n as f64 / front.len().max(1) as f64;
+            let _ =
+                write!(html, "<td style=\"background: rgba(31,119,180,{:.2})\">{n}</td>", 0.1 + 0.8 * share);
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</table>\n");
+
+    html.push_str(
+        "<h2 id=\"models\">Exported models</h2>\n<table><tr><th class=\"l\">choices</th><th class=\"l\">blocks</th>\
+         <th>params</th><th>multiply-adds</th><th>latency, table (ms)</th><th>latency, measured (ms)</th>\
+         <th>one-shot top-1 (%)</th><th>fine-tuned top-1 (%)</th></tr>\n",
+    );
+    for m in models {
+        let _ = writeln!(
+            html,
+            "<tr><td class=\"l\"><code>{}</code></td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{}</td></tr>",
+            escape(&m.choices),
+            escape(&m.blocks),
+            m.params,
+            m.madds,
+            m.predicted_latency_ms,
+            m.measured_latency_ms,
+            m.one_shot_acc,
+            m.finetuned_top1.map_or("-".into(), |t| format!("{:.2}", 100.0 * t))
+        );
+    }
+    html.push_str("</table>\n");
+    let _ = writeln!(
+        html,
+        "<p>Latency: batch {}, {} threads, the table's error against measured end-to-end latency on random architectures: MAPE {:.2}%.</p>",
+        latency["batch"],
+        latency["threads"],
+        latency["check"]["mape"].as_f64().unwrap_or(f64::NAN)
+    );
+    html.push_str(
+        "<h2 id=\"files\">Files</h2>\n<ul><li><code>nas-config.json</code>: this run's settings</li>\
+         <li><code>supernet/</code>: checkpoint, metrics.jsonl</li><li><code>latency.json</code>: the latency table</li>\
+         <li><code>search/</code>: front.json, front.csv, front.svg, search-state.json, scores.jsonl</li>\
+         <li><code>models/&lt;choices&gt;/</code>: weights.safetensors, model.json</li>\
+         <li><code>finetune/&lt;choices&gt;/</code>: the stand-alone run</li></ul>\n</body></html>\n",
+    );
+    let path = out.join("report.html");
+    write_atomically(&path, html.as_bytes())?;
+    Ok(path)
+}

@@ -1,0 +1,95 @@
+//! End-to-end test of `fairnas nas`, the whole pipeline, on the embedded CIFAR-10 subset at a
+//! tiny budget: every stage runs, the folder holds what the report promises, the report has its
+//! sections, and a rerun resumes instead of redoing the work.
+
+use std::path::PathBuf;
+
+mod common;
+use common::{failure, ok, repo};
+
+fn scratch(name: &str) -> PathBuf {
+    common::scratch("nas", name)
+}
+
+#[test]
+fn runs_the_pipeline_and_writes_the_report() {
+    let dir = scratch("tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{
+            "supernet": {"epochs": 1},
+            "scoring": {"bn_recal_batches": 1, "bn_recal_batch_size": 8, "eval_limit": 40},
+            "latency": {"repeats": 2, "check": 2},
+            "search": {"population": 4, "generations": 1},
+            "export": {"count": 2, "bn_recal_batches": 1},
+            "finetune": {"epochs": 1}
+        }"#,
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let data = repo().join("data/cifar10-mini").display().to_string();
+    let args = [
+        "--threads",
+        "2",
+        "nas",
+        "--config",
+        &config.display().to_string(),
+        "--data",
+        &data,
+        "--out",
+        &out.display().to_string(),
+    ];
+    let stdout = ok(&args);
+    assert!(stdout.contains("FairNAS pipeline done"), "{stdout}");
+    for file in [
+        "nas-config.json",
+        "supernet/checkpoint.safetensors",
+        "supernet/metrics.jsonl",
+        "latency.json",
+        "search/front.json",
+        "search/front.csv",
+        "search/front.svg",
+        "search/search-state.json",
+        "models.json",
+        "report.html",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let models: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("models.json")).unwrap()).unwrap();
+    assert!(!models.is_empty() && models.len() <= 2);
+    for m in &models {
+        let folder = PathBuf::from(m["folder"].as_str().unwrap());
+        assert!(folder.join("weights.safetensors").is_file() && folder.join("model.json").is_file());
+        assert!(m["measured_latency_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert!(models[0]["finetuned_top1"].as_f64().is_some(), "the most accurate model is fine-tuned");
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    for id in ["timings", "training", "search", "frequencies", "models", "files"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "section {id} missing");
+    }
+    // Training loss, training top-1, the front, hypervolume and front size per generation.
+    assert_eq!(html.matches("<svg").count(), 5);
+    assert!(!html.contains("<script"), "no scripts");
+    assert!(!html.contains("src=\"http"), "self-contained: nothing fetched");
+    for m in &models {
+        assert!(html.contains(m["choices"].as_str().unwrap()));
+    }
+
+    // A rerun resumes every stage: nothing is trained again.
+    let checkpoint = std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap();
+    let rerun = ok(&args);
+    assert!(rerun.contains("FairNAS pipeline done"));
+    assert_eq!(std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap(), checkpoint);
+
+    // Another config in the same folder is refused.
+    let mut other = args.to_vec();
+    other.extend(["--seed", "9"]);
+    let e = failure(&other);
+    assert!(e.contains("seed (cached 0, now 9)"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

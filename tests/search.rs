@@ -264,3 +264,41 @@ fn latency_table_feeds_the_latency_objective() {
     assert!(e.contains("--latency-table"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_killed_search_resumes_to_the_same_state() {
+    let dir = scratch("killed");
+    let supernet = tiny_supernet(&dir, 2);
+    let straight = dir.join("straight");
+    search(&supernet, &straight, "8", &[]);
+
+    // The same search, SIGKILLed after its generation-1 state was written, then resumed.
+    let killed = dir.join("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fairnas"))
+        .args(search_args(&supernet, &killed, "8", &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let generation = |d: &Path| -> Option<u64> {
+        let text = std::fs::read_to_string(d.join("search-state.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["state"]["generation"].as_u64()
+    };
+    let started = std::time::Instant::now();
+    while generation(&killed).is_none_or(|g| g < 1) {
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be killed");
+        assert!(started.elapsed().as_secs() < 300, "no generation finished in 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the search was not killed: {status:?}");
+    let at_kill = generation(&killed).unwrap();
+    assert!(at_kill < 8, "killed at generation {at_kill}");
+    search(&supernet, &killed, "8", &["--resume"]);
+    let state = |d: &Path| std::fs::read_to_string(d.join("search-state.json")).unwrap();
+    assert_eq!(state(&killed), state(&straight), "killed at generation {at_kill}, resumed: same state");
+    let front = |d: &Path| std::fs::read_to_string(d.join("front.json")).unwrap();
+    assert_eq!(front(&killed), front(&straight));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -422,8 +422,8 @@ pub fn run_nas(args: NasArgs) -> Result<()> {
     Ok(())
 }
 
-/// The most accurate front member first, then evenly spaced ones by multiply-adds down to the
-/// cheapest; at most `count`, no repeats.
+/// The most accurate front member first, then the cheapest and evenly spaced ones by
+/// multiply-adds; at most `count`, no repeats.
 fn pick_models(front: &[serde_json::Value], count: usize) -> Vec<serde_json::Value> {
     if front.is_empty() || count == 0 {
         return Vec::new();
@@ -438,12 +438,39 @@ fn pick_models(front: &[serde_json::Value], count: usize) -> Vec<serde_json::Val
         .expect("non-empty");
     let mut picked = vec![best.clone()];
     let n = by_madds.len();
-    for k in 0..count.saturating_sub(1) {
-        let i = if count <= 2 { 0 } else { k * (n - 1) / (count - 2).max(1) };
-        let candidate = by_madds[i.min(n - 1)];
-        if picked.len() < count && !picked.iter().any(|p| p["choices"] == candidate["choices"]) {
-            picked.push(candidate.clone());
+    // Evenly spaced from the cheapest up (the most accurate is usually the costliest), then
+    // any others in cost order if duplicates left room.
+    let spaced = (0..count.saturating_sub(1)).map(|k| k * (n - 1) / count.saturating_sub(1).max(1));
+    for i in spaced.chain(0..n) {
+        if picked.len() >= count {
+            break;
+        }
+        if !picked.iter().any(|p| p["choices"] == by_madds[i]["choices"]) {
+            picked.push(by_madds[i].clone());
         }
     }
     picked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `configs/nas/default.json` spells out the built-in defaults (the README points to it).
+    #[test]
+    fn the_shipped_default_config_is_the_built_in_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/nas/default.json");
+        let shipped: NasConfig = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(shipped, NasConfig::default());
+    }
+
+    #[test]
+    fn picks_the_most_accurate_then_spreads_over_cost() {
+        let f = |c: &str, acc: f64, madds: u64| serde_json::json!({"choices": c, "acc": acc, "madds": madds});
+        let front = vec![f("a", 10.0, 1), f("b", 20.0, 2), f("c", 30.0, 3), f("d", 40.0, 4)];
+        let picked: Vec<String> =
+            pick_models(&front, 3).iter().map(|p| p["choices"].as_str().unwrap().into()).collect();
+        assert_eq!(picked, vec!["d", "a", "b"]); // the best, then the cheapest, then the middle
+        assert!(pick_models(&[], 3).is_empty());
+    }
 }

@@ -177,6 +177,38 @@ fn exports_a_subnet_that_info_predict_and_train_accept() {
         &image,
     ]);
     assert!(!predicted.trim().is_empty());
+    // The stand-alone evaluator scores the exported network as eval-subnet scores the path
+    // (same recalibration, the network's own 32x32 resolution and CIFAR statistics).
+    let verified: serde_json::Value = serde_json::from_str(&ok(&[
+        "--threads",
+        "2",
+        "transfer-verify",
+        "--space",
+        "nas-bench-macro",
+        "--choices",
+        "12012012",
+        "--weights",
+        &weights,
+        "--cifar-root",
+        &common::repo().join("data/cifar10-mini").display().to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    let one_shot: serde_json::Value = serde_json::from_str(&ok(&[
+        "--threads",
+        "2",
+        "eval-subnet",
+        "--supernet",
+        &supernet,
+        "--choices",
+        "12012012",
+        "--bn-recal-batches",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(verified["evaluated"], 80);
+    assert_eq!(verified["top1_correct"], one_shot["correct"], "{verified} vs {one_shot}");
     // Zero training steps from the exported weights write them back unchanged, bit for bit:
     // train really starts from them.
     let data = common::repo().join("data/cifar10-mini").display().to_string();

@@ -91,7 +91,18 @@ pub fn eval_transform(
     interpolation: Option<Interpolation>,
     normalize: Option<Normalization>,
 ) -> EvalTransform {
-    let mut t = if spec.stem_padding == Padding::TfSame {
+    let mut t = if spec.input_size <= 64 {
+        // A network trained here at CIFAR resolution (`fairnas train`, `export` of a
+        // NAS-Bench-Macro sub-network): its own size and the recipe's CIFAR-10 statistics, as
+        // `eval-subnet` feeds it. (The published transfer models run at 224 on upsampled images.)
+        let size = spec.input_size as u32;
+        EvalTransform {
+            resize: size,
+            crop: size,
+            interpolation: Interpolation::Bilinear,
+            normalization: Normalization::CIFAR10,
+        }
+    } else if spec.stem_padding == Padding::TfSame {
         EvalTransform {
             interpolation: Interpolation::Bicubic,
             normalization: Normalization::Inception,

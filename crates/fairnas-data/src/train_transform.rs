@@ -64,14 +64,7 @@ impl TrainTransform {
 
     /// CIFAR-10: pad 4, crop 32, flip, CIFAR mean/std.
     pub fn cifar10() -> Self {
-        TrainTransform::PadCrop {
-            pad: 4,
-            size: 32,
-            normalization: Normalization::Custom {
-                mean: [0.4914, 0.4822, 0.4465],
-                std: [0.2470, 0.2435, 0.2616],
-            },
-        }
+        TrainTransform::PadCrop { pad: 4, size: 32, normalization: Normalization::CIFAR10 }
     }
 
     pub fn output_size(&self) -> u32 {

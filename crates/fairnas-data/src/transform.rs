@@ -19,6 +19,10 @@ pub enum Normalization {
 }
 
 impl Normalization {
+    /// CIFAR-10's per-channel statistics (the training recipe's, FAIRNAS.md section 7).
+    pub const CIFAR10: Normalization =
+        Normalization::Custom { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
+
     /// CHW f32 values of an RGB image.
     pub fn to_chw(&self, img: &RgbImage) -> Vec<f32> {
         let hw = (img.width() * img.height()) as usize;

@@ -166,34 +166,17 @@ fn exports_a_subnet_that_info_predict_and_train_accept() {
             .unwrap();
     assert_eq!(info["params"], 2_014_602, "{info}");
     let image = common::repo().join("data/cifar10-mini/test/cat/0000.jpg").display().to_string();
-    let predicted = ok(&[
-        "predict",
-        "--space",
-        "nas-bench-macro",
-        "--choices",
-        "12012012",
-        "--weights",
-        &weights,
-        &image,
-    ]);
+    let model = ["--space", "nas-bench-macro", "--choices", "12012012", "--weights", &weights];
+    let predicted = ok(&[&["predict"][..], &model, &[&image]].concat());
     assert!(!predicted.trim().is_empty());
     // The stand-alone evaluator scores the exported network as eval-subnet scores the path
     // (same recalibration, the network's own 32x32 resolution and CIFAR statistics).
-    let verified: serde_json::Value = serde_json::from_str(&ok(&[
-        "--threads",
-        "2",
-        "transfer-verify",
-        "--space",
-        "nas-bench-macro",
-        "--choices",
-        "12012012",
-        "--weights",
-        &weights,
-        "--cifar-root",
-        &common::repo().join("data/cifar10-mini").display().to_string(),
-        "--json",
-    ]))
-    .unwrap();
+    let mini = common::repo().join("data/cifar10-mini").display().to_string();
+    let verified: serde_json::Value =
+        serde_json::from_str(&ok(
+            &[&["transfer-verify"][..], &model, &["--cifar-root", &mini, "--json"]].concat()
+        ))
+        .unwrap();
     let one_shot: serde_json::Value = serde_json::from_str(&ok(&[
         "--threads",
         "2",

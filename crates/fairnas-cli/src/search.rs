@@ -241,17 +241,29 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     let mut cache = ScoreCache::open(&args.out.join("scores.jsonl"))?;
     let batches = config.scoring.batches(&train_config, &space)?;
     let quiet = args.json;
-    let mut scored_now = 0usize;
+    // A spinner with the architecture being scored (drawn on terminals only); generation lines
+    // go above it.
+    let spinner =
+        if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} scored {pos} architectures  {per_sec}  {msg}")
+            .expect("valid template"),
+    );
+    let scored_now = std::cell::Cell::new(0usize);
     let mut problem = OneShotProblem {
         space: space.clone(),
         scorer: PrefixScorer::new(&supernet, &batches),
         store: &mut cache,
-        on_scored: Box::new(|_, _| scored_now += 1),
+        on_scored: Box::new(|g, s| {
+            scored_now.set(scored_now.get() + 1);
+            spinner.inc(1);
+            spinner.set_message(format!("{} one-shot top-1 {:.1}%", digits(g), 100.0 * s.top1()));
+        }),
         latency: latency_table.as_ref(),
     };
     let say = |text: String| {
         if !quiet {
-            eprintln!("{text}");
+            spinner.suspend(|| eprintln!("{text}"));
         }
     };
     let save = |state: &SearchState| -> Result<()> {
@@ -346,6 +358,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         Vec::new()
     };
     drop(problem);
+    spinner.finish_and_clear();
 
     // The front over everything evaluated.
     let mut front = state.archive_front(&goals);
@@ -360,7 +373,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         "algorithm": args.algorithm,
         "generations": state.generation,
         "evaluations": state.archive.len(),
-        "scored_in_this_run": scored_now,
+        "scored_in_this_run": scored_now.get(),
         "front_size": front.len(),
         "hypervolume": hypervolume,
         "reference": reference,

@@ -151,7 +151,7 @@ impl Default for SearchStage {
     fn default() -> Self {
         SearchStage {
             objectives: "acc,madds,latency".into(),
-            population: 16,
+            population: 32,
             generations: 8,
             max_madds: None,
         }

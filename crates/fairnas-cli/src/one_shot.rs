@@ -265,10 +265,6 @@ impl ScoreCache {
         Ok(ScoreCache { path: path.to_path_buf(), scores, file: None })
     }
 
-    pub fn len(&self) -> usize {
-        self.scores.len()
-    }
-
     pub fn get(&self, choices: &[usize]) -> Option<OneShotScore> {
         self.scores.get(&digits(choices)).copied()
     }

@@ -130,10 +130,10 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
         if args.json {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        if cache.len() > 0 {
+        let cached = archs.len() - todo.len();
+        if cached > 0 {
             eprintln!(
-                "resuming: {} of {} architectures cached in {}",
-                cache.len(),
+                "resuming: {cached} of {} architectures cached in {}",
                 archs.len(),
                 scores_path.display()
             );

@@ -16,7 +16,6 @@ use fairnas_search::ground_truth::digits;
 use fairnas_supernet::scoring::{OneShotScore, ScoringBatches};
 use fairnas_supernet::trainer::{self, open_split, subset, TrainConfig};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 /// One sub-network of a trained supernet, with its BN statistics re-estimated
 /// (`eval-subnet`, `export`).
@@ -127,13 +126,6 @@ pub struct ScoringSettings {
     pub seed: u64,
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl OneShotArgs {
     pub fn settings(
         &self,
@@ -144,7 +136,7 @@ impl OneShotArgs {
     ) -> Result<ScoringSettings> {
         Ok(ScoringSettings {
             checkpoint: checkpoint.to_path_buf(),
-            checkpoint_sha256: sha256_file(checkpoint)?,
+            checkpoint_sha256: fairnas_cli::convert::sha256_file(checkpoint)?,
             trained_steps: state.step,
             sampler: state.sampler.clone(),
             space: space.name.clone(),

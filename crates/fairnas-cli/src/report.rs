@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use fairnas_model::persist::write_atomically;
-use fairnas_search::plot::{Scatter, Series};
+use fairnas_search::plot::{escape, Scatter, Series};
 
 use crate::nas::{ExportedModel, NasConfig};
 
@@ -17,10 +17,6 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display())))
         .collect()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// One series joined by a line (`name`, CSS `color`).

@@ -10,8 +10,10 @@
 //! - `fetch-imagenet-val`: a validation split from a Hugging Face dataset repository (cache
 //!   first, resumable per file, checksums checked), then prepared.
 //!
-//! CUDA builds arrive with their issue.
+//! - `cuda-build`: the `cuda` build of `fairnas` on a machine without CUDA or a GPU (nvcc from
+//!   pinned wheels, link stubs), bundled with the GPU check for the device machine.
 
+mod cuda_build;
 mod imagenet_val;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ enum Task {
     PrepareVal(imagenet_val::PrepareValArgs),
     /// Download a validation split through the Hugging Face hub, then prepare it.
     FetchImagenetVal(imagenet_val::FetchValArgs),
+    /// Build `fairnas --features cuda` here (no GPU needed) and bundle it with the GPU check.
+    CudaBuild(cuda_build::CudaBuildArgs),
 }
 
 const FIXTURE_SCRIPTS: [&str; 4] = [
@@ -97,6 +101,10 @@ fn main() -> Result<()> {
         Task::Convert(args) => fairnas_cli::convert::run(args)?,
         Task::PrepareVal(args) => imagenet_val::prepare_val(args)?,
         Task::FetchImagenetVal(args) => imagenet_val::fetch_imagenet_val(args)?,
+        Task::CudaBuild(args) => {
+            std::env::set_current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))?;
+            cuda_build::cuda_build(args)?
+        }
     }
     Ok(())
 }

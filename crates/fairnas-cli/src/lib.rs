@@ -3,5 +3,6 @@
 
 pub mod allocator;
 pub mod convert;
+pub mod device;
 pub mod model_args;
 pub mod weights;

@@ -2,6 +2,7 @@
 
 mod bench_step;
 mod export;
+mod gpu_check;
 mod info;
 mod latency;
 mod nas;
@@ -67,6 +68,9 @@ enum Command {
     Rank(rank::RankArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
     BenchStep(bench_step::BenchStepArgs),
+    /// The standing GPU check: every custom op against its CPU reference, kernel and FairNAS-A
+    /// timings (needs the cuda build; `--device cpu` runs the same harness on the CPU).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 #[global_allocator]
@@ -98,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
         Command::BenchStep(args) => bench_step::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::Rank(args) => rank::run_rank(args),
         Command::Nas(args) => nas::run_nas(args),
         Command::Search(args) => search::run_search(args),

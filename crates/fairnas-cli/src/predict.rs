@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Args;
 use fairnas_data::{EvalLoader, Interpolation, Normalization, OnBadImage, Sample, Source};
 use serde_json::json;
@@ -33,6 +33,9 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -41,7 +44,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     anyhow::ensure!(args.topk > 0, "--topk must be at least 1");
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let spec = args.model.resolve()?;
-    let device = Device::Cpu;
+    let device = fairnas_cli::device::parse_device(&args.device)?;
     let started = std::time::Instant::now();
     let net = load_network(&args.weights, &spec, &device)?;
     tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");

@@ -120,15 +120,7 @@ pub fn eval_transform(
     t
 }
 
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => bail!(
-            "--device cuda: this build has no CUDA support (the cuda feature arrives with the CUDA issue)"
-        ),
-        other => bail!("--device {other}: expected cpu or cuda"),
-    }
-}
+use fairnas_cli::device::parse_device as device;
 
 /// Accuracy counts, overall and per class.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -223,7 +215,8 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
         }
         if !batch.is_empty() {
             let t = Instant::now();
-            let x = Tensor::from_vec(batch.pixels, (batch.labels.len(), 3, crop, crop), &Device::Cpu)?;
+            let x = Tensor::from_vec(batch.pixels, (batch.labels.len(), 3, crop, crop), &Device::Cpu)?
+                .to_device(net.device())?;
             let logits = net.forward(&x)?.to_vec2::<f32>()?;
             network_time += t.elapsed();
             for (row, &label) in logits.iter().zip(&batch.labels) {

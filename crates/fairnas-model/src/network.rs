@@ -23,7 +23,9 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use fairnas_ops::{depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d};
+use fairnas_ops::{
+    depthwise_affine_act, depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d,
+};
 
 use crate::spec::{ArchSpec, BlockKind, Padding};
 
@@ -39,6 +41,8 @@ pub struct BatchNorm2d {
     scale: Tensor,
     /// `bias - running_mean * scale`, shaped `[1, C, 1, 1]`.
     shift: Tensor,
+    /// `[scale; shift]` as `[2, C]`: the epilogue operand of the fused depthwise kernel.
+    affine: Tensor,
 }
 
 impl BatchNorm2d {
@@ -50,6 +54,7 @@ impl BatchNorm2d {
         let scale = (&weight / (&running_var + eps)?.sqrt()?)?;
         let shift = (&bias - (&running_mean * &scale)?)?;
         Ok(Self {
+            affine: Tensor::stack(&[&scale, &shift], 0)?,
             scale: scale.reshape((1, channels, 1, 1))?,
             shift: shift.reshape((1, channels, 1, 1))?,
             weight,
@@ -145,6 +150,12 @@ impl ConvBnAct {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let ConvKind::Depthwise { kernel, stride } = self.kind {
+            // BN and activation in the kernel's epilogue: one pass over the output, not three.
+            let (_, _, h, w) = x.dims4()?;
+            let padding = padding_for(self.padding, h, w, kernel, stride);
+            return depthwise_affine_act(x, &self.weight, &self.bn.affine, stride, padding, self.activation);
+        }
         self.activation.forward(&self.bn.forward_eval(&self.conv(x)?)?)
     }
 }
@@ -387,6 +398,11 @@ impl Network {
 
     pub fn spec(&self) -> &ArchSpec {
         &self.spec
+    }
+
+    /// The device the weights live on (inputs must be moved there).
+    pub fn device(&self) -> &candle_core::Device {
+        self.classifier.weight().device()
     }
 
     /// Logits `[N, classes]` for a normalised `[N, 3, H, W]` batch. Eval mode: BN uses running

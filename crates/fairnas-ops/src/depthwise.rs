@@ -11,7 +11,7 @@ use crate::buffer::par_filled_chunks;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Zero padding on each side of the spatial dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -211,9 +211,47 @@ fn forward_typed<T: DwElement>(
     Ok((out, Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
 }
 
+#[cfg(feature = "cuda")]
+impl Geometry {
+    pub(crate) fn cuda_shape(&self, stride: usize, padding: Padding2d) -> crate::cuda::DwShape {
+        crate::cuda::DwShape {
+            batch: self.batch,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            kernel: self.kernel,
+            stride,
+            padding,
+            out_height: self.out_height,
+            out_width: self.out_width,
+        }
+    }
+}
+
 impl CustomOp2 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "fairnas-depthwise-conv2d"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.stride == 0 {
+            candle_core::bail!("depthwise conv: stride must be positive");
+        }
+        let g = self.geometry(l1, l2)?;
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "depthwise conv")?;
+        let w = crate::cuda::f32_view(s2, l2, "depthwise conv")?;
+        let shape = g.cuda_shape(self.stride, self.padding);
+        let out =
+            crate::cuda::depthwise_forward(dev, &x, &w, None, crate::Activation::Identity, shape, false)?;
+        Ok((crate::cuda::wrap(out, dev), Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
     }
 
     fn cpu_fwd(
@@ -244,6 +282,7 @@ impl CustomOp2 for DepthwiseConv2d {
         grad_output: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, height, width) = input.dims4()?;
+        let grad_output = &on_device(grad_output)?;
         let grad_input = grad_output.apply_op2_no_bwd(
             weight,
             &DepthwiseInputGrad { stride: self.stride, padding: self.padding, height, width },
@@ -256,6 +295,139 @@ impl CustomOp2 for DepthwiseConv2d {
     }
 }
 
+/// Depthwise convolution with eval-mode BN (as a per-channel affine) and the activation fused
+/// into its epilogue: `act(conv(x) * affine[0][c] + affine[1][c])`. Inference only (no
+/// backward): training uses `conv_bn`, whose BN needs batch statistics.
+///
+/// Inputs: `x` `[N, C, H, W]`, weight `[C, 1, k, k]`, `affine` `[2, C]` (scale; shift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseAffineAct {
+    pub stride: usize,
+    pub padding: Padding2d,
+    pub activation: crate::Activation,
+    /// Run the one-thread-per-output CUDA kernel even where the tiled one applies (for the GPU
+    /// check, which compares and times both); ignored on the CPU.
+    pub force_direct: bool,
+}
+
+fn check_affine(affine: &Layout, channels: usize) -> Result<()> {
+    if affine.dims() != [2, channels] {
+        candle_core::bail!(
+            "depthwise + affine: affine must be [2, {channels}] (scale; shift), got {:?}",
+            affine.dims()
+        );
+    }
+    Ok(())
+}
+
+fn affine_typed<T: DwElement + num_traits::Float>(
+    op: &DepthwiseAffineAct,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<(Vec<T>, Shape)> {
+    let conv = DepthwiseConv2d { stride: op.stride, padding: op.padding };
+    let g = conv.geometry(l1, l2)?;
+    check_affine(l3, g.channels)?;
+    let affine = contiguous_slice::<T>(s3, l3)?;
+    let (mut out, shape) = forward_typed::<T>(&conv, s1, l1, s2, l2)?;
+    let plane = g.out_height * g.out_width;
+    if plane > 0 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
+            let c = p % g.channels;
+            let (scale, shift) = (affine[c], affine[g.channels + c]);
+            for v in dst {
+                *v = op.activation.apply(*v * scale + shift);
+            }
+        });
+    }
+    Ok((out, shape))
+}
+
+impl CustomOp3 for DepthwiseAffineAct {
+    fn name(&self) -> &'static str {
+        "fairnas-depthwise-affine-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if self.stride == 0 {
+            candle_core::bail!("depthwise conv: stride must be positive");
+        }
+        dispatch_f32_f64(
+            "depthwise + affine",
+            &[s1.dtype(), s2.dtype(), s3.dtype()],
+            || affine_typed::<f32>(self, (s1, l1), (s2, l2), (s3, l3)),
+            || affine_typed::<f64>(self, (s1, l1), (s2, l2), (s3, l3)),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.stride == 0 {
+            candle_core::bail!("depthwise conv: stride must be positive");
+        }
+        let conv = DepthwiseConv2d { stride: self.stride, padding: self.padding };
+        let g = conv.geometry(l1, l2)?;
+        check_affine(l3, g.channels)?;
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "depthwise + affine")?;
+        let w = crate::cuda::f32_view(s2, l2, "depthwise + affine")?;
+        let affine = crate::cuda::f32_view(s3, l3, "depthwise + affine")?;
+        let (scale, shift) = (affine.slice(..g.channels), affine.slice(g.channels..));
+        let shape = g.cuda_shape(self.stride, self.padding);
+        let out = crate::cuda::depthwise_forward(
+            dev,
+            &x,
+            &w,
+            Some((&scale, &shift)),
+            self.activation,
+            shape,
+            self.force_direct,
+        )?;
+        Ok((crate::cuda::wrap(out, dev), Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
+    }
+}
+
+/// `act(depthwise_conv2d(x, weight) * affine[0] + affine[1])` per channel, in one pass
+/// (`affine` `[2, C]`: eval-mode BN's scale and shift).
+pub fn depthwise_affine_act(
+    input: &Tensor,
+    weight: &Tensor,
+    affine: &Tensor,
+    stride: usize,
+    padding: Padding2d,
+    activation: crate::Activation,
+) -> Result<Tensor> {
+    let op = DepthwiseAffineAct { stride, padding, activation, force_direct: false };
+    on_device(input)?.apply_op3_no_bwd(&on_device(weight)?, &on_device(affine)?, &op)
+}
+
+/// The CUDA kernels read contiguous memory; on the CPU strided views are gathered by the op.
+pub(crate) fn on_device(t: &Tensor) -> Result<Tensor> {
+    if t.device().is_cuda() {
+        t.contiguous()
+    } else {
+        Ok(t.clone())
+    }
+}
+
 /// Depthwise convolution of `input` `[N, C, H, W]` with `weight` `[C, 1, k, k]`.
 pub fn depthwise_conv2d(
     input: &Tensor,
@@ -263,7 +435,7 @@ pub fn depthwise_conv2d(
     stride: usize,
     padding: Padding2d,
 ) -> Result<Tensor> {
-    input.apply_op2(weight, DepthwiseConv2d { stride, padding })
+    on_device(input)?.apply_op2(&on_device(weight)?, DepthwiseConv2d { stride, padding })
 }
 
 #[cfg(test)]
@@ -329,6 +501,38 @@ mod tests {
         let a = depthwise_conv2d(&x, &wt, 2, pad)?.to_dtype(DType::F32)?;
         let b = depthwise_conv2d(&x.to_dtype(DType::F32)?, &wt.to_dtype(DType::F32)?, 2, pad)?;
         assert!(max_rel_err(&b, &a) < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_affine_activation_equals_the_unfused_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        for act in [crate::Activation::Relu6, crate::Activation::Swish, crate::Activation::Identity] {
+            for (k, s) in [(3usize, 1usize), (5, 2), (7, 1)] {
+                let x = Tensor::randn(0f32, 1., (2, 6, 13, 11), &dev)?;
+                let w = Tensor::randn(0f32, 1., (6, 1, k, k), &dev)?;
+                let scale = Tensor::randn(0f32, 1., 6, &dev)?;
+                let shift = Tensor::randn(0f32, 1., 6, &dev)?;
+                let pad = Padding2d::tf_same(13, 11, k, s);
+                let affine = Tensor::stack(&[&scale, &shift], 0)?;
+                let got = depthwise_affine_act(&x, &w, &affine, s, pad, act)?;
+                let conv = depthwise_conv2d(&x, &w, s, pad)?;
+                let want = act.forward(
+                    &conv
+                        .broadcast_mul(&scale.reshape((1, 6, 1, 1))?)?
+                        .broadcast_add(&shift.reshape((1, 6, 1, 1))?)?,
+                )?;
+                // Same f32 operations in the same order: the same bits.
+                assert_eq!(max_rel_err(&got, &want), 0.0, "{act} k{k} s{s}");
+            }
+        }
+        let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &dev)?;
+        let w = Tensor::zeros((4, 1, 3, 3), DType::F32, &dev)?;
+        let bad = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let err = depthwise_affine_act(&x, &w, &bad, 1, Padding2d::symmetric(3), crate::Activation::Relu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[2, 4]"), "{err}");
         Ok(())
     }
 

@@ -214,6 +214,44 @@ impl CustomOp2 for DepthwiseInputGrad {
         "fairnas-depthwise-input-grad"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, ho, wo) = match gl.dims() {
+            &[n, c, h, w] => (n, c, h, w),
+            d => {
+                candle_core::bail!("depthwise input grad: output gradient must be [N, C, Ho, Wo], got {d:?}")
+            }
+        };
+        let k = match wl.dims() {
+            &[cc, 1, kh, kw] if cc == c && kh == kw => kh,
+            d => candle_core::bail!("depthwise input grad: weight must be [{c}, 1, k, k], got {d:?}"),
+        };
+        let (h, w) = (self.height, self.width);
+        check_output(self.padding, self.stride, k, h, w, ho, wo)?;
+        let dev = gs.device();
+        let g = crate::cuda::f32_view(gs, gl, "depthwise input grad")?;
+        let wt = crate::cuda::f32_view(ws, wl, "depthwise input grad")?;
+        let shape = crate::cuda::DwShape {
+            batch: n,
+            channels: c,
+            height: h,
+            width: w,
+            kernel: k,
+            stride: self.stride,
+            padding: self.padding,
+            out_height: ho,
+            out_width: wo,
+        };
+        let out = crate::cuda::depthwise_input_grad(dev, &g, &wt, shape)?;
+        Ok((crate::cuda::wrap(out, dev), Shape::from((n, c, h, w))))
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -233,6 +271,44 @@ impl CustomOp2 for DepthwiseInputGrad {
 impl CustomOp2 for DepthwiseWeightGrad {
     fn name(&self) -> &'static str {
         "fairnas-depthwise-weight-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = match xl.dims() {
+            &[n, c, h, w] => (n, c, h, w),
+            d => candle_core::bail!("depthwise weight grad: input must be [N, C, H, W], got {d:?}"),
+        };
+        let (ho, wo) = match gl.dims() {
+            &[nn, cc, ho, wo] if nn == n && cc == c => (ho, wo),
+            d => candle_core::bail!(
+                "depthwise weight grad: output gradient must be [{n}, {c}, Ho, Wo], got {d:?}"
+            ),
+        };
+        let k = self.kernel;
+        check_output(self.padding, self.stride, k, h, w, ho, wo)?;
+        let dev = xs.device();
+        let x = crate::cuda::f32_view(xs, xl, "depthwise weight grad")?;
+        let g = crate::cuda::f32_view(gs, gl, "depthwise weight grad")?;
+        let shape = crate::cuda::DwShape {
+            batch: n,
+            channels: c,
+            height: h,
+            width: w,
+            kernel: k,
+            stride: self.stride,
+            padding: self.padding,
+            out_height: ho,
+            out_width: wo,
+        };
+        let out = crate::cuda::depthwise_weight_grad(dev, &x, &g, shape)?;
+        Ok((crate::cuda::wrap(out, dev), Shape::from((c, 1, k, k))))
     }
 
     fn cpu_fwd(

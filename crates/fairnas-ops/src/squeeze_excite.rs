@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::buffer::par_filled_chunks;
+use crate::depthwise::on_device;
 use crate::layout::contiguous_slice;
 use crate::Activation;
 
@@ -126,6 +127,29 @@ impl CustomOp3 for SqueezeExcite {
         "fairnas-squeeze-excite"
     }
 
+    /// Pool (a warp per plane), the two FCs (a block per sample), scale: x is read twice and
+    /// written once, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw, r) = dims(l1, l2, l3)?;
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "squeeze-excite")?;
+        let reduce = crate::cuda::f32_view(s2, l2, "squeeze-excite")?;
+        let expand = crate::cuda::f32_view(s3, l3, "squeeze-excite")?;
+        let (pooled, _) = crate::cuda::plane_reduce(dev, &x, None, n * c, hw)?;
+        let gates = crate::cuda::se_gates(dev, &pooled, &reduce, &expand, (n, c, r), self.inner)?;
+        let out = crate::cuda::scale_planes(dev, &x, &gates.slice(..), None, n * c * hw, hw)?;
+        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -150,9 +174,10 @@ impl CustomOp3 for SqueezeExcite {
         Ok((out, l1.shape().clone()))
     }
 
-    /// The backward pass in candle ops: everything but the two full-size passes (`sum_hw(dy *
-    /// x)` and `dy * g + ds / HW`) works on `[N, C]` and `[N, R]` matrices, so fusing it would
-    /// gain little. Recomputes the squeeze/excite intermediates instead of storing them.
+    /// The backward pass: the two full-size passes are our ops ([`PlaneStats`]: mean of x and
+    /// `sum_hw(dy * x)` in one read; [`ScalePlanes`]: `dy * g + d_pool / HW`); everything else
+    /// works on `[N, C]` and `[N, R]` matrices in candle ops. Recomputes the squeeze/excite
+    /// intermediates instead of storing them.
     fn bwd(
         &self,
         x: &Tensor,
@@ -161,26 +186,196 @@ impl CustomOp3 for SqueezeExcite {
         _output: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
+        let (_, c, h, w) = x.dims4()?;
         let r = reduce.dim(0)?;
         let (w1, b1) = (reduce.narrow(1, 0, c)?, reduce.narrow(1, c, 1)?.squeeze(1)?);
         let (w2, b2) = (expand.narrow(1, 0, r)?, expand.narrow(1, r, 1)?.squeeze(1)?);
-        let pooled = x.mean((2, 3))?; // [N, C]
+        let grad = on_device(grad)?;
+        let stats = x.apply_op2_no_bwd(&grad, &PlaneStats)?; // [2, N, C]
+        let (pooled, d_gate) = (stats.get(0)?, stats.get(1)?);
         let z = pooled.matmul(&w1.t()?)?.broadcast_add(&b1)?; // [N, R]
         let hidden = self.inner.forward(&z)?;
         let gate = Activation::Sigmoid.forward(&hidden.matmul(&w2.t()?)?.broadcast_add(&b2)?)?; // [N, C]
-        let d_gate = (grad * x)?.sum((2, 3))?;
         let d_gate_logit = (d_gate * gate.mul(&gate.affine(-1.0, 1.0)?)?)?;
         let d_w2 = d_gate_logit.t()?.matmul(&hidden)?; // [C, R]
         let d_b2 = d_gate_logit.sum(0)?;
         let d_z = d_gate_logit.matmul(&w2)?.mul(&self.inner.derivative(&z)?)?; // [N, R]
         let d_w1 = d_z.t()?.matmul(&pooled)?; // [R, C]
         let d_b1 = d_z.sum(0)?;
-        let d_pooled = (d_z.matmul(&w1)? / (h * w) as f64)?.reshape((n, c, 1, 1))?;
-        let d_x = grad.broadcast_mul(&gate.reshape((n, c, 1, 1))?)?.broadcast_add(&d_pooled)?;
+        let d_pooled = (d_z.matmul(&w1)? / (h * w) as f64)?.contiguous()?;
+        let d_x = grad.apply_op3_no_bwd(&gate.contiguous()?, &d_pooled, &ScalePlanes)?;
         let d_reduce = Tensor::cat(&[d_w1, d_b1.unsqueeze(1)?], 1)?;
         let d_expand = Tensor::cat(&[d_w2, d_b2.unsqueeze(1)?], 1)?;
         Ok((Some(d_x), Some(d_reduce), Some(d_expand)))
+    }
+}
+
+/// Per-plane statistics of `x` `[N, C, H, W]` against `y` of the same shape, in one read of
+/// both: `[2, N, C]` = `[mean_hw(x); sum_hw(x * y)]` (the pooled input and the gate gradient of
+/// the SE backward pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneStats;
+
+fn plane_stats_typed<T: SeElement>(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ys, yl): (&CpuStorage, &Layout),
+) -> Result<(Vec<T>, Shape)> {
+    let (n, c, hw) = nchw(xl, "plane stats")?;
+    if yl.dims() != xl.dims() {
+        candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", xl.dims(), yl.dims());
+    }
+    let x = contiguous_slice::<T>(xs, xl)?;
+    let y = contiguous_slice::<T>(ys, yl)?;
+    let planes = n * c;
+    let stats: Vec<(T, T)> = (0..planes)
+        .into_par_iter()
+        .map(|p| {
+            let (xp, yp) = (&x[p * hw..(p + 1) * hw], &y[p * hw..(p + 1) * hw]);
+            let mean = T::from(T::plane_sum(xp) / hw.max(1) as f64).unwrap_or_else(T::nan);
+            let dot = xp
+                .iter()
+                .zip(yp)
+                .fold(0f64, |acc, (&a, &b)| acc + <T as candle_core::WithDType>::to_f64(a * b));
+            (mean, T::from(dot).unwrap_or_else(T::nan))
+        })
+        .collect();
+    let mut out: Vec<T> = stats.iter().map(|s| s.0).collect();
+    out.extend(stats.iter().map(|s| s.1));
+    Ok((out, Shape::from((2, n, c))))
+}
+
+fn nchw(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        d => candle_core::bail!("{op}: input must be [N, C, H, W], got {d:?}"),
+    }
+}
+
+impl candle_core::CustomOp2 for PlaneStats {
+    fn name(&self) -> &'static str {
+        "fairnas-plane-stats"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        crate::layout::dispatch_f32_f64(
+            "plane stats",
+            &[s1.dtype(), s2.dtype()],
+            || plane_stats_typed::<f32>((s1, l1), (s2, l2)),
+            || plane_stats_typed::<f64>((s1, l1), (s2, l2)),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw) = nchw(l1, "plane stats")?;
+        if l2.dims() != l1.dims() {
+            candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", l1.dims(), l2.dims());
+        }
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "plane stats")?;
+        let y = crate::cuda::f32_view(s2, l2, "plane stats")?;
+        let (mean, dot) = crate::cuda::plane_reduce(dev, &x, Some(&y), n * c, hw)?;
+        let dot = dot.ok_or_else(|| candle_core::Error::msg("plane stats: no dot product returned"))?;
+        // SAFETY: both halves are written by the copies below.
+        let mut out = unsafe { dev.alloc::<f32>((2 * n * c).max(1))? };
+        if n * c > 0 {
+            dev.memcpy_dtod(&mean, &mut out.slice_mut(..n * c))?;
+            dev.memcpy_dtod(&dot, &mut out.slice_mut(n * c..))?;
+        }
+        Ok((crate::cuda::wrap(out, dev), Shape::from((2, n, c))))
+    }
+}
+
+/// `x * gate + bias` with `x` `[N, C, H, W]` and `gate`, `bias` `[N, C]` broadcast over each
+/// plane: the SE input gradient `dy * g + d_pool / HW` in one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalePlanes;
+
+fn check_plane_operands(x: &Layout, gate: &Layout, bias: &Layout) -> Result<(usize, usize, usize)> {
+    let (n, c, hw) = nchw(x, "scale planes")?;
+    for (what, l) in [("gate", gate), ("bias", bias)] {
+        if l.dims() != [n, c] {
+            candle_core::bail!("scale planes: {what} must be [{n}, {c}], got {:?}", l.dims());
+        }
+    }
+    Ok((n, c, hw))
+}
+
+fn scale_planes_typed<T: SeElement>(
+    (xs, xl): (&CpuStorage, &Layout),
+    (gs, gl): (&CpuStorage, &Layout),
+    (bs, bl): (&CpuStorage, &Layout),
+) -> Result<(Vec<T>, Shape)> {
+    let (n, c, hw) = check_plane_operands(xl, gl, bl)?;
+    let x = contiguous_slice::<T>(xs, xl)?;
+    let gate = contiguous_slice::<T>(gs, gl)?;
+    let bias = contiguous_slice::<T>(bs, bl)?;
+    let out = par_filled_chunks(n * c * hw, hw, |plane, dst| {
+        let (g, b) = (gate[plane], bias[plane]);
+        for (d, &v) in dst.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+            *d = v * g + b;
+        }
+    });
+    Ok((out, xl.shape().clone()))
+}
+
+impl CustomOp3 for ScalePlanes {
+    fn name(&self) -> &'static str {
+        "fairnas-scale-planes"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1.dtype(), s2.dtype(), s3.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => {
+                scale_planes_typed::<f32>((s1, l1), (s2, l2), (s3, l3)).map(|(v, s)| (CpuStorage::F32(v), s))
+            }
+            (DType::F64, DType::F64, DType::F64) => {
+                scale_planes_typed::<f64>((s1, l1), (s2, l2), (s3, l3)).map(|(v, s)| (CpuStorage::F64(v), s))
+            }
+            (a, b, c) => {
+                candle_core::bail!("scale planes supports f32 or f64 throughout, got {a:?}, {b:?}, {c:?}")
+            }
+        };
+        out
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw) = check_plane_operands(l1, l2, l3)?;
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "scale planes")?;
+        let gate = crate::cuda::f32_view(s2, l2, "scale planes")?;
+        let bias = crate::cuda::f32_view(s3, l3, "scale planes")?;
+        let out = crate::cuda::scale_planes(dev, &x, &gate, Some(&bias), n * c * hw, hw)?;
+        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
     }
 }
 
@@ -199,7 +394,7 @@ pub fn squeeze_excite_packed(
     expand: &Tensor,
     inner: Activation,
 ) -> Result<Tensor> {
-    x.apply_op3(reduce, expand, SqueezeExcite { inner })
+    on_device(x)?.apply_op3(&on_device(reduce)?, &on_device(expand)?, SqueezeExcite { inner })
 }
 
 /// Squeeze-excite of `x` `[N, C, H, W]` with PyTorch-layout 1x1 conv weights
@@ -255,6 +450,28 @@ mod tests {
             let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff <= 1e-5 * scale, "{inner}: {diff} vs scale {scale}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn plane_stats_and_scale_planes_match_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1., (3, 5, 7, 9), &dev)?;
+        let y = Tensor::randn(0f64, 1., (3, 5, 7, 9), &dev)?;
+        let stats = x.apply_op2_no_bwd(&y, &PlaneStats)?;
+        let mean = x.mean((2, 3))?;
+        let dot = (&x * &y)?.sum((2, 3))?;
+        let close = |a: &Tensor, b: &Tensor| -> Result<f64> { (a - b)?.abs()?.max_all()?.to_scalar::<f64>() };
+        assert!(close(&stats.get(0)?, &mean)? < 1e-12);
+        assert!(close(&stats.get(1)?, &dot)? < 1e-12);
+        let gate = Tensor::randn(0f64, 1., (3, 5), &dev)?;
+        let bias = Tensor::randn(0f64, 1., (3, 5), &dev)?;
+        let got = x.apply_op3_no_bwd(&gate, &bias, &ScalePlanes)?;
+        let want =
+            x.broadcast_mul(&gate.reshape((3, 5, 1, 1))?)?.broadcast_add(&bias.reshape((3, 5, 1, 1))?)?;
+        assert!(close(&got, &want)? < 1e-12);
+        let err = x.apply_op3_no_bwd(&gate.t()?, &bias, &ScalePlanes).unwrap_err().to_string();
+        assert!(err.contains("gate must be [3, 5]"), "{err}");
         Ok(())
     }
 

@@ -1,0 +1,317 @@
+// CUDA versions of fairnas-ops' kernels (f32). Each kernel is the `cuda_fwd` of the custom op
+// whose `cpu_fwd` is the reference; see `cuda.rs` for the launch side and why each is shaped so.
+//
+// Layouts are NCHW, contiguous. Activation codes match `Activation::cuda_code`:
+// 0 identity, 1 relu, 2 relu6, 3 swish, 4 sigmoid.
+
+#define FAIRNAS_CUDA_KERNELS_VERSION 1
+
+// Fills a buffer with one value (the GPU check poisons outputs with NaN before each run, so an
+// element a kernel fails to write cannot pass for a result).
+extern "C" __global__ void fill_f32(float* __restrict__ y, long long total, float value) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x)
+        y[i] = value;
+}
+
+__device__ __forceinline__ float activate(float x, int act) {
+    switch (act) {
+        case 1: return x != x ? x : fmaxf(x, 0.f);
+        case 2: return x != x ? x : fminf(fmaxf(x, 0.f), 6.f);
+        case 3: return x / (1.f + expf(-x));
+        case 4: return 1.f / (1.f + expf(-x));
+        default: return x;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise forward.
+//
+// Tiled: a block computes a TILE_H x TILE_W patch of one (n, c) plane. The input patch it needs
+// (with the halo) is staged once in shared memory, so each input element is read from global
+// memory about once (plus the halo) instead of k*k times; the k*k filter taps live in registers.
+// Optional epilogue: y = act(acc * scale[c] + shift[c]) (eval-mode BN folded into an affine).
+// ---------------------------------------------------------------------------------------------
+
+#define TILE_W 32
+#define TILE_H 16
+#define BLOCK_Y 8
+
+template <int K, int S>
+__device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
+                                 const float* __restrict__ scale, const float* __restrict__ shift,
+                                 float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
+                                 int pad_top, int pad_left, int act, int tiles_x, int tiles_y) {
+    constexpr int IN_W = (TILE_W - 1) * S + K;
+    constexpr int IN_H = (TILE_H - 1) * S + K;
+    __shared__ float patch[IN_H][IN_W + 1];
+    const long long tile = blockIdx.x;
+    const int tiles = tiles_x * tiles_y;
+    const long long plane = tile / tiles;
+    const int t = (int)(tile % tiles);
+    const int oy0 = (t / tiles_x) * TILE_H, ox0 = (t % tiles_x) * TILE_W;
+    const int c = (int)(plane % channels);
+    const float* src = x + plane * (long long)h * wd;
+    const int iy0 = oy0 * S - pad_top, ix0 = ox0 * S - pad_left;
+    const int tid = threadIdx.y * TILE_W + threadIdx.x;
+    for (int i = tid; i < IN_H * IN_W; i += TILE_W * BLOCK_Y) {
+        const int py = i / IN_W, px = i % IN_W;
+        const int iy = iy0 + py, ix = ix0 + px;
+        patch[py][px] = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? __ldg(src + iy * wd + ix) : 0.f;
+    }
+    float taps[K * K];
+#pragma unroll
+    for (int i = 0; i < K * K; ++i) taps[i] = __ldg(w + c * K * K + i);
+    __syncthreads();
+    const float sc = scale ? __ldg(scale + c) : 1.f;
+    const float sh = shift ? __ldg(shift + c) : 0.f;
+    const bool affine = scale != nullptr;
+    float* dst = y + plane * (long long)ho * wo;
+    const int ox = ox0 + threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < TILE_H / BLOCK_Y; ++r) {
+        const int ly = threadIdx.y + r * BLOCK_Y;
+        const int oy = oy0 + ly;
+        if (oy < ho && ox < wo) {
+            float acc = 0.f;
+#pragma unroll
+            for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+                for (int kx = 0; kx < K; ++kx)
+                    acc += taps[ky * K + kx] * patch[ly * S + ky][threadIdx.x * S + kx];
+            if (affine) acc = acc * sc + sh;
+            dst[oy * wo + ox] = activate(acc, act);
+        }
+    }
+}
+
+#define DW_TILED(K, S)                                                                               \
+    extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
+    dw_forward_tiled_k##K##_s##S(const float* x, const float* w, const float* scale,                \
+                                 const float* shift, float* y, int channels, int h, int wd, int ho, \
+                                 int wo, int pad_top, int pad_left, int act, int tiles_x,           \
+                                 int tiles_y) {                                                     \
+        dw_forward_tiled<K, S>(x, w, scale, shift, y, channels, h, wd, ho, wo, pad_top, pad_left,   \
+                               act, tiles_x, tiles_y);                                              \
+    }
+DW_TILED(3, 1)
+DW_TILED(3, 2)
+DW_TILED(5, 1)
+DW_TILED(5, 2)
+DW_TILED(7, 1)
+DW_TILED(7, 2)
+
+// One thread per output element: for small planes (7x7, 14x14) where a 32x16 tile would leave
+// most threads idle, and for any kernel size or stride the tiled variants do not cover.
+extern "C" __global__ void dw_forward_direct(const float* __restrict__ x, const float* __restrict__ w,
+                                             const float* __restrict__ scale,
+                                             const float* __restrict__ shift, float* __restrict__ y,
+                                             long long total, int channels, int h, int wd, int ho,
+                                             int wo, int k, int stride, int pad_top, int pad_left,
+                                             int act) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int ox = (int)(i % wo);
+        const int oy = (int)((i / wo) % ho);
+        const long long plane = i / ((long long)wo * ho);
+        const int c = (int)(plane % channels);
+        const float* src = x + plane * (long long)h * wd;
+        const float* f = w + (long long)c * k * k;
+        float acc = 0.f;
+        for (int ky = 0; ky < k; ++ky) {
+            const int iy = oy * stride + ky - pad_top;
+            if (iy < 0 || iy >= h) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                const int ix = ox * stride + kx - pad_left;
+                if (ix < 0 || ix >= wd) continue;
+                acc += __ldg(f + ky * k + kx) * __ldg(src + iy * wd + ix);
+            }
+        }
+        if (scale) acc = acc * __ldg(scale + c) + __ldg(shift + c);
+        y[i] = activate(acc, act);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise backward.
+// ---------------------------------------------------------------------------------------------
+
+// Input gradient as a gather (no atomics, deterministic): input (iy, ix) receives
+// g[oy, ox] * w[ky, kx] for every tap with oy * s + ky - pad_top == iy (and likewise for x).
+extern "C" __global__ void dw_input_grad(const float* __restrict__ g, const float* __restrict__ w,
+                                         float* __restrict__ dx, long long total, int channels,
+                                         int h, int wd, int ho, int wo, int k, int stride,
+                                         int pad_top, int pad_left) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int ix = (int)(i % wd);
+        const int iy = (int)((i / wd) % h);
+        const long long plane = i / ((long long)wd * h);
+        const int c = (int)(plane % channels);
+        const float* gp = g + plane * (long long)ho * wo;
+        const float* f = w + (long long)c * k * k;
+        float acc = 0.f;
+        for (int ky = 0; ky < k; ++ky) {
+            const int ty = iy + pad_top - ky;
+            if (ty < 0 || ty % stride) continue;
+            const int oy = ty / stride;
+            if (oy >= ho) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                const int tx = ix + pad_left - kx;
+                if (tx < 0 || tx % stride) continue;
+                const int ox = tx / stride;
+                if (ox >= wo) continue;
+                acc += __ldg(f + ky * k + kx) * __ldg(gp + oy * wo + ox);
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+// Weight gradient, stage 1: block (c, chunk) sums x-window * g over the samples of its chunk for
+// all k*k taps at once (each thread keeps k*k partial sums), then reduces across the block in a
+// fixed order. Several chunks per channel keep the GPU busy when channels are few (32 in the
+// early layers). Stage 2 sums the chunks in order, so the result is deterministic.
+#define WG_THREADS 256
+template <int K>
+__device__ void dw_weight_grad_partial(const float* __restrict__ x, const float* __restrict__ g,
+                                       float* __restrict__ partial, int batch, int channels, int h,
+                                       int wd, int ho, int wo, int stride, int pad_top,
+                                       int pad_left, int chunks) {
+    const int c = blockIdx.x % channels;
+    const int chunk = blockIdx.x / channels;
+    const int per = (batch + chunks - 1) / chunks;
+    const int n0 = chunk * per, n1 = min(batch, n0 + per);
+    float acc[K * K];
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) acc[t] = 0.f;
+    const long long positions = (long long)ho * wo;
+    for (int n = n0; n < n1; ++n) {
+        const long long plane = (long long)n * channels + c;
+        const float* xp = x + plane * h * wd;
+        const float* gp = g + plane * positions;
+        for (long long p = threadIdx.x; p < positions; p += WG_THREADS) {
+            const int oy = (int)(p / wo), ox = (int)(p % wo);
+            const float gv = __ldg(gp + p);
+#pragma unroll
+            for (int ky = 0; ky < K; ++ky) {
+                const int iy = oy * stride + ky - pad_top;
+                const bool row_ok = iy >= 0 && iy < h;
+#pragma unroll
+                for (int kx = 0; kx < K; ++kx) {
+                    const int ix = ox * stride + kx - pad_left;
+                    if (row_ok && ix >= 0 && ix < wd) acc[ky * K + kx] += gv * __ldg(xp + iy * wd + ix);
+                }
+            }
+        }
+    }
+    __shared__ float red[WG_THREADS];
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) {
+        red[threadIdx.x] = acc[t];
+        __syncthreads();
+        for (int s = WG_THREADS / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) partial[((long long)chunk * channels + c) * K * K + t] = red[0];
+        __syncthreads();
+    }
+}
+
+#define DW_WGRAD(K)                                                                                \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS) dw_weight_grad_partial_k##K(          \
+        const float* x, const float* g, float* partial, int batch, int channels, int h, int wd,   \
+        int ho, int wo, int stride, int pad_top, int pad_left, int chunks) {                      \
+        dw_weight_grad_partial<K>(x, g, partial, batch, channels, h, wd, ho, wo, stride, pad_top, \
+                                  pad_left, chunks);                                              \
+    }
+DW_WGRAD(3)
+DW_WGRAD(5)
+DW_WGRAD(7)
+
+extern "C" __global__ void sum_chunks(const float* __restrict__ partial, float* __restrict__ out,
+                                      int len, int chunks) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float acc = 0.f;
+    for (int ch = 0; ch < chunks; ++ch) acc += partial[(long long)ch * len + i];
+    out[i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Squeeze-excite forward: pool -> FCs -> scale (three launches, [N, C] temporaries only).
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// One warp per (n, c) plane: mean of x (and, with `other`, the sum of x * other: the gate
+// gradient of the backward pass). Lanes stride the plane, so loads are coalesced.
+extern "C" __global__ void plane_reduce(const float* __restrict__ x, const float* __restrict__ other,
+                                        float* __restrict__ mean, float* __restrict__ dot,
+                                        long long planes, int hw) {
+    const long long plane = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (plane >= planes) return;
+    const float* p = x + plane * hw;
+    float s = 0.f, d = 0.f;
+    if (other) {
+        const float* q = other + plane * hw;
+        for (int i = lane; i < hw; i += 32) {
+            const float v = __ldg(p + i);
+            s += v;
+            d += v * __ldg(q + i);
+        }
+    } else {
+        for (int i = lane; i < hw; i += 32) s += __ldg(p + i);
+    }
+    s = warp_sum(s);
+    if (other) d = warp_sum(d);
+    if (lane == 0) {
+        mean[plane] = s / (float)hw;
+        if (other) dot[plane] = d;
+    }
+}
+
+// One block per sample: hidden = act(W1 pooled + b1), gate = sigmoid(W2 hidden + b2), with the
+// packed operands `reduce [R, C + 1]`, `expand [C, R + 1]`. Dynamic shared memory: C + R floats.
+extern "C" __global__ void se_gates(const float* __restrict__ pooled, const float* __restrict__ reduce,
+                                    const float* __restrict__ expand, float* __restrict__ gates,
+                                    int c, int r, int act) {
+    extern __shared__ float smem[];
+    float* p = smem;
+    float* hidden = smem + c;
+    const long long n = blockIdx.x;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) p[i] = pooled[n * c + i];
+    __syncthreads();
+    for (int j = threadIdx.x; j < r; j += blockDim.x) {
+        const float* row = reduce + (long long)j * (c + 1);
+        float z = 0.f;
+        for (int i = 0; i < c; ++i) z += row[i] * p[i];
+        hidden[j] = activate(z + row[c], act);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        const float* row = expand + (long long)i * (r + 1);
+        float z = 0.f;
+        for (int j = 0; j < r; ++j) z += row[j] * hidden[j];
+        gates[n * c + i] = activate(z + row[r], 4);
+    }
+}
+
+// y = x * gate[plane] (+ bias[plane] when given: the SE input gradient dy * gate + d_pool / HW).
+extern "C" __global__ void scale_planes(const float* __restrict__ x, const float* __restrict__ gate,
+                                        const float* __restrict__ bias, float* __restrict__ y,
+                                        long long total, int hw) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long plane = i / hw;
+        float v = __ldg(x + i) * __ldg(gate + plane);
+        if (bias) v += __ldg(bias + plane);
+        y[i] = v;
+    }
+}

@@ -75,6 +75,9 @@ struct Check {
     limit_rel_l2: f64,
     limit_max_rel: f64,
     pass: bool,
+    /// Set when the op failed to run at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,7 +187,16 @@ fn compare(name: String, got: &Tensor, reference: &Tensor, limits: (f64, f64)) -
     let rel_l2 = (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt();
     let max_rel = max_diff / max_ref.max(f64::MIN_POSITIVE);
     let pass = nan == 0 && rel_l2 <= limits.0 && max_rel <= limits.1 && rel_l2.is_finite();
-    Ok(Check { name, rel_l2, max_rel, nan, limit_rel_l2: limits.0, limit_max_rel: limits.1, pass })
+    Ok(Check {
+        name,
+        rel_l2,
+        max_rel,
+        nan,
+        limit_rel_l2: limits.0,
+        limit_max_rel: limits.1,
+        pass,
+        error: None,
+    })
 }
 
 const OP_LIMITS: (f64, f64) = (OP_REL_L2_LIMIT, OP_MAX_REL_LIMIT);
@@ -202,9 +214,21 @@ where
         .iter()
         .map(|t| t.to_dtype(DType::F32)?.to_device(device))
         .collect::<candle_core::Result<_>>()?;
-    let got = op(&on_device).with_context(|| format!("{name} on {device:?}"))?;
     let reference = op(inputs).with_context(|| format!("{name} on the CPU in f64"))?;
-    let check = compare(name, &got, &reference, OP_LIMITS)?;
+    // A failure on the device is a failed check (named, with its error), and the rest still run.
+    let check = match op(&on_device) {
+        Ok(got) => compare(name, &got, &reference, OP_LIMITS)?,
+        Err(e) => Check {
+            name,
+            rel_l2: f64::NAN,
+            max_rel: f64::NAN,
+            nan: 0,
+            limit_rel_l2: OP_LIMITS.0,
+            limit_max_rel: OP_LIMITS.1,
+            pass: false,
+            error: Some(e.to_string().lines().next().unwrap_or_default().to_string()),
+        },
+    };
     report_check(&check);
     checks.push(check);
     Ok(())
@@ -212,6 +236,10 @@ where
 
 fn report_check(c: &Check) {
     let verdict = if c.pass { "ok" } else { "FAIL" };
+    if let Some(e) = &c.error {
+        eprintln!("  FAIL {:58} error: {e}", c.name);
+        return;
+    }
     eprintln!(
         "  {verdict:4} {:58} rel L2 {:.2e}  max rel {:.2e}  unwritten {}",
         c.name, c.rel_l2, c.max_rel, c.nan
@@ -274,8 +302,13 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
     // Small planes (the direct kernel) as FairNAS's last stages have them.
     let x = randn(&[4, 64, 7, 7])?;
     let wt = randn(&[64, 1, 5, 5])?;
-    check_op(&mut checks, "depthwise fwd k5 s1 sym 4x64x7x7".into(), device, &[x, wt], |t| {
+    check_op(&mut checks, "depthwise fwd k5 s1 sym 4x64x7x7".into(), device, &[x, wt.clone()], |t| {
         t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: 1, padding: Padding2d::symmetric(5) })
+    })?;
+    let g = randn(&[4, 64, 7, 7])?;
+    let small_grad = DepthwiseInputGrad { stride: 1, padding: Padding2d::symmetric(5), height: 7, width: 7 };
+    check_op(&mut checks, "depthwise d/dx k5 s1 sym 4x64x7x7".into(), device, &[g, wt], |t| {
+        t[0].apply_op2_no_bwd(&t[1], &small_grad)
     })?;
     for (inner, (n, c, h, w, r)) in
         [(Activation::Swish, (4, 96, 28, 28, 24)), (Activation::Relu, (3, 40, 7, 7, 10))]

@@ -24,7 +24,8 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use fairnas_ops::{
-    depthwise_affine_act, depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation, Padding2d,
+    channel_affine_act, depthwise_affine_act, depthwise_conv2d, pack_fc, squeeze_excite_packed, Activation,
+    Padding2d,
 };
 
 use crate::spec::{ArchSpec, BlockKind, Padding};
@@ -156,7 +157,8 @@ impl ConvBnAct {
             let padding = padding_for(self.padding, h, w, kernel, stride);
             return depthwise_affine_act(x, &self.weight, &self.bn.affine, stride, padding, self.activation);
         }
-        self.activation.forward(&self.bn.forward_eval(&self.conv(x)?)?)
+        // BN's eval affine and the activation in one pass over the convolution's output.
+        channel_affine_act(&self.conv(x)?, &self.bn.affine.get(0)?, &self.bn.affine.get(1)?, self.activation)
     }
 }
 

@@ -436,6 +436,28 @@ impl CustomOp3 for ChannelAffineAct {
             || typed::<f64>(self.activation, (s1, l1), (s2, l2), (s3, l3)),
         )
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (n, c, hw) = dims_nchw("channel affine", l1)?;
+        check_rows("channel affine scale", l2, 1, c)?;
+        check_rows("channel affine shift", l3, 1, c)?;
+        let dev = s1.device();
+        let x = crate::cuda::f32_view(s1, l1, "channel affine")?;
+        let scale = crate::cuda::f32_view(s2, l2, "channel affine")?;
+        let shift = crate::cuda::f32_view(s3, l3, "channel affine")?;
+        let out = crate::cuda::channel_affine_act(dev, &x, &scale, &shift, (n, c, hw), self.activation)?;
+        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
+    }
 }
 
 /// Training-mode `act(batch_norm(x))` with batch statistics, differentiable in `x`, `weight`
@@ -483,5 +505,6 @@ pub fn channel_affine_act(
     shift: &Tensor,
     activation: Activation,
 ) -> Result<Tensor> {
-    x.apply_op3_no_bwd(scale, shift, &ChannelAffineAct { activation })
+    use crate::depthwise::on_device;
+    on_device(x)?.apply_op3_no_bwd(&on_device(scale)?, &on_device(shift)?, &ChannelAffineAct { activation })
 }

@@ -116,6 +116,28 @@ pub fn depthwise_forward_variant(kernel: usize, stride: usize, out_width: usize)
     }
 }
 
+/// Output rows per thread of the tiled kernels (a tile is 8x that tall): tall tiles amortise the
+/// halo and keep more loads in flight; short planes take short tiles so few threads idle.
+fn rows_per_thread(out_height: usize) -> usize {
+    match out_height {
+        48.. => 8,
+        24.. => 4,
+        _ => 2,
+    }
+}
+
+/// (tiles across, tiles down, launch) of a tiled kernel over `planes` planes of `h` x `w` outputs.
+fn tiled_launch(planes: usize, h: usize, w: usize, rows: usize) -> Result<(i32, i32, LaunchConfig)> {
+    let (tiles_x, tiles_y) = (int(w.div_ceil(32), "tiles")?, int(h.div_ceil(8 * rows), "tiles")?);
+    let blocks = planes * (tiles_x * tiles_y) as usize;
+    let blocks = u32::try_from(blocks).map_err(|_| candle_core::Error::msg("depthwise: too many tiles"))?;
+    Ok((
+        tiles_x,
+        tiles_y,
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 },
+    ))
+}
+
 /// `act(conv * scale[c] + shift[c])`, or the bare convolution when `affine` is `None`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_forward(
@@ -138,14 +160,10 @@ pub(crate) fn depthwise_forward(
     let (pt, pl, act) = (int(s.padding.top, "padding")?, int(s.padding.left, "padding")?, code(activation));
     let tiled = !force_direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled";
     if tiled {
-        let name = format!("dw_forward_tiled_k{}_s{}", s.kernel, s.stride);
+        let rows = rows_per_thread(s.out_height);
+        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}", s.kernel, s.stride);
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-        let (tiles_x, tiles_y) =
-            (int(s.out_width.div_ceil(32), "tiles")?, int(s.out_height.div_ceil(16), "tiles")?);
-        let blocks = s.batch * s.channels * (tiles_x * tiles_y) as usize;
-        let blocks =
-            u32::try_from(blocks).map_err(|_| candle_core::Error::msg("depthwise: too many tiles"))?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        let (tiles_x, tiles_y, cfg) = tiled_launch(s.batch * s.channels, s.out_height, s.out_width, rows)?;
         let mut b = func.builder();
         b.arg(x).arg(weight);
         match affine {
@@ -173,7 +191,9 @@ pub(crate) fn depthwise_forward(
     Ok(out)
 }
 
-/// d(loss)/d(input) of the depthwise convolution (a gather, one thread per input element).
+/// d(loss)/d(input) of the depthwise convolution. Stride 1: the tiled forward kernel on the
+/// output gradient with the flipped filter and padding `k - 1 - p`. Otherwise a gather, one
+/// thread per input element.
 pub(crate) fn depthwise_input_grad(
     dev: &CudaDevice,
     grad_out: &CudaView<f32>,
@@ -184,6 +204,32 @@ pub(crate) fn depthwise_input_grad(
     // SAFETY: the kernel writes every input-gradient element once.
     let out = unsafe { output(dev, total)? };
     if total == 0 {
+        return Ok(out);
+    }
+    let flip_pads = (s.kernel.checked_sub(1 + s.padding.top), s.kernel.checked_sub(1 + s.padding.left));
+    if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) = (s.stride, s.kernel, s.width >= 16, flip_pads) {
+        let rows = rows_per_thread(s.height);
+        let func =
+            dev.get_or_load_custom_func(&format!("dw_input_grad_tiled_k{}_r{rows}", s.kernel), MODULE, PTX)?;
+        let (tiles_x, tiles_y, cfg) = tiled_launch(s.batch * s.channels, s.height, s.width, rows)?;
+        let args = [
+            int(s.channels, "channels")?,
+            int(s.out_height, "output height")?,
+            int(s.out_width, "output width")?,
+            int(s.height, "height")?,
+            int(s.width, "width")?,
+            int(pt, "padding")?,
+            int(pl, "padding")?,
+            tiles_x,
+            tiles_y,
+        ];
+        let mut b = func.builder();
+        b.arg(grad_out).arg(weight).arg(&out);
+        for a in &args {
+            b.arg(a);
+        }
+        // SAFETY: argument list matches `dw_input_grad_tiled_k*_r*`.
+        unsafe { b.launch(cfg) }.w()?;
         return Ok(out);
     }
     let func = dev.get_or_load_custom_func("dw_input_grad", MODULE, PTX)?;
@@ -361,6 +407,31 @@ pub(crate) fn scale_planes(
     };
     b.arg(&out).arg(&total_i).arg(&hw_i);
     // SAFETY: argument list matches `scale_planes`.
+    unsafe { b.launch(grid_for(total)) }.w()?;
+    Ok(out)
+}
+
+/// `act(x * scale[c] + shift[c])` over `[N, C, HW]`.
+pub(crate) fn channel_affine_act(
+    dev: &CudaDevice,
+    x: &CudaView<f32>,
+    scale: &CudaView<f32>,
+    shift: &CudaView<f32>,
+    (n, c, hw): (usize, usize, usize),
+    activation: Activation,
+) -> Result<CudaSlice<f32>> {
+    let total = n * c * hw;
+    // SAFETY: the kernel writes every element once.
+    let out = unsafe { output(dev, total)? };
+    if total == 0 {
+        return Ok(out);
+    }
+    let func = dev.get_or_load_custom_func("channel_affine_act", MODULE, PTX)?;
+    let (total_i, c_i, hw_i, act) =
+        (total as i64, int(c, "channels")?, int(hw, "plane size")?, code(activation));
+    let mut b = func.builder();
+    b.arg(x).arg(scale).arg(shift).arg(&out).arg(&total_i).arg(&c_i).arg(&hw_i).arg(&act);
+    // SAFETY: argument list matches `channel_affine_act`.
     unsafe { b.launch(grid_for(total)) }.w()?;
     Ok(out)
 }

@@ -188,8 +188,9 @@ impl CustomOp3 for SqueezeExcite {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, c, h, w) = x.dims4()?;
         let r = reduce.dim(0)?;
-        let (w1, b1) = (reduce.narrow(1, 0, c)?, reduce.narrow(1, c, 1)?.squeeze(1)?);
-        let (w2, b2) = (expand.narrow(1, 0, r)?, expand.narrow(1, r, 1)?.squeeze(1)?);
+        // Contiguous copies of the tiny weight blocks: cuBLAS takes no row stride but the width.
+        let (w1, b1) = (reduce.narrow(1, 0, c)?.contiguous()?, reduce.narrow(1, c, 1)?.squeeze(1)?);
+        let (w2, b2) = (expand.narrow(1, 0, r)?.contiguous()?, expand.narrow(1, r, 1)?.squeeze(1)?);
         let grad = on_device(grad)?;
         let stats = x.apply_op2_no_bwd(&grad, &PlaneStats)?; // [2, N, C]
         let (pooled, d_gate) = (stats.get(0)?, stats.get(1)?);

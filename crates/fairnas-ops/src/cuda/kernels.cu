@@ -27,23 +27,29 @@ __device__ __forceinline__ float activate(float x, int act) {
 // ---------------------------------------------------------------------------------------------
 // Depthwise forward.
 //
-// Tiled: a block computes a TILE_H x TILE_W patch of one (n, c) plane. The input patch it needs
-// (with the halo) is staged once in shared memory, so each input element is read from global
-// memory about once (plus the halo) instead of k*k times; the k*k filter taps live in registers.
+// Tiled: a block of 32 x 8 threads computes a (8 R) x 32 patch of one (n, c) plane; thread
+// (tx, ty) owns the R vertically adjacent outputs of column tx starting at row ty * R. The input
+// patch the block needs (with the halo) is staged once in shared memory, so each input element
+// leaves global memory about once; the k*k taps live in registers. Each thread walks the input
+// rows of its strip once and adds every row into all outputs it touches (a sliding window), so
+// shared memory is read (R - 1) * S + K times per K-wide window instead of R * K times.
 // Optional epilogue: y = act(acc * scale[c] + shift[c]) (eval-mode BN folded into an affine).
+// FLIP reverses the taps: with stride 1, the input gradient is this convolution of the output
+// gradient with the flipped filter and padding k - 1 - p.
 // ---------------------------------------------------------------------------------------------
 
 #define TILE_W 32
-#define TILE_H 16
 #define BLOCK_Y 8
 
-template <int K, int S>
+template <int K, int S, int R, bool FLIP>
 __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ scale, const float* __restrict__ shift,
                                  float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
                                  int pad_top, int pad_left, int act, int tiles_x, int tiles_y) {
+    constexpr int TILE_H = R * BLOCK_Y;
     constexpr int IN_W = (TILE_W - 1) * S + K;
     constexpr int IN_H = (TILE_H - 1) * S + K;
+    constexpr int STRIP = (R - 1) * S + K;  // input rows one thread's strip reads
     __shared__ float patch[IN_H][IN_W + 1];
     const long long tile = blockIdx.x;
     const int tiles = tiles_x * tiles_y;
@@ -53,53 +59,100 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     const int c = (int)(plane % channels);
     const float* src = x + plane * (long long)h * wd;
     const int iy0 = oy0 * S - pad_top, ix0 = ox0 * S - pad_left;
-    const int tid = threadIdx.y * TILE_W + threadIdx.x;
-    for (int i = tid; i < IN_H * IN_W; i += TILE_W * BLOCK_Y) {
-        const int py = i / IN_W, px = i % IN_W;
-        const int iy = iy0 + py, ix = ix0 + px;
-        patch[py][px] = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? __ldg(src + iy * wd + ix) : 0.f;
+    // Compile-time trip counts, fully unrolled: every load of the patch is issued before the
+    // first shared-memory store waits on one (a loop that stores each value as it arrives keeps
+    // one load in flight per thread and reached only 30% of the copy bandwidth).
+    constexpr int LOAD_ROWS = (IN_H + BLOCK_Y - 1) / BLOCK_Y;
+    constexpr int LOAD_COLS = (IN_W + TILE_W - 1) / TILE_W;
+    float staged[LOAD_ROWS][LOAD_COLS];
+#pragma unroll
+    for (int i = 0; i < LOAD_ROWS; ++i) {
+        const int py = threadIdx.y + i * BLOCK_Y;
+        const int iy = iy0 + py;
+        const bool row_ok = py < IN_H && iy >= 0 && iy < h;
+#pragma unroll
+        for (int j = 0; j < LOAD_COLS; ++j) {
+            const int px = threadIdx.x + j * TILE_W;
+            const int ix = ix0 + px;
+            staged[i][j] = (row_ok && px < IN_W && ix >= 0 && ix < wd) ? __ldg(src + (long long)iy * wd + ix) : 0.f;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < LOAD_ROWS; ++i) {
+        const int py = threadIdx.y + i * BLOCK_Y;
+#pragma unroll
+        for (int j = 0; j < LOAD_COLS; ++j) {
+            const int px = threadIdx.x + j * TILE_W;
+            if (py < IN_H && px < IN_W) patch[py][px] = staged[i][j];
+        }
     }
     float taps[K * K];
 #pragma unroll
-    for (int i = 0; i < K * K; ++i) taps[i] = __ldg(w + c * K * K + i);
+    for (int i = 0; i < K * K; ++i) taps[i] = __ldg(w + c * K * K + (FLIP ? K * K - 1 - i : i));
     __syncthreads();
-    const float sc = scale ? __ldg(scale + c) : 1.f;
-    const float sh = shift ? __ldg(shift + c) : 0.f;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    const int ly0 = threadIdx.y * R;
+#pragma unroll
+    for (int j = 0; j < STRIP; ++j) {
+        float v[K];
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) v[kx] = patch[ly0 * S + j][threadIdx.x * S + kx];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int ky = j - r * S;  // compile-time after unrolling
+            if (ky >= 0 && ky < K) {
+#pragma unroll
+                for (int kx = 0; kx < K; ++kx) acc[r] += taps[ky * K + kx] * v[kx];
+            }
+        }
+    }
     const bool affine = scale != nullptr;
+    const float sc = affine ? __ldg(scale + c) : 1.f;
+    const float sh = affine ? __ldg(shift + c) : 0.f;
     float* dst = y + plane * (long long)ho * wo;
     const int ox = ox0 + threadIdx.x;
+    if (ox < wo) {
 #pragma unroll
-    for (int r = 0; r < TILE_H / BLOCK_Y; ++r) {
-        const int ly = threadIdx.y + r * BLOCK_Y;
-        const int oy = oy0 + ly;
-        if (oy < ho && ox < wo) {
-            float acc = 0.f;
-#pragma unroll
-            for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-                for (int kx = 0; kx < K; ++kx)
-                    acc += taps[ky * K + kx] * patch[ly * S + ky][threadIdx.x * S + kx];
-            if (affine) acc = acc * sc + sh;
-            dst[oy * wo + ox] = activate(acc, act);
+        for (int r = 0; r < R; ++r) {
+            const int oy = oy0 + ly0 + r;
+            if (oy < ho) {
+                float v = acc[r];
+                if (affine) v = v * sc + sh;
+                dst[(long long)oy * wo + ox] = activate(v, act);
+            }
         }
     }
 }
 
-#define DW_TILED(K, S)                                                                               \
+#define DW_TILED(K, S, R)                                                                            \
     extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
-    dw_forward_tiled_k##K##_s##S(const float* x, const float* w, const float* scale,                \
-                                 const float* shift, float* y, int channels, int h, int wd, int ho, \
-                                 int wo, int pad_top, int pad_left, int act, int tiles_x,           \
-                                 int tiles_y) {                                                     \
-        dw_forward_tiled<K, S>(x, w, scale, shift, y, channels, h, wd, ho, wo, pad_top, pad_left,   \
-                               act, tiles_x, tiles_y);                                              \
+    dw_forward_tiled_k##K##_s##S##_r##R(const float* x, const float* w, const float* scale,         \
+                                        const float* shift, float* y, int channels, int h, int wd,  \
+                                        int ho, int wo, int pad_top, int pad_left, int act,         \
+                                        int tiles_x, int tiles_y) {                                 \
+        dw_forward_tiled<K, S, R, false>(x, w, scale, shift, y, channels, h, wd, ho, wo, pad_top,   \
+                                         pad_left, act, tiles_x, tiles_y);                          \
     }
-DW_TILED(3, 1)
-DW_TILED(3, 2)
-DW_TILED(5, 1)
-DW_TILED(5, 2)
-DW_TILED(7, 1)
-DW_TILED(7, 2)
+#define DW_TILED_FLIP(K, R)                                                                          \
+    extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
+    dw_input_grad_tiled_k##K##_r##R(const float* g, const float* w, float* dx, int channels,        \
+                                    int ho, int wo, int h, int wd, int pad_top, int pad_left,       \
+                                    int tiles_x, int tiles_y) {                                     \
+        dw_forward_tiled<K, 1, R, true>(g, w, nullptr, nullptr, dx, channels, ho, wo, h, wd,        \
+                                        pad_top, pad_left, 0, tiles_x, tiles_y);                    \
+    }
+#define DW_TILED_ALL_R(K, S) DW_TILED(K, S, 2) DW_TILED(K, S, 4) DW_TILED(K, S, 8)
+DW_TILED_ALL_R(3, 1)
+DW_TILED_ALL_R(3, 2)
+DW_TILED_ALL_R(5, 1)
+DW_TILED_ALL_R(5, 2)
+DW_TILED_ALL_R(7, 1)
+DW_TILED_ALL_R(7, 2)
+DW_TILED_FLIP(3, 2) DW_TILED_FLIP(3, 4) DW_TILED_FLIP(3, 8)
+DW_TILED_FLIP(5, 2) DW_TILED_FLIP(5, 4) DW_TILED_FLIP(5, 8)
+DW_TILED_FLIP(7, 2) DW_TILED_FLIP(7, 4) DW_TILED_FLIP(7, 8)
 
 // One thread per output element: for small planes (7x7, 14x14) where a 32x16 tile would leave
 // most threads idle, and for any kernel size or stride the tiled variants do not cover.
@@ -132,6 +185,18 @@ extern "C" __global__ void dw_forward_direct(const float* __restrict__ x, const 
     }
 }
 
+// Eval-mode BN + activation after a convolution that is not ours (pointwise GEMM, stem):
+// y = act(x * scale[c] + shift[c]), one pass.
+extern "C" __global__ void channel_affine_act(const float* __restrict__ x, const float* __restrict__ scale,
+                                              const float* __restrict__ shift, float* __restrict__ y,
+                                              long long total, int channels, int hw, int act) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((i / hw) % channels);
+        y[i] = activate(__ldg(x + i) * __ldg(scale + c) + __ldg(shift + c), act);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Depthwise backward.
 // ---------------------------------------------------------------------------------------------
@@ -151,14 +216,17 @@ extern "C" __global__ void dw_input_grad(const float* __restrict__ g, const floa
         const float* gp = g + plane * (long long)ho * wo;
         const float* f = w + (long long)c * k * k;
         float acc = 0.f;
-        for (int ky = 0; ky < k; ++ky) {
+        // Only taps with (i + pad - tap) divisible by the stride reach this input: start at the
+        // first such tap and step by the stride (no modulo in the loop).
+        const int ky0 = (iy + pad_top) % stride, kx0 = (ix + pad_left) % stride;
+        for (int ky = ky0; ky < k; ky += stride) {
             const int ty = iy + pad_top - ky;
-            if (ty < 0 || ty % stride) continue;
+            if (ty < 0) break;
             const int oy = ty / stride;
             if (oy >= ho) continue;
-            for (int kx = 0; kx < k; ++kx) {
+            for (int kx = kx0; kx < k; kx += stride) {
                 const int tx = ix + pad_left - kx;
-                if (tx < 0 || tx % stride) continue;
+                if (tx < 0) break;
                 const int ox = tx / stride;
                 if (ox >= wo) continue;
                 acc += __ldg(f + ky * k + kx) * __ldg(gp + oy * wo + ox);

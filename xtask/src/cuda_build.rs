@@ -58,6 +58,10 @@ pub struct CudaBuildArgs {
     /// Parallel nvcc jobs for candle's kernels.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Run clippy (-D warnings) on the cuda feature set instead of building the bundle (CI lints
+    /// the CPU feature set only).
+    #[arg(long)]
+    pub clippy: bool,
 }
 
 /// The toolkit paths every CUDA step needs.
@@ -121,6 +125,15 @@ pub fn install_toolkit(cache: &Path) -> Result<PathBuf> {
 fn declared_functions(cudarc: &Path, module: &str) -> Result<Vec<String>> {
     let path = cudarc.join("src").join(module).join("sys/mod.rs");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let names = extern_function_names(&text);
+    if names.is_empty() {
+        bail!("no functions found in {}: has cudarc's binding layout changed?", path.display());
+    }
+    Ok(names)
+}
+
+/// Names of the `fn name(` declarations in bindgen output (sorted, deduplicated).
+fn extern_function_names(text: &str) -> Vec<String> {
     let mut names: Vec<String> = text
         .lines()
         .filter_map(|line| {
@@ -132,10 +145,7 @@ fn declared_functions(cudarc: &Path, module: &str) -> Result<Vec<String>> {
         .collect();
     names.sort();
     names.dedup();
-    if names.is_empty() {
-        bail!("no functions found in {}: has cudarc's binding layout changed?", path.display());
-    }
-    Ok(names)
+    names
 }
 
 /// cudarc's source in cargo's registry, at the version Cargo.lock pins.
@@ -225,6 +235,25 @@ pub fn cuda_build(args: CudaBuildArgs) -> Result<()> {
     let start = Instant::now();
     let kit = toolkit(&args)?;
     let target_dir = absolute(&args.target_dir)?;
+    if args.clippy {
+        let mut clippy = Command::new("cargo");
+        clippy
+            .args([
+                "clippy",
+                "--release",
+                "-p",
+                "fairnas-cli",
+                "-p",
+                "fairnas-ops",
+                "--features",
+                "fairnas-cli/cuda",
+            ])
+            .args(["--all-targets", "--target-dir"])
+            .arg(&target_dir)
+            .args(["--", "-D", "warnings"]);
+        kit.apply(&mut clippy, args.jobs);
+        return run(&mut clippy);
+    }
     let mut cargo = Command::new("cargo");
     cargo
         .args([
@@ -283,4 +312,30 @@ pub fn cuda_build(args: CudaBuildArgs) -> Result<()> {
         "on the GPU machine: tar -xJf dist/cuda/fairnas-cuda.tar.xz -C /tmp && /tmp/fairnas-cuda/gpu-check.sh \"$OUT\""
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_extern_declarations_of_bindgen_output() {
+        let text = r#"
+pub unsafe fn cuInit(Flags: ::core::ffi::c_uint) -> CUresult {
+    #[cfg(not(feature = "dynamic-loading"))]
+    {
+        extern "C" {
+            fn cuInit(Flags: ::core::ffi::c_uint) -> CUresult;
+        }
+        cuInit(Flags)
+    }
+}
+extern "C" {
+    fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult;
+    fn cuInit(Flags: ::core::ffi::c_uint) -> CUresult;
+}
+pub type CUcallback = ::core::option::Option<unsafe extern "C" fn(userData: *mut c_void)>;
+"#;
+        assert_eq!(extern_function_names(text), vec!["cuInit".to_string(), "cuMemAlloc_v2".to_string()]);
+    }
 }

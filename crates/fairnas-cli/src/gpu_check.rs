@@ -252,50 +252,56 @@ fn paddings(h: usize, w: usize, k: usize, s: usize) -> [(&'static str, Padding2d
 
 fn correctness(device: &Device) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let (n, c, h, w) = (3, 20, 37, 41);
-    for k in [3usize, 5, 7] {
-        for s in [1usize, 2] {
-            for (pname, pad) in paddings(h, w, k, s) {
-                let tag = format!("k{k} s{s} {pname} {n}x{c}x{h}x{w}");
-                let x = randn(&[n, c, h, w])?;
-                let wt = randn(&[c, 1, k, k])?;
-                check_op(
-                    &mut checks,
-                    format!("depthwise fwd {tag}"),
-                    device,
-                    &[x.clone(), wt.clone()],
-                    |t| t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: s, padding: pad }),
-                )?;
-                for (act, direct) in
-                    [(Activation::Relu6, false), (Activation::Swish, true), (Activation::Relu, false)]
-                {
-                    let affine = randn(&[2, c])?;
-                    let variant = if direct { "direct" } else { "tiled" };
-                    let op =
-                        DepthwiseAffineAct { stride: s, padding: pad, activation: act, force_direct: direct };
+    // Odd sizes exercise every edge; width 40 (a multiple of 4) takes the vector-load kernels.
+    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40)] {
+        for k in [3usize, 5, 7] {
+            for s in [1usize, 2] {
+                for (pname, pad) in paddings(h, w, k, s) {
+                    let tag = format!("k{k} s{s} {pname} {n}x{c}x{h}x{w}");
+                    let x = randn(&[n, c, h, w])?;
+                    let wt = randn(&[c, 1, k, k])?;
                     check_op(
                         &mut checks,
-                        format!("depthwise+bn+{act} ({variant}) {tag}"),
+                        format!("depthwise fwd {tag}"),
                         device,
-                        &[x.clone(), wt.clone(), affine],
-                        |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
+                        &[x.clone(), wt.clone()],
+                        |t| t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: s, padding: pad }),
                     )?;
+                    for (act, direct) in
+                        [(Activation::Relu6, false), (Activation::Swish, true), (Activation::Relu, false)]
+                    {
+                        let affine = randn(&[2, c])?;
+                        let variant = if direct { "direct" } else { "tiled" };
+                        let op = DepthwiseAffineAct {
+                            stride: s,
+                            padding: pad,
+                            activation: act,
+                            force_direct: direct,
+                        };
+                        check_op(
+                            &mut checks,
+                            format!("depthwise+bn+{act} ({variant}) {tag}"),
+                            device,
+                            &[x.clone(), wt.clone(), affine],
+                            |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
+                        )?;
+                    }
+                    let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
+                    let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
+                    let g = randn(&[n, c, ho, wo])?;
+                    let input_grad = DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w };
+                    check_op(
+                        &mut checks,
+                        format!("depthwise d/dx {tag}"),
+                        device,
+                        &[g.clone(), wt.clone()],
+                        |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
+                    )?;
+                    let weight_grad = DepthwiseWeightGrad { stride: s, padding: pad, kernel: k };
+                    check_op(&mut checks, format!("depthwise d/dw {tag}"), device, &[x.clone(), g], |t| {
+                        t[0].apply_op2_no_bwd(&t[1], &weight_grad)
+                    })?;
                 }
-                let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
-                let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
-                let g = randn(&[n, c, ho, wo])?;
-                let input_grad = DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w };
-                check_op(
-                    &mut checks,
-                    format!("depthwise d/dx {tag}"),
-                    device,
-                    &[g.clone(), wt.clone()],
-                    |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
-                )?;
-                let weight_grad = DepthwiseWeightGrad { stride: s, padding: pad, kernel: k };
-                check_op(&mut checks, format!("depthwise d/dw {tag}"), device, &[x.clone(), g], |t| {
-                    t[0].apply_op2_no_bwd(&t[1], &weight_grad)
-                })?;
             }
         }
     }

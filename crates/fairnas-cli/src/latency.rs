@@ -16,7 +16,8 @@ pub struct LatencyTableArgs {
     /// Search space: fairnas or nas-bench-macro.
     #[arg(long)]
     space: String,
-    /// Device to time on (cpu; cuda needs the cuda build).
+    /// Device to time on (cpu only for now: the supernet's training-side pointwise and BN ops
+    /// have no CUDA kernels yet).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Images per forward pass.
@@ -39,7 +40,11 @@ pub struct LatencyTableArgs {
 
 pub fn run_latency_table(args: LatencyTableArgs) -> Result<()> {
     if args.device != "cpu" {
-        bail!("--device {}: this build times on the cpu only", args.device);
+        bail!(
+            "--device {}: latency tables are timed on the cpu only (the supernet's pointwise and \
+             training BN ops have no CUDA kernels yet)",
+            args.device
+        );
     }
     if args.batch == 0 {
         bail!("--batch must be at least 1");

@@ -116,6 +116,15 @@ pub fn depthwise_forward_variant(kernel: usize, stride: usize, out_width: usize)
     }
 }
 
+/// Whether a view may be read with 16-byte vector loads row by row: its start is 16-byte aligned
+/// and rows of `width` floats keep that alignment.
+fn vector_rows(dev: &CudaDevice, view: &CudaView<f32>, width: usize) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let stream = dev.cuda_stream();
+    let (ptr, _sync) = view.device_ptr(&stream);
+    width.is_multiple_of(4) && ptr.is_multiple_of(16)
+}
+
 /// Output rows per thread of the tiled kernels (a tile is 8x that tall): tall tiles amortise the
 /// halo and keep more loads in flight; short planes take short tiles so few threads idle.
 fn rows_per_thread(out_height: usize) -> usize {
@@ -161,7 +170,8 @@ pub(crate) fn depthwise_forward(
     let tiled = !force_direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled";
     if tiled {
         let rows = rows_per_thread(s.out_height);
-        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}", s.kernel, s.stride);
+        let vec = if vector_rows(dev, x, s.width) { "_v4" } else { "" };
+        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (tiles_x, tiles_y, cfg) = tiled_launch(s.batch * s.channels, s.out_height, s.out_width, rows)?;
         let mut b = func.builder();
@@ -209,8 +219,9 @@ pub(crate) fn depthwise_input_grad(
     let flip_pads = (s.kernel.checked_sub(1 + s.padding.top), s.kernel.checked_sub(1 + s.padding.left));
     if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) = (s.stride, s.kernel, s.width >= 16, flip_pads) {
         let rows = rows_per_thread(s.height);
-        let func =
-            dev.get_or_load_custom_func(&format!("dw_input_grad_tiled_k{}_r{rows}", s.kernel), MODULE, PTX)?;
+        let vec = if vector_rows(dev, grad_out, s.out_width) { "_v4" } else { "" };
+        let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (tiles_x, tiles_y, cfg) = tiled_launch(s.batch * s.channels, s.height, s.width, rows)?;
         let args = [
             int(s.channels, "channels")?,

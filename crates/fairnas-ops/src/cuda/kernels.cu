@@ -41,7 +41,16 @@ __device__ __forceinline__ float activate(float x, int act) {
 #define TILE_W 32
 #define BLOCK_Y 8
 
-template <int K, int S, int R, bool FLIP>
+// Writes the first `rows` of a thread's R outputs (stride `wo` apart) as act(acc * sc + sh).
+template <int R, int ACT>
+__device__ __forceinline__ void store_rows(const float (&acc)[R], float* dst, int wo, int rows, float sc,
+                                           float sh) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+        if (r < rows) dst[r * wo] = activate(acc[r] * sc + sh, ACT);
+}
+
+template <int K, int S, int R, bool FLIP, bool VEC>
 __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ scale, const float* __restrict__ shift,
                                  float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
@@ -50,40 +59,81 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     constexpr int IN_W = (TILE_W - 1) * S + K;
     constexpr int IN_H = (TILE_H - 1) * S + K;
     constexpr int STRIP = (R - 1) * S + K;  // input rows one thread's strip reads
-    __shared__ float patch[IN_H][IN_W + 1];
-    const long long tile = blockIdx.x;
-    const int tiles = tiles_x * tiles_y;
-    const long long plane = tile / tiles;
-    const int t = (int)(tile % tiles);
-    const int oy0 = (t / tiles_x) * TILE_H, ox0 = (t % tiles_x) * TILE_W;
-    const int c = (int)(plane % channels);
-    const float* src = x + plane * (long long)h * wd;
+    // VEC: rows are staged from a 16-byte aligned column with float4 loads and stores, so the
+    // patch starts up to 3 columns left of the first input column the tile needs.
+    constexpr int PATCH_W = VEC ? ((IN_W + 3 + 3) / 4) * 4 : IN_W + 1;
+    __shared__ __align__(16) float patch[IN_H][PATCH_W];
+    // 32-bit block arithmetic (the grid is below 2^32 blocks; a 64-bit division costs ~100
+    // instructions); 64 bits only for the plane's base address.
+    const unsigned tile = blockIdx.x;
+    const unsigned tiles = (unsigned)(tiles_x * tiles_y);
+    const unsigned plane = tile / tiles;
+    const int t = (int)(tile - plane * tiles);
+    const int ty_tile = t / tiles_x;
+    const int oy0 = ty_tile * TILE_H, ox0 = (t - ty_tile * tiles_x) * TILE_W;
+    const int c = (int)(plane % (unsigned)channels);
+    const float* src = x + (long long)plane * h * wd;
     const int iy0 = oy0 * S - pad_top, ix0 = ox0 * S - pad_left;
-    // Compile-time trip counts, fully unrolled: every load of the patch is issued before the
-    // first shared-memory store waits on one (a loop that stores each value as it arrives keeps
-    // one load in flight per thread and reached only 30% of the copy bandwidth).
-    constexpr int LOAD_ROWS = (IN_H + BLOCK_Y - 1) / BLOCK_Y;
-    constexpr int LOAD_COLS = (IN_W + TILE_W - 1) / TILE_W;
-    float staged[LOAD_ROWS][LOAD_COLS];
+    // Every load of the patch is issued before the first shared-memory store waits on one
+    // (compile-time trip counts, fully unrolled): a loop storing each value as it arrives keeps
+    // one load in flight per thread and reached only 30% of the copy bandwidth.
+    int shift_cols = 0;
+    if constexpr (VEC) {
+        // The launch guarantees wd % 4 == 0 and a 16-byte aligned plane; ox0 * S is a multiple
+        // of 4, so the aligned start is ix0 rounded down and every float4 chunk lies wholly
+        // inside or wholly outside the row.
+        const int ix_a = ix0 >= 0 ? (ix0 & ~3) : -((-ix0 + 3) & ~3);
+        shift_cols = ix0 - ix_a;
+        constexpr int NQ = PATCH_W / 4;
+        constexpr int CHUNKS = IN_H * NQ;
+        constexpr int ROUNDS = (CHUNKS + TILE_W * BLOCK_Y - 1) / (TILE_W * BLOCK_Y);
+        const int tid = threadIdx.y * TILE_W + threadIdx.x;
+        float4 staged[ROUNDS];
 #pragma unroll
-    for (int i = 0; i < LOAD_ROWS; ++i) {
-        const int py = threadIdx.y + i * BLOCK_Y;
-        const int iy = iy0 + py;
-        const bool row_ok = py < IN_H && iy >= 0 && iy < h;
-#pragma unroll
-        for (int j = 0; j < LOAD_COLS; ++j) {
-            const int px = threadIdx.x + j * TILE_W;
-            const int ix = ix0 + px;
-            staged[i][j] = (row_ok && px < IN_W && ix >= 0 && ix < wd) ? __ldg(src + (long long)iy * wd + ix) : 0.f;
+        for (int k = 0; k < ROUNDS; ++k) {
+            const int idx = tid + k * TILE_W * BLOCK_Y;
+            const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
+            const int iy = iy0 + py, ix = ix_a + 4 * q;
+            const bool ok = idx < CHUNKS && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd;
+            staged[k] = ok ? __ldg(reinterpret_cast<const float4*>(src + iy * wd + ix)) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
-    }
 #pragma unroll
-    for (int i = 0; i < LOAD_ROWS; ++i) {
-        const int py = threadIdx.y + i * BLOCK_Y;
+        for (int k = 0; k < ROUNDS; ++k) {
+            const int idx = tid + k * TILE_W * BLOCK_Y;
+            if (idx < CHUNKS) {
+                const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
+                *reinterpret_cast<float4*>(&patch[py][4 * q]) = staged[k];
+            }
+        }
+    } else {
+        // Column bounds are the same for every row: computed once.
+        constexpr int LOAD_ROWS = (IN_H + BLOCK_Y - 1) / BLOCK_Y;
+        constexpr int LOAD_COLS = (IN_W + TILE_W - 1) / TILE_W;
+        bool col_ok[LOAD_COLS];
 #pragma unroll
         for (int j = 0; j < LOAD_COLS; ++j) {
             const int px = threadIdx.x + j * TILE_W;
-            if (py < IN_H && px < IN_W) patch[py][px] = staged[i][j];
+            col_ok[j] = px < IN_W && (unsigned)(ix0 + px) < (unsigned)wd;
+        }
+        float staged[LOAD_ROWS][LOAD_COLS];
+        int offset = (iy0 + (int)threadIdx.y) * wd + ix0 + (int)threadIdx.x;  // read only when valid
+#pragma unroll
+        for (int i = 0; i < LOAD_ROWS; ++i) {
+            const int py = threadIdx.y + i * BLOCK_Y;
+            const bool row_ok = py < IN_H && (unsigned)(iy0 + py) < (unsigned)h;
+#pragma unroll
+            for (int j = 0; j < LOAD_COLS; ++j)
+                staged[i][j] = (row_ok && col_ok[j]) ? __ldg(src + offset + j * TILE_W) : 0.f;
+            offset += BLOCK_Y * wd;
+        }
+#pragma unroll
+        for (int i = 0; i < LOAD_ROWS; ++i) {
+            const int py = threadIdx.y + i * BLOCK_Y;
+#pragma unroll
+            for (int j = 0; j < LOAD_COLS; ++j) {
+                const int px = threadIdx.x + j * TILE_W;
+                if (py < IN_H && px < IN_W) patch[py][px] = staged[i][j];
+            }
         }
     }
     float taps[K * K];
@@ -94,11 +144,12 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
     const int ly0 = threadIdx.y * R;
+    const int col0 = shift_cols + threadIdx.x * S;
 #pragma unroll
     for (int j = 0; j < STRIP; ++j) {
         float v[K];
 #pragma unroll
-        for (int kx = 0; kx < K; ++kx) v[kx] = patch[ly0 * S + j][threadIdx.x * S + kx];
+        for (int kx = 0; kx < K; ++kx) v[kx] = patch[ly0 * S + j][col0 + kx];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const int ky = j - r * S;  // compile-time after unrolling
@@ -108,51 +159,51 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
             }
         }
     }
-    const bool affine = scale != nullptr;
-    const float sc = affine ? __ldg(scale + c) : 1.f;
-    const float sh = affine ? __ldg(shift + c) : 0.f;
-    float* dst = y + plane * (long long)ho * wo;
-    const int ox = ox0 + threadIdx.x;
-    if (ox < wo) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int oy = oy0 + ly0 + r;
-            if (oy < ho) {
-                float v = acc[r];
-                if (affine) v = v * sc + sh;
-                dst[(long long)oy * wo + ox] = activate(v, act);
-            }
-        }
+    const float sc = scale ? __ldg(scale + c) : 1.f;
+    const float sh = scale ? __ldg(shift + c) : 0.f;
+    float* dst = y + (long long)plane * ho * wo + (oy0 + ly0) * wo + ox0 + threadIdx.x;
+    const int rows = min(R, ho - (oy0 + ly0));
+    if (ox0 + (int)threadIdx.x >= wo) return;
+    // One uniform branch on the activation, then a straight-line epilogue per case (a switch
+    // per output cost as many instructions as the 3x3 taps).
+    switch (act) {
+        case 1: store_rows<R, 1>(acc, dst, wo, rows, sc, sh); break;
+        case 2: store_rows<R, 2>(acc, dst, wo, rows, sc, sh); break;
+        case 3: store_rows<R, 3>(acc, dst, wo, rows, sc, sh); break;
+        case 4: store_rows<R, 4>(acc, dst, wo, rows, sc, sh); break;
+        default: store_rows<R, 0>(acc, dst, wo, rows, sc, sh); break;
     }
 }
 
-#define DW_TILED(K, S, R)                                                                            \
+#define DW_TILED(K, S, R, VEC, SUFFIX)                                                               \
     extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
-    dw_forward_tiled_k##K##_s##S##_r##R(const float* x, const float* w, const float* scale,         \
-                                        const float* shift, float* y, int channels, int h, int wd,  \
-                                        int ho, int wo, int pad_top, int pad_left, int act,         \
-                                        int tiles_x, int tiles_y) {                                 \
-        dw_forward_tiled<K, S, R, false>(x, w, scale, shift, y, channels, h, wd, ho, wo, pad_top,   \
-                                         pad_left, act, tiles_x, tiles_y);                          \
+    dw_forward_tiled_k##K##_s##S##_r##R##SUFFIX(const float* x, const float* w, const float* scale, \
+                                                const float* shift, float* y, int channels, int h,  \
+                                                int wd, int ho, int wo, int pad_top, int pad_left,  \
+                                                int act, int tiles_x, int tiles_y) {                \
+        dw_forward_tiled<K, S, R, false, VEC>(x, w, scale, shift, y, channels, h, wd, ho, wo,       \
+                                              pad_top, pad_left, act, tiles_x, tiles_y);            \
     }
-#define DW_TILED_FLIP(K, R)                                                                          \
+#define DW_TILED_FLIP(K, R, VEC, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
-    dw_input_grad_tiled_k##K##_r##R(const float* g, const float* w, float* dx, int channels,        \
-                                    int ho, int wo, int h, int wd, int pad_top, int pad_left,       \
-                                    int tiles_x, int tiles_y) {                                     \
-        dw_forward_tiled<K, 1, R, true>(g, w, nullptr, nullptr, dx, channels, ho, wo, h, wd,        \
-                                        pad_top, pad_left, 0, tiles_x, tiles_y);                    \
+    dw_input_grad_tiled_k##K##_r##R##SUFFIX(const float* g, const float* w, float* dx,              \
+                                            int channels, int ho, int wo, int h, int wd,            \
+                                            int pad_top, int pad_left, int tiles_x, int tiles_y) {  \
+        dw_forward_tiled<K, 1, R, true, VEC>(g, w, nullptr, nullptr, dx, channels, ho, wo, h, wd,   \
+                                             pad_top, pad_left, 0, tiles_x, tiles_y);               \
     }
-#define DW_TILED_ALL_R(K, S) DW_TILED(K, S, 2) DW_TILED(K, S, 4) DW_TILED(K, S, 8)
+#define DW_TILED_BOTH(K, S, R) DW_TILED(K, S, R, false, ) DW_TILED(K, S, R, true, _v4)
+#define DW_TILED_ALL_R(K, S) DW_TILED_BOTH(K, S, 2) DW_TILED_BOTH(K, S, 4) DW_TILED_BOTH(K, S, 8)
 DW_TILED_ALL_R(3, 1)
 DW_TILED_ALL_R(3, 2)
 DW_TILED_ALL_R(5, 1)
 DW_TILED_ALL_R(5, 2)
 DW_TILED_ALL_R(7, 1)
 DW_TILED_ALL_R(7, 2)
-DW_TILED_FLIP(3, 2) DW_TILED_FLIP(3, 4) DW_TILED_FLIP(3, 8)
-DW_TILED_FLIP(5, 2) DW_TILED_FLIP(5, 4) DW_TILED_FLIP(5, 8)
-DW_TILED_FLIP(7, 2) DW_TILED_FLIP(7, 4) DW_TILED_FLIP(7, 8)
+#define DW_FLIP_BOTH(K, R) DW_TILED_FLIP(K, R, false, ) DW_TILED_FLIP(K, R, true, _v4)
+DW_FLIP_BOTH(3, 2) DW_FLIP_BOTH(3, 4) DW_FLIP_BOTH(3, 8)
+DW_FLIP_BOTH(5, 2) DW_FLIP_BOTH(5, 4) DW_FLIP_BOTH(5, 8)
+DW_FLIP_BOTH(7, 2) DW_FLIP_BOTH(7, 4) DW_FLIP_BOTH(7, 8)
 
 // One thread per output element: for small planes (7x7, 14x14) where a 32x16 tile would leave
 // most threads idle, and for any kernel size or stride the tiled variants do not cover.

@@ -1,0 +1,64 @@
+//! The CPU side of the CUDA backend, end to end: the GPU check's harness (run on the CPU
+//! kernels, f32 against f64), and the advice a build without the `cuda` feature gives. The CUDA
+//! kernels themselves run in `fairnas gpu-check` on a GPU machine (see benches/gpu/ and
+//! BENCHMARKS.md); CI has no GPU and builds without the feature.
+
+mod common;
+
+use common::{ok, scratch};
+
+#[test]
+fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
+    let dir = scratch("gpu-check", "cpu");
+    let out = dir.display().to_string();
+    let stdout = ok(&["--threads", "2", "gpu-check", "--device", "cpu", "--no-timing", "--out", &out]);
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
+    assert_eq!(report["all_pass"], true);
+    let checks = report["checks"].as_array().unwrap();
+    // 2 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 2 gradients),
+    // 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
+    // 2 depthwise autograd gradients, and the FairNAS-A logits.
+    assert_eq!(checks.len(), 2 * 3 * 2 * 2 * 6 + 2 + 2 * 6 + 2 + 1, "{checks:?}");
+    for c in checks {
+        assert!(c["rel_l2"].as_f64().unwrap() <= c["limit_rel_l2"].as_f64().unwrap(), "{c}");
+        assert_eq!(c["nan"], 0, "{c}");
+    }
+    let logits = checks.iter().find(|c| c["name"].as_str().unwrap().starts_with("FairNAS-A logits")).unwrap();
+    assert!(logits["max_rel"].as_f64().unwrap() < 1e-4, "{logits}");
+    // The input and logits the PyTorch peer compares against.
+    assert!(dir.join("fairnas_a_io.safetensors").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cpu_build_refuses_cuda_and_says_how_to_build_it() {
+    use common::failure;
+    let err = failure(&["gpu-check", "--out", "/nonexistent-never-created"]);
+    assert!(err.contains("cargo xtask cuda-build"), "{err}");
+    let err = failure(&[
+        "predict",
+        "--device",
+        "cuda",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        "w.safetensors",
+        "x.jpg",
+    ]);
+    assert!(err.contains("--device cuda:0") && err.contains("cargo xtask cuda-build"), "{err}");
+    let err = failure(&[
+        "verify",
+        "--device",
+        "gpu",
+        "--model",
+        "fairnas-a",
+        "--weights",
+        "w.safetensors",
+        "--val-dataset-root",
+        ".",
+    ]);
+    assert!(err.contains("--device gpu: expected cpu, cuda or cuda:N"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! `fairnas`: FairNAS models, search space and tools from one binary.
 
+mod bench;
 mod bench_step;
 mod export;
 mod gpu_check;
@@ -66,6 +67,8 @@ enum Command {
     LatencyTable(latency::LatencyTableArgs),
     /// Ranking quality of a supernet against a benchmark's stand-alone ground truth.
     Rank(rank::RankArgs),
+    /// Inference speed of a model at several batch sizes (synthetic weights; see benches/peers/).
+    Bench(bench::BenchArgs),
     /// Time one strictly fair supernet training step (see benches/supernet_step.sh).
     BenchStep(bench_step::BenchStepArgs),
     /// The standing GPU check: every custom op against its CPU reference, kernel and FairNAS-A
@@ -101,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainSupernet(args) => train::run_train_supernet(args),
         Command::Train(args) => train::run_train(args),
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
+        Command::Bench(args) => bench::run(args),
         Command::BenchStep(args) => bench_step::run(args),
         Command::GpuCheck(args) => gpu_check::run(args),
         Command::Rank(args) => rank::run_rank(args),

@@ -505,6 +505,6 @@ pub fn channel_affine_act(
     shift: &Tensor,
     activation: Activation,
 ) -> Result<Tensor> {
-    use crate::depthwise::on_device;
+    use crate::layout::on_device;
     on_device(x)?.apply_op3_no_bwd(&on_device(scale)?, &on_device(shift)?, &ChannelAffineAct { activation })
 }

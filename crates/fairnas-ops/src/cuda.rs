@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 
-use crate::depthwise::Padding2d;
+use crate::depthwise::DwShape;
 use crate::Activation;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
@@ -91,20 +91,6 @@ unsafe fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
 
 /// A null device pointer for optional kernel arguments.
 const NULL: u64 = 0;
-
-/// Shape of one depthwise convolution, as the kernels take it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DwShape {
-    pub batch: usize,
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: Padding2d,
-    pub out_height: usize,
-    pub out_width: usize,
-}
 
 /// Which forward kernel a shape runs on: the shared-memory tiled one for the sizes it is built
 /// for when the plane is at least a tile wide, else one thread per output.

@@ -9,7 +9,7 @@
 
 use crate::buffer::par_filled_chunks;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
-use crate::layout::{contiguous_slice, dispatch_f32_f64};
+use crate::layout::{contiguous_slice, dispatch_f32_f64, on_device};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -67,20 +67,33 @@ pub struct DepthwiseConv2d {
     pub padding: Padding2d,
 }
 
-/// Shape facts shared by the forward kernel (and, later, its backward kernels).
+/// The shape of one depthwise convolution, checked once and shared by the forward and backward
+/// ops and by their CPU and CUDA kernels.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    kernel: usize,
-    out_height: usize,
-    out_width: usize,
+pub(crate) struct DwShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding2d,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl DwShape {
+    pub(crate) fn input_shape(&self) -> Shape {
+        Shape::from((self.batch, self.channels, self.height, self.width))
+    }
+
+    pub(crate) fn output_shape(&self) -> Shape {
+        Shape::from((self.batch, self.channels, self.out_height, self.out_width))
+    }
 }
 
 impl DepthwiseConv2d {
-    fn geometry(&self, input: &Layout, weight: &Layout) -> Result<Geometry> {
+    fn geometry(&self, input: &Layout, weight: &Layout) -> Result<DwShape> {
         let (batch, channels, height, width) = match input.dims() {
             &[n, c, h, w] => (n, c, h, w),
             d => candle_core::bail!("depthwise conv: input must be [N, C, H, W], got {d:?}"),
@@ -92,12 +105,14 @@ impl DepthwiseConv2d {
             ),
         };
         let p = self.padding;
-        Ok(Geometry {
+        Ok(DwShape {
             batch,
             channels,
             height,
             width,
             kernel,
+            stride: self.stride,
+            padding: p,
             out_height: conv_output_size(height, p.top, p.bottom, kernel, self.stride)?,
             out_width: conv_output_size(width, p.left, p.right, kernel, self.stride)?,
         })
@@ -133,7 +148,7 @@ fn forward_plane<T: DwElement>(
     input: &[T],
     filter: &[T],
     out: &mut [T],
-    g: &Geometry,
+    g: &DwShape,
     stride: usize,
     pad: Padding2d,
 ) {
@@ -208,24 +223,7 @@ fn forward_typed<T: DwElement>(
         let filter = &weight[c * kk..(c + 1) * kk];
         forward_plane(src, filter, dst, &g, op.stride, op.padding);
     });
-    Ok((out, Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
-}
-
-#[cfg(feature = "cuda")]
-impl Geometry {
-    pub(crate) fn cuda_shape(&self, stride: usize, padding: Padding2d) -> crate::cuda::DwShape {
-        crate::cuda::DwShape {
-            batch: self.batch,
-            channels: self.channels,
-            height: self.height,
-            width: self.width,
-            kernel: self.kernel,
-            stride,
-            padding,
-            out_height: self.out_height,
-            out_width: self.out_width,
-        }
-    }
+    Ok((out, g.output_shape()))
 }
 
 impl CustomOp2 for DepthwiseConv2d {
@@ -248,10 +246,8 @@ impl CustomOp2 for DepthwiseConv2d {
         let dev = s1.device();
         let x = crate::cuda::f32_view(s1, l1, "depthwise conv")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise conv")?;
-        let shape = g.cuda_shape(self.stride, self.padding);
-        let out =
-            crate::cuda::depthwise_forward(dev, &x, &w, None, crate::Activation::Identity, shape, false)?;
-        Ok((crate::cuda::wrap(out, dev), Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
+        let out = crate::cuda::depthwise_forward(dev, &x, &w, None, crate::Activation::Identity, g, false)?;
+        Ok((crate::cuda::wrap(out, dev), g.output_shape()))
     }
 
     fn cpu_fwd(
@@ -391,17 +387,16 @@ impl CustomOp3 for DepthwiseAffineAct {
         let w = crate::cuda::f32_view(s2, l2, "depthwise + affine")?;
         let affine = crate::cuda::f32_view(s3, l3, "depthwise + affine")?;
         let (scale, shift) = (affine.slice(..g.channels), affine.slice(g.channels..));
-        let shape = g.cuda_shape(self.stride, self.padding);
         let out = crate::cuda::depthwise_forward(
             dev,
             &x,
             &w,
             Some((&scale, &shift)),
             self.activation,
-            shape,
+            g,
             self.force_direct,
         )?;
-        Ok((crate::cuda::wrap(out, dev), Shape::from((g.batch, g.channels, g.out_height, g.out_width))))
+        Ok((crate::cuda::wrap(out, dev), g.output_shape()))
     }
 }
 
@@ -417,15 +412,6 @@ pub fn depthwise_affine_act(
 ) -> Result<Tensor> {
     let op = DepthwiseAffineAct { stride, padding, activation, force_direct: false };
     on_device(input)?.apply_op3_no_bwd(&on_device(weight)?, &on_device(affine)?, &op)
-}
-
-/// The CUDA kernels read contiguous memory; on the CPU strided views are gathered by the op.
-pub(crate) fn on_device(t: &Tensor) -> Result<Tensor> {
-    if t.device().is_cuda() {
-        t.contiguous()
-    } else {
-        Ok(t.clone())
-    }
 }
 
 /// Depthwise convolution of `input` `[N, C, H, W]` with `weight` `[C, 1, k, k]`.

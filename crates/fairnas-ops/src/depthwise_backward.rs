@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 use crate::buffer::par_filled_chunks;
-use crate::depthwise::{conv_output_size, valid_range, DwElement, Padding2d};
+use crate::depthwise::{conv_output_size, valid_range, DwElement, DwShape, Padding2d};
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
 
 /// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
@@ -56,6 +56,44 @@ fn check_output(
     Ok(())
 }
 
+impl DepthwiseInputGrad {
+    /// The convolution's shape from the output gradient and the weight, checked.
+    fn shape(&self, grad: &Layout, weight: &Layout) -> Result<DwShape> {
+        let (batch, channels, out_height, out_width) = match grad.dims() {
+            &[n, c, h, w] => (n, c, h, w),
+            d => {
+                candle_core::bail!("depthwise input grad: output gradient must be [N, C, Ho, Wo], got {d:?}")
+            }
+        };
+        let kernel = match weight.dims() {
+            &[cc, 1, kh, kw] if cc == channels && kh == kw => kh,
+            d => candle_core::bail!("depthwise input grad: weight must be [{channels}, 1, k, k], got {d:?}"),
+        };
+        let (height, width, stride, padding) = (self.height, self.width, self.stride, self.padding);
+        check_output(padding, stride, kernel, height, width, out_height, out_width)?;
+        Ok(DwShape { batch, channels, height, width, kernel, stride, padding, out_height, out_width })
+    }
+}
+
+impl DepthwiseWeightGrad {
+    /// The convolution's shape from the forward input and the output gradient, checked.
+    fn shape(&self, input: &Layout, grad: &Layout) -> Result<DwShape> {
+        let (batch, channels, height, width) = match input.dims() {
+            &[n, c, h, w] => (n, c, h, w),
+            d => candle_core::bail!("depthwise weight grad: input must be [N, C, H, W], got {d:?}"),
+        };
+        let (out_height, out_width) = match grad.dims() {
+            &[nn, cc, ho, wo] if nn == batch && cc == channels => (ho, wo),
+            d => candle_core::bail!(
+                "depthwise weight grad: output gradient must be [{batch}, {channels}, Ho, Wo], got {d:?}"
+            ),
+        };
+        let (kernel, stride, padding) = (self.kernel, self.stride, self.padding);
+        check_output(padding, stride, kernel, height, width, out_height, out_width)?;
+        Ok(DwShape { batch, channels, height, width, kernel, stride, padding, out_height, out_width })
+    }
+}
+
 fn input_grad_typed<T: DwElement>(
     op: &DepthwiseInputGrad,
     gs: &CpuStorage,
@@ -63,16 +101,18 @@ fn input_grad_typed<T: DwElement>(
     ws: &CpuStorage,
     wl: &Layout,
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, ho, wo) = match gl.dims() {
-        &[n, c, h, w] => (n, c, h, w),
-        d => candle_core::bail!("depthwise input grad: output gradient must be [N, C, Ho, Wo], got {d:?}"),
-    };
-    let k = match wl.dims() {
-        &[cc, 1, kh, kw] if cc == c && kh == kw => kh,
-        d => candle_core::bail!("depthwise input grad: weight must be [{c}, 1, k, k], got {d:?}"),
-    };
-    let (h, w, s, p) = (op.height, op.width, op.stride, op.padding);
-    check_output(p, s, k, h, w, ho, wo)?;
+    let shape = op.shape(gl, wl)?;
+    let DwShape {
+        batch: n,
+        channels: c,
+        height: h,
+        width: w,
+        kernel: k,
+        stride: s,
+        padding: p,
+        out_height: ho,
+        out_width: wo,
+    } = shape;
     let grad_out = contiguous_slice::<T>(gs, gl)?;
     let weight = contiguous_slice::<T>(ws, wl)?;
     let phase_w = w.div_ceil(s);
@@ -117,7 +157,7 @@ fn input_grad_typed<T: DwElement>(
             }
         }
     });
-    Ok((out, Shape::from((n, c, h, w))))
+    Ok((out, shape.input_shape()))
 }
 
 /// Independent partial sums of a dot product: a single running sum is a serial dependency chain
@@ -152,18 +192,17 @@ fn weight_grad_typed<T: DwElement>(
     gs: &CpuStorage,
     gl: &Layout,
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, h, w) = match xl.dims() {
-        &[n, c, h, w] => (n, c, h, w),
-        d => candle_core::bail!("depthwise weight grad: input must be [N, C, H, W], got {d:?}"),
-    };
-    let (ho, wo) = match gl.dims() {
-        &[nn, cc, ho, wo] if nn == n && cc == c => (ho, wo),
-        d => {
-            candle_core::bail!("depthwise weight grad: output gradient must be [{n}, {c}, Ho, Wo], got {d:?}")
-        }
-    };
-    let (k, s, p) = (op.kernel, op.stride, op.padding);
-    check_output(p, s, k, h, w, ho, wo)?;
+    let DwShape {
+        batch: n,
+        channels: c,
+        height: h,
+        width: w,
+        kernel: k,
+        stride: s,
+        padding: p,
+        out_height: ho,
+        out_width: wo,
+    } = op.shape(xl, gl)?;
     let input = contiguous_slice::<T>(xs, xl)?;
     let grad_out = contiguous_slice::<T>(gs, gl)?;
     let phase_w = w.div_ceil(s);
@@ -222,34 +261,12 @@ impl CustomOp2 for DepthwiseInputGrad {
         ws: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, ho, wo) = match gl.dims() {
-            &[n, c, h, w] => (n, c, h, w),
-            d => {
-                candle_core::bail!("depthwise input grad: output gradient must be [N, C, Ho, Wo], got {d:?}")
-            }
-        };
-        let k = match wl.dims() {
-            &[cc, 1, kh, kw] if cc == c && kh == kw => kh,
-            d => candle_core::bail!("depthwise input grad: weight must be [{c}, 1, k, k], got {d:?}"),
-        };
-        let (h, w) = (self.height, self.width);
-        check_output(self.padding, self.stride, k, h, w, ho, wo)?;
+        let shape = self.shape(gl, wl)?;
         let dev = gs.device();
         let g = crate::cuda::f32_view(gs, gl, "depthwise input grad")?;
         let wt = crate::cuda::f32_view(ws, wl, "depthwise input grad")?;
-        let shape = crate::cuda::DwShape {
-            batch: n,
-            channels: c,
-            height: h,
-            width: w,
-            kernel: k,
-            stride: self.stride,
-            padding: self.padding,
-            out_height: ho,
-            out_width: wo,
-        };
         let out = crate::cuda::depthwise_input_grad(dev, &g, &wt, shape)?;
-        Ok((crate::cuda::wrap(out, dev), Shape::from((n, c, h, w))))
+        Ok((crate::cuda::wrap(out, dev), shape.input_shape()))
     }
 
     fn cpu_fwd(
@@ -281,34 +298,13 @@ impl CustomOp2 for DepthwiseWeightGrad {
         gs: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, h, w) = match xl.dims() {
-            &[n, c, h, w] => (n, c, h, w),
-            d => candle_core::bail!("depthwise weight grad: input must be [N, C, H, W], got {d:?}"),
-        };
-        let (ho, wo) = match gl.dims() {
-            &[nn, cc, ho, wo] if nn == n && cc == c => (ho, wo),
-            d => candle_core::bail!(
-                "depthwise weight grad: output gradient must be [{n}, {c}, Ho, Wo], got {d:?}"
-            ),
-        };
-        let k = self.kernel;
-        check_output(self.padding, self.stride, k, h, w, ho, wo)?;
+        let shape = self.shape(xl, gl)?;
         let dev = xs.device();
         let x = crate::cuda::f32_view(xs, xl, "depthwise weight grad")?;
         let g = crate::cuda::f32_view(gs, gl, "depthwise weight grad")?;
-        let shape = crate::cuda::DwShape {
-            batch: n,
-            channels: c,
-            height: h,
-            width: w,
-            kernel: k,
-            stride: self.stride,
-            padding: self.padding,
-            out_height: ho,
-            out_width: wo,
-        };
         let out = crate::cuda::depthwise_weight_grad(dev, &x, &g, shape)?;
-        Ok((crate::cuda::wrap(out, dev), Shape::from((c, 1, k, k))))
+        let k = shape.kernel;
+        Ok((crate::cuda::wrap(out, dev), Shape::from((shape.channels, 1, k, k))))
     }
 
     fn cpu_fwd(

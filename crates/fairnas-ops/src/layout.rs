@@ -33,6 +33,16 @@ pub fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layo
     Ok(Cow::Owned(out))
 }
 
+/// An op input as the kernels read it: the CUDA kernels take contiguous memory (made so here);
+/// on the CPU strided views are gathered by the op itself (`contiguous_slice`).
+pub(crate) fn on_device(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    if t.device().is_cuda() {
+        t.contiguous()
+    } else {
+        Ok(t.clone())
+    }
+}
+
 /// Runs the f32 or f64 instance of a kernel, refusing other or mixed dtypes (`dtypes`: those of
 /// every input), naming the kernel.
 pub(crate) fn dispatch_f32_f64<F32, F64>(

@@ -12,9 +12,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::batch_norm::dims_nchw as nchw;
 use crate::buffer::par_filled_chunks;
-use crate::depthwise::on_device;
-use crate::layout::contiguous_slice;
+use crate::layout::{contiguous_slice, on_device};
 use crate::Activation;
 
 /// Squeeze-excite with the activation between the two FC layers (the gate is always sigmoid).
@@ -221,7 +221,7 @@ fn plane_stats_typed<T: SeElement>(
     (xs, xl): (&CpuStorage, &Layout),
     (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, hw) = nchw(xl, "plane stats")?;
+    let (n, c, hw) = nchw("plane stats", xl)?;
     if yl.dims() != xl.dims() {
         candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", xl.dims(), yl.dims());
     }
@@ -243,13 +243,6 @@ fn plane_stats_typed<T: SeElement>(
     let mut out: Vec<T> = stats.iter().map(|s| s.0).collect();
     out.extend(stats.iter().map(|s| s.1));
     Ok((out, Shape::from((2, n, c))))
-}
-
-fn nchw(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
-    match l.dims() {
-        &[n, c, h, w] => Ok((n, c, h * w)),
-        d => candle_core::bail!("{op}: input must be [N, C, H, W], got {d:?}"),
-    }
 }
 
 impl candle_core::CustomOp2 for PlaneStats {
@@ -280,7 +273,7 @@ impl candle_core::CustomOp2 for PlaneStats {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, hw) = nchw(l1, "plane stats")?;
+        let (n, c, hw) = nchw("plane stats", l1)?;
         if l2.dims() != l1.dims() {
             candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", l1.dims(), l2.dims());
         }
@@ -305,7 +298,7 @@ impl candle_core::CustomOp2 for PlaneStats {
 pub struct ScalePlanes;
 
 fn check_plane_operands(x: &Layout, gate: &Layout, bias: &Layout) -> Result<(usize, usize, usize)> {
-    let (n, c, hw) = nchw(x, "scale planes")?;
+    let (n, c, hw) = nchw("scale planes", x)?;
     for (what, l) in [("gate", gate), ("bias", bias)] {
         if l.dims() != [n, c] {
             candle_core::bail!("scale planes: {what} must be [{n}, {c}], got {:?}", l.dims());

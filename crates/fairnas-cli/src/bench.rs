@@ -1,0 +1,114 @@
+//! `fairnas bench`: inference speed of one model at several batch sizes, on the CPU or (in the
+//! cuda build) the GPU, with the synthetic weights the PyTorch/onnxruntime peers regenerate
+//! bit for bit (`benches/peers/`), so both sides time the same network on the same numbers.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::Args;
+use serde::Serialize;
+
+use fairnas_cli::device::parse_device;
+use fairnas_cli::model_args::ModelArgs;
+use fairnas_model::cost::cost_report;
+use fairnas_model::network::Network;
+use fairnas_model::synthetic::synthetic_weights;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// cpu, or cuda / cuda:N (the cuda build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed forward passes per batch size (after the warm-up); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Untimed forward passes first (allocator, caches, kernel loading).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Seed of the synthetic weights (crates/fairnas-model/src/synthetic.rs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    batch: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    images_per_s: f64,
+    /// 2 x multiply-adds per image x images / median time.
+    gflop_per_s: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.batch.is_empty() || args.batch.contains(&0) {
+        bail!("--batch needs positive sizes, e.g. 1,8,32");
+    }
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let spec = args.model.resolve()?;
+    let device = parse_device(&args.device)?;
+    let weights = synthetic_weights(&spec, args.seed, &device)?;
+    let net = Network::load(&spec, VarBuilder::from_tensors(weights, DType::F32, &device))?;
+    let madds = cost_report(&spec).madds;
+    let size = spec.input_size;
+    let mut results = Vec::new();
+    for &batch in &args.batch {
+        let x = Tensor::randn(0f32, 1f32, (batch, spec.in_channels, size, size), &Device::Cpu)?
+            .to_device(&device)?;
+        let mut ms = Vec::with_capacity(args.repeats);
+        for i in 0..args.warmup + args.repeats {
+            let started = Instant::now();
+            let logits = net.forward(&x)?;
+            // Device work is asynchronous: wait for it before reading the clock.
+            device.synchronize()?;
+            drop(logits);
+            if i >= args.warmup {
+                ms.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let median = ms[ms.len() / 2];
+        let r = BatchResult {
+            batch,
+            median_ms: median,
+            min_ms: ms[0],
+            max_ms: ms[ms.len() - 1],
+            images_per_s: batch as f64 / (median * 1e-3),
+            gflop_per_s: 2.0 * madds as f64 * batch as f64 / (median * 1e-3) / 1e9,
+        };
+        if !args.json {
+            println!(
+                "{} batch {:3}: {:9.2} ms (min {:.2}, max {:.2})  {:8.1} img/s  {:7.1} GFLOP/s",
+                spec.name, r.batch, r.median_ms, r.min_ms, r.max_ms, r.images_per_s, r.gflop_per_s
+            );
+        }
+        results.push(r);
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "implementation": "fairnas-rs",
+            "model": spec.name,
+            "device": args.device,
+            "threads": rayon::current_num_threads(),
+            "madds_per_image": madds,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "seed": args.seed,
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}

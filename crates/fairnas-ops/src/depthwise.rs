@@ -143,63 +143,68 @@ pub(crate) trait DwElement:
 impl DwElement for f32 {}
 impl DwElement for f64 {}
 
+/// Output columns accumulated in registers at a time: two AVX2 vectors of f32.
+const COLUMN_BLOCK: usize = 16;
+
+/// `COLUMN_BLOCK` adjacent outputs: the sum over taps of `weight * phases[base + offset ..]`. A
+/// small function with fixed-size arrays, so the accumulators live in vector registers.
+#[inline(always)]
+fn column_block<T: DwElement>(phases: &[T], base: usize, taps: &[(usize, T)]) -> [T; COLUMN_BLOCK] {
+    let mut acc = [T::default(); COLUMN_BLOCK];
+    for &(offset, wv) in taps {
+        let src: &[T; COLUMN_BLOCK] = phases[base + offset..base + offset + COLUMN_BLOCK]
+            .try_into()
+            .expect("a block of the phase buffer");
+        for (a, &x) in acc.iter_mut().zip(src) {
+            *a += wv * x;
+        }
+    }
+    acc
+}
+
 /// One output plane; `out` must be zero on entry.
-fn forward_plane<T: DwElement>(
-    input: &[T],
-    filter: &[T],
-    out: &mut [T],
-    g: &DwShape,
-    stride: usize,
-    pad: Padding2d,
-) {
-    let k = g.kernel;
-    // For strided convolutions, split every input row into `stride` phases (columns
-    // c, c + s, c + 2s, ...) once per plane, so that every tap reads contiguous memory.
-    let phase_row_stride = g.width.div_ceil(stride);
-    let phase_len = g.height * phase_row_stride;
-    let phase_buffer;
-    let phases: Option<&[T]> = if stride == 1 {
-        None
-    } else {
-        let mut buf = vec![T::zero(); stride * phase_len];
-        for y in 0..g.height {
-            for (x, &v) in input[y * g.width..(y + 1) * g.width].iter().enumerate() {
-                buf[(x % stride) * phase_len + y * phase_row_stride + x / stride] = v;
+///
+/// The plane is first copied into a zero-padded buffer (for stride `s`, de-interleaved into `s`
+/// column phases, so column `s * j + r` of the padded row is element `j` of phase `r`): every tap
+/// of every output then reads contiguous memory with no bounds checks. Each block of 16 output
+/// columns is accumulated in registers over all k x k taps and stored once; the previous loop
+/// added each tap into the output row in memory (a load and a store per tap and element) and
+/// took 39% of a FairNAS-A forward pass. The sum order (ky, then kx) is unchanged, so results
+/// are bit-identical.
+fn forward_plane<T: DwElement>(input: &[T], filter: &[T], out: &mut [T], g: &DwShape) {
+    let (k, s, pad) = (g.kernel, g.stride, g.padding);
+    let padded_h = g.height + pad.top + pad.bottom;
+    let padded_w = g.width + pad.left + pad.right;
+    let phase_w = padded_w.div_ceil(s);
+    let phase_len = padded_h * phase_w;
+    // Slack after the last phase: a block near a row's end reads up to a block past it (those
+    // columns are computed and dropped), so every block takes the same vectorised path.
+    let mut phases = vec![T::zero(); s * phase_len + COLUMN_BLOCK];
+    for y in 0..g.height {
+        let row = &input[y * g.width..(y + 1) * g.width];
+        let at = (y + pad.top) * phase_w;
+        if s == 1 {
+            phases[at + pad.left..at + pad.left + g.width].copy_from_slice(row);
+        } else {
+            for (x, &v) in row.iter().enumerate() {
+                let px = x + pad.left;
+                phases[(px % s) * phase_len + at + px / s] = v;
             }
         }
-        phase_buffer = buf;
-        Some(&phase_buffer)
-    };
+    }
+    // Offset of tap (ky, kx) from the first input of output (0, 0), in the phase buffer.
+    let taps: Vec<(usize, T)> = (0..k * k)
+        .map(|t| {
+            let (ky, kx) = (t / k, t % k);
+            ((kx % s) * phase_len + ky * phase_w + kx / s, filter[t])
+        })
+        .collect();
     for oy in 0..g.out_height {
         let out_row = &mut out[oy * g.out_width..(oy + 1) * g.out_width];
-        for ky in 0..k {
-            let iy = oy * stride + ky;
-            if iy < pad.top || iy - pad.top >= g.height {
-                continue;
-            }
-            let in_row = &input[(iy - pad.top) * g.width..(iy - pad.top + 1) * g.width];
-            for kx in 0..k {
-                let wv = filter[ky * k + kx];
-                let (lo, hi) = valid_range(g.out_width, g.width, kx, pad.left, stride);
-                if lo >= hi {
-                    continue;
-                }
-                let first = lo * stride + kx - pad.left;
-                let src: &[T] = match phases {
-                    // Stride 1: the input row itself is contiguous.
-                    None => &in_row[first..first + (hi - lo)],
-                    // Stride s: column `first + s*j` lives at phase `first % s`, index
-                    // `first / s + j` of the de-interleaved row, so the loop stays contiguous.
-                    Some(p) => {
-                        let phase_row = &p[(first % stride) * phase_len..];
-                        let start = (iy - pad.top) * phase_row_stride + first / stride;
-                        &phase_row[start..start + (hi - lo)]
-                    }
-                };
-                for (o, &x) in out_row[lo..hi].iter_mut().zip(src) {
-                    *o += wv * x;
-                }
-            }
+        let row_base = oy * s * phase_w;
+        for (block, dst) in out_row.chunks_mut(COLUMN_BLOCK).enumerate() {
+            let acc = column_block(&phases, row_base + block * COLUMN_BLOCK, &taps);
+            dst.copy_from_slice(&acc[..dst.len()]);
         }
     }
 }
@@ -221,7 +226,7 @@ fn forward_typed<T: DwElement>(
         let c = plane % g.channels;
         let src = &input[plane * in_plane..(plane + 1) * in_plane];
         let filter = &weight[c * kk..(c + 1) * kk];
-        forward_plane(src, filter, dst, &g, op.stride, op.padding);
+        forward_plane(src, filter, dst, &g);
     });
     Ok((out, g.output_shape()))
 }

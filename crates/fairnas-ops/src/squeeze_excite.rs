@@ -339,18 +339,12 @@ impl CustomOp3 for ScalePlanes {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => {
-                scale_planes_typed::<f32>((s1, l1), (s2, l2), (s3, l3)).map(|(v, s)| (CpuStorage::F32(v), s))
-            }
-            (DType::F64, DType::F64, DType::F64) => {
-                scale_planes_typed::<f64>((s1, l1), (s2, l2), (s3, l3)).map(|(v, s)| (CpuStorage::F64(v), s))
-            }
-            (a, b, c) => {
-                candle_core::bail!("scale planes supports f32 or f64 throughout, got {a:?}, {b:?}, {c:?}")
-            }
-        };
-        out
+        crate::layout::dispatch_f32_f64(
+            "scale planes",
+            &[s1.dtype(), s2.dtype(), s3.dtype()],
+            || scale_planes_typed::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            || scale_planes_typed::<f64>((s1, l1), (s2, l2), (s3, l3)),
+        )
     }
 
     #[cfg(feature = "cuda")]

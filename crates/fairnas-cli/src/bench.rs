@@ -6,15 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use clap::Args;
 use serde::Serialize;
 
 use fairnas_cli::device::parse_device;
 use fairnas_cli::model_args::ModelArgs;
 use fairnas_model::cost::cost_report;
-use fairnas_model::network::Network;
-use fairnas_model::synthetic::synthetic_weights;
+use fairnas_model::synthetic::synthetic_network;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -59,8 +57,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let spec = args.model.resolve()?;
     let device = parse_device(&args.device)?;
-    let weights = synthetic_weights(&spec, args.seed, &device)?;
-    let net = Network::load(&spec, VarBuilder::from_tensors(weights, DType::F32, &device))?;
+    let net = synthetic_network(&spec, args.seed, DType::F32, &device)?;
     let madds = cost_report(&spec).madds;
     let size = spec.input_size;
     let mut results = Vec::new();

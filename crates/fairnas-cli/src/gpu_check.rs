@@ -20,14 +20,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
 use clap::Args;
 use serde::Serialize;
 
 use fairnas_model::network::Network;
 use fairnas_model::selection::ModelSelection;
 use fairnas_model::spec::{ArchSpec, BlockKind, Padding};
-use fairnas_model::synthetic::synthetic_weights;
+use fairnas_model::synthetic::synthetic_network;
 use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use fairnas_ops::squeeze_excite::{PlaneStats, ScalePlanes};
 use fairnas_ops::{
@@ -402,12 +401,7 @@ fn fairnas_a() -> Result<ArchSpec> {
 }
 
 fn network(spec: &ArchSpec, dtype: DType, device: &Device) -> Result<Network> {
-    let weights = synthetic_weights(spec, 0, &Device::Cpu)?;
-    let weights = weights
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
-        .collect::<candle_core::Result<_>>()?;
-    Ok(Network::load(spec, VarBuilder::from_tensors(weights, dtype, device))?)
+    Ok(synthetic_network(spec, 0, dtype, device)?)
 }
 
 /// FairNAS-A (synthetic weights, seed 0) on 8 random images: the device in f32 against the CPU in

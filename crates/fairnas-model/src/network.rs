@@ -38,11 +38,12 @@ pub struct BatchNorm2d {
     pub running_mean: Tensor,
     pub running_var: Tensor,
     pub eps: f64,
-    /// `weight / sqrt(running_var + eps)`, shaped `[1, C, 1, 1]`.
+    /// `weight / sqrt(running_var + eps)`, `[C]`: eval-mode BN as an affine, applied in the
+    /// epilogue of the convolution before it.
     scale: Tensor,
-    /// `bias - running_mean * scale`, shaped `[1, C, 1, 1]`.
+    /// `bias - running_mean * scale`, `[C]`.
     shift: Tensor,
-    /// `[scale; shift]` as `[2, C]`: the epilogue operand of the fused depthwise kernel.
+    /// `[scale; shift]` as `[2, C]`: the operand of the fused depthwise kernel.
     affine: Tensor,
 }
 
@@ -56,18 +57,14 @@ impl BatchNorm2d {
         let shift = (&bias - (&running_mean * &scale)?)?;
         Ok(Self {
             affine: Tensor::stack(&[&scale, &shift], 0)?,
-            scale: scale.reshape((1, channels, 1, 1))?,
-            shift: shift.reshape((1, channels, 1, 1))?,
+            scale,
+            shift,
             weight,
             bias,
             running_mean,
             running_var,
             eps,
         })
-    }
-
-    pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
     }
 }
 
@@ -158,7 +155,7 @@ impl ConvBnAct {
             return depthwise_affine_act(x, &self.weight, &self.bn.affine, stride, padding, self.activation);
         }
         // BN's eval affine and the activation in one pass over the convolution's output.
-        channel_affine_act(&self.conv(x)?, &self.bn.affine.get(0)?, &self.bn.affine.get(1)?, self.activation)
+        channel_affine_act(&self.conv(x)?, &self.bn.scale, &self.bn.shift, self.activation)
     }
 }
 

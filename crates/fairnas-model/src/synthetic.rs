@@ -67,6 +67,21 @@ pub fn synthetic_weights(spec: &ArchSpec, seed: u64, device: &Device) -> Result<
         .collect()
 }
 
+/// The network for `spec` with synthetic weights (generated on the CPU in f32, then converted to
+/// `dtype` on `device`): what benchmarks and device checks run when no checkpoint is given.
+pub fn synthetic_network(
+    spec: &ArchSpec,
+    seed: u64,
+    dtype: candle_core::DType,
+    device: &Device,
+) -> Result<Network> {
+    let weights = synthetic_weights(spec, seed, &Device::Cpu)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?.to_device(device)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Network::load(spec, candle_nn::VarBuilder::from_tensors(weights, dtype, device))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,21 +33,23 @@ impl Activation {
         }
     }
 
-    /// The derivative `f'(x)` of one value (the fused backward kernels). At the kinks it takes
-    /// PyTorch's one-sided choice: ReLU'(0) = 0, ReLU6'(0) = ReLU6'(6) = 0.
+    /// The derivative `f'(x)` of one value (the fused backward kernels), in any float precision.
+    /// At the kinks it takes PyTorch's one-sided choice: ReLU'(0) = 0, ReLU6'(0) = ReLU6'(6) = 0.
     #[inline(always)]
-    pub fn derivative_at(self, x: f64) -> f64 {
+    pub fn derivative_at<F: num_traits::Float>(self, x: F) -> F {
+        let (zero, one, six) = (F::zero(), F::one(), F::from(6.0).unwrap_or_else(F::one));
+        let step = |on: bool| if on { one } else { zero };
         match self {
-            Activation::Identity => 1.0,
-            Activation::Relu => f64::from(u8::from(x > 0.0)),
-            Activation::Relu6 => f64::from(u8::from(x > 0.0 && x < 6.0)),
+            Activation::Identity => one,
+            Activation::Relu => step(x > zero),
+            Activation::Relu6 => step(x > zero && x < six),
             Activation::Swish => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                s * (1.0 + x * (1.0 - s))
+                let s = one / (one + (-x).exp());
+                s * (one + x * (one - s))
             }
             Activation::Sigmoid => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                s * (1.0 - s)
+                let s = one / (one + (-x).exp());
+                s * (one - s)
             }
         }
     }

@@ -140,12 +140,18 @@ pub(crate) fn normalize<T: BnElement>(
         .moments
         .iter()
         .enumerate()
-        .map(|(ch, &(mean, var))| {
-            let scale = w[ch].wide() / (var + op.eps).sqrt();
-            (scale, b[ch].wide() - mean * scale)
-        })
+        .map(|(ch, &(mean, var))| bn_affine(w[ch].wide(), b[ch].wide(), mean, var, op.eps))
         .collect();
     Ok(apply_affine(x, c, hw, n, &affine, op.activation))
+}
+
+/// Training-mode BN as a per-channel affine `x * scale + shift`, the form the forward kernel
+/// applies; the backward kernels recompute the pre-activation the same way (same bits, so the
+/// activation's mask is the forward's).
+#[inline]
+fn bn_affine(weight: f64, bias: f64, mean: f64, var: f64, eps: f64) -> (f64, f64) {
+    let scale = weight / (var + eps).sqrt();
+    (scale, bias - mean * scale)
 }
 
 /// `act(x * scale + shift)` per plane; scale and shift per channel.
@@ -213,11 +219,79 @@ fn checked_moments(op: &BatchNormAct, c: usize) -> Result<&[(f64, f64)]> {
     Ok(&op.moments)
 }
 
-/// Pre-activation `z = xhat * w + b` and its upstream gradient `dz = dy * act'(z)` of one element.
+/// Runs `$body` with `$d` bound to the derivative of one concrete activation, so each
+/// activation's loop is compiled and vectorised on its own rather than matching per element.
+macro_rules! with_derivative {
+    ($activation:expr, $t:ty, $d:ident => $body:expr) => {
+        match $activation {
+            Activation::Identity => {
+                let $d = |z: $t| Activation::Identity.derivative_at(z);
+                $body
+            }
+            Activation::Relu => {
+                let $d = |z: $t| Activation::Relu.derivative_at(z);
+                $body
+            }
+            Activation::Relu6 => {
+                let $d = |z: $t| Activation::Relu6.derivative_at(z);
+                $body
+            }
+            Activation::Swish => {
+                let $d = |z: $t| Activation::Swish.derivative_at(z);
+                $body
+            }
+            Activation::Sigmoid => {
+                let $d = |z: $t| Activation::Sigmoid.derivative_at(z);
+                $body
+            }
+        }
+    };
+}
+
+/// Per-channel constants of the backward kernels, in the element type: the forward's affine
+/// (to recompute the pre-activation `z`), the mean, and `1 / sqrt(var + eps)` in f64.
+#[derive(Clone, Copy)]
+struct ChannelTerms<T> {
+    scale: T,
+    shift: T,
+    mean: T,
+    invstd: f64,
+}
+
+fn channel_terms<T: BnElement>(op: &BatchNormAct, p: &[T], c: usize, ch: usize) -> ChannelTerms<T> {
+    let (mean, var) = op.moments[ch];
+    let (scale, shift) = bn_affine(p[ch].wide(), p[c + ch].wide(), mean, var, op.eps);
+    ChannelTerms {
+        scale: T::narrow(scale),
+        shift: T::narrow(shift),
+        mean: T::narrow(mean),
+        invstd: 1.0 / (var + op.eps).sqrt(),
+    }
+}
+
+/// Lanes of the per-plane partial sums (one AVX-512 vector of f32).
+const PLANE_LANES: usize = 16;
+
+/// `[sum dz, sum dz * (x - mean)]` over one plane, `dz = dy * act'(z)`: partial sums in the
+/// element type across [`PLANE_LANES`] lanes, combined in a fixed order in f64.
 #[inline(always)]
-fn pre_activation_grad<T: BnElement>(activation: Activation, xhat: f64, w: f64, b: f64, dy: T) -> f64 {
-    let z = xhat * w + b;
-    dy.wide() * activation.derivative_at(z)
+fn plane_grad_sums<T: BnElement>(x: &[T], dy: &[T], t: ChannelTerms<T>, d: impl Fn(T) -> T) -> (f64, f64) {
+    let (mut s_dz, mut s_dzx) = ([T::zero(); PLANE_LANES], [T::zero(); PLANE_LANES]);
+    let (xc, gc) = (x.chunks_exact(PLANE_LANES), dy.chunks_exact(PLANE_LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for l in 0..PLANE_LANES {
+            let dz = gs[l] * d(xs[l] * t.scale + t.shift);
+            s_dz[l] = s_dz[l] + dz;
+            s_dzx[l] = s_dzx[l] + dz * (xs[l] - t.mean);
+        }
+    }
+    for (l, (&xv, &g)) in xr.iter().zip(gr).enumerate() {
+        let dz = g * d(xv * t.scale + t.shift);
+        s_dz[l] = s_dz[l] + dz;
+        s_dzx[l] = s_dzx[l] + dz * (xv - t.mean);
+    }
+    (s_dz.iter().map(|v| v.wide()).sum(), s_dzx.iter().map(|v| v.wide()).sum())
 }
 
 /// The checked, contiguous inputs of both backward kernels.
@@ -229,7 +303,6 @@ struct BackwardInputs<'a, T: Clone> {
     dy: std::borrow::Cow<'a, [T]>,
     /// Per-channel rows (`[weight; bias; ...]`), `rows x C`.
     p: std::borrow::Cow<'a, [T]>,
-    stats: &'a [(f64, f64)],
 }
 
 fn backward_inputs<'a, T: BnElement>(
@@ -244,6 +317,7 @@ fn backward_inputs<'a, T: BnElement>(
         candle_core::bail!("batch norm backward: gradient {:?} vs input {:?}", gl.dims(), xl.dims());
     }
     check_rows("batch norm backward params", pl, rows, c)?;
+    checked_moments(op, c)?;
     Ok(BackwardInputs {
         n,
         c,
@@ -251,7 +325,6 @@ fn backward_inputs<'a, T: BnElement>(
         x: contiguous_slice::<T>(xs, xl)?,
         dy: contiguous_slice::<T>(gs, gl)?,
         p: contiguous_slice::<T>(ps, pl)?,
-        stats: checked_moments(op, c)?,
     })
 }
 
@@ -266,27 +339,21 @@ fn grad_sums<T: BnElement>(
     (gs, gl): (&CpuStorage, &Layout),
     (ps, pl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let BackwardInputs::<T> { n, c, hw, x, dy, p, stats } =
-        backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 2)?;
-    let sums: Vec<(f64, f64)> = (0..c)
+    let BackwardInputs::<T> { n, c, hw, x, dy, p } = backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 2)?;
+    let sums: Vec<(f64, f64)> = with_derivative!(op.activation, T, d => (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mean, var) = stats[ch];
-            let invstd = 1.0 / (var + op.eps).sqrt();
-            let (w, b) = (p[ch].wide(), p[c + ch].wide());
-            let (mut s_dz, mut s_dz_xhat) = (0f64, 0f64);
+            let terms = channel_terms(op, &p, c, ch);
+            let (mut s_dz, mut s_dzx) = (0f64, 0f64);
             for i in 0..n {
                 let range = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (&v, &g) in x[range.clone()].iter().zip(&dy[range]) {
-                    let xhat = (v.wide() - mean) * invstd;
-                    let dz = pre_activation_grad(op.activation, xhat, w, b, g);
-                    s_dz += dz;
-                    s_dz_xhat += dz * xhat;
-                }
+                let (a, b) = plane_grad_sums(&x[range.clone()], &dy[range], terms, d);
+                s_dz += a;
+                s_dzx += b;
             }
-            (s_dz, s_dz_xhat)
+            (s_dz, s_dzx * terms.invstd)
         })
-        .collect();
+        .collect());
     let mut out: Vec<T> = sums.iter().map(|s| T::narrow(s.0)).collect();
     out.extend(sums.iter().map(|s| T::narrow(s.1)));
     Ok((out, Shape::from((2, c))))
@@ -326,23 +393,25 @@ fn grad_input<T: BnElement>(
     (gs, gl): (&CpuStorage, &Layout),
     (ps, pl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let BackwardInputs::<T> { n, c, hw, x, dy, p, stats } =
-        backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 4)?;
+    let BackwardInputs::<T> { n, c, hw, x, dy, p } = backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 4)?;
     let count = (n * hw).max(1) as f64;
-    let out = par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| {
+    // dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)), xhat = (x - mean) * invstd,
+    // i.e. per channel `k_dz * dz + k_x * (x - mean) + k_0`.
+    let out = with_derivative!(op.activation, T, d => par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| {
         let ch = plane % c;
-        let (mean, var) = stats[ch];
-        let invstd = 1.0 / (var + op.eps).sqrt();
-        let (w, b) = (p[ch].wide(), p[c + ch].wide());
+        let t = channel_terms(op, &p, c, ch);
+        let w = p[ch].wide();
         let mean_dz = p[2 * c + ch].wide() / count;
         let mean_dz_xhat = p[3 * c + ch].wide() / count;
+        let k_dz = T::narrow(w * t.invstd);
+        let k_x = T::narrow(-w * t.invstd * t.invstd * mean_dz_xhat);
+        let k_0 = T::narrow(-w * t.invstd * mean_dz);
         let range = plane * hw..(plane + 1) * hw;
-        for ((d, &v), &g) in dst.iter_mut().zip(&x[range.clone()]).zip(&dy[range]) {
-            let xhat = (v.wide() - mean) * invstd;
-            let dz = pre_activation_grad(op.activation, xhat, w, b, g);
-            *d = T::narrow(w * invstd * (dz - mean_dz - xhat * mean_dz_xhat));
+        for ((o, &v), &g) in dst.iter_mut().zip(&x[range.clone()]).zip(&dy[range]) {
+            let dz = g * d(v * t.scale + t.shift);
+            *o = k_dz * dz + k_x * (v - t.mean) + k_0;
         }
-    });
+    }));
     Ok((out, xl.shape().clone()))
 }
 

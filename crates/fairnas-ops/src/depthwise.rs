@@ -119,23 +119,6 @@ impl DepthwiseConv2d {
     }
 }
 
-/// The half-open range of output columns `ox` for which input column `ox * stride + tap - pad`
-/// lies inside `0..width`.
-#[inline]
-pub(crate) fn valid_range(
-    out_len: usize,
-    width: usize,
-    tap: usize,
-    pad: usize,
-    stride: usize,
-) -> (usize, usize) {
-    // lower bound: ox * stride + tap >= pad
-    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
-    // upper bound: ox * stride + tap - pad <= width - 1
-    let hi = if width + pad > tap { (width + pad - tap - 1) / stride + 1 } else { 0 };
-    (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
-}
-
 pub(crate) trait DwElement:
     candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign
 {
@@ -144,12 +127,16 @@ impl DwElement for f32 {}
 impl DwElement for f64 {}
 
 /// Output columns accumulated in registers at a time: two AVX2 vectors of f32.
-const COLUMN_BLOCK: usize = 16;
+pub(crate) const COLUMN_BLOCK: usize = 16;
 
 /// `COLUMN_BLOCK` adjacent outputs: the sum over taps of `weight * phases[base + offset ..]`. A
 /// small function with fixed-size arrays, so the accumulators live in vector registers.
 #[inline(always)]
-fn column_block<T: DwElement>(phases: &[T], base: usize, taps: &[(usize, T)]) -> [T; COLUMN_BLOCK] {
+pub(crate) fn column_block<T: DwElement>(
+    phases: &[T],
+    base: usize,
+    taps: &[(usize, T)],
+) -> [T; COLUMN_BLOCK] {
     let mut acc = [T::default(); COLUMN_BLOCK];
     for &(offset, wv) in taps {
         let src: &[T; COLUMN_BLOCK] = phases[base + offset..base + offset + COLUMN_BLOCK]

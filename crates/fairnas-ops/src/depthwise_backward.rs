@@ -1,9 +1,8 @@
 //! Gradients of the depthwise convolution, as two more custom ops (so each is an ordinary
 //! tensor op, parallel over planes or channels like the forward):
 //!
-//! - input gradient: a transposed depthwise convolution. Each (n, c) plane is independent: for
-//!   every output row and kernel tap, the matching input columns receive `w * grad_out`, an
-//!   axpy over contiguous memory (stride 1) or over de-interleaved phases (stride s);
+//! - input gradient: a transposed depthwise convolution. Each (n, c) plane is independent and
+//!   computed as a gather per stride phase (see [`PhaseGrid`]);
 //! - weight gradient: for each channel, every tap is the dot product of a shifted input window
 //!   with the output gradient, summed over the batch. One task per channel sums in a fixed order,
 //!   so the result does not depend on the thread count.
@@ -12,7 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 use crate::buffer::par_filled_chunks;
-use crate::depthwise::{conv_output_size, valid_range, DwElement, DwShape, Padding2d};
+use crate::depthwise::{column_block, conv_output_size, DwElement, DwShape, Padding2d, COLUMN_BLOCK};
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
 
 /// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
@@ -94,6 +93,118 @@ impl DepthwiseWeightGrad {
     }
 }
 
+/// The zero-padded input plane split into `s x s` stride phases: padded position `(py, px)`
+/// lives in phase `(py % s, px % s)` at row `py / s`, column `px / s`. Output `(oy, ox)` then
+/// reads tap `(ky, kx)` at `tap_offset(ky, kx) + oy * cols + ox`, so when the output (or its
+/// gradient) is laid out with the phases' row pitch `cols` (zeros in the columns past `Wo`),
+/// every tap is ONE contiguous run of `Ho * cols` elements: no bounds checks, no per-row
+/// ranges, and long vectors even for the 4x4 planes of NAS-Bench-Macro's last layers. The
+/// previous kernels worked row by row and tap by tap over ranges of a few columns and took 28%
+/// of a supernet step (5x the forward).
+///
+/// Junk positions (columns `Wo..cols` of a pitched output row) pair a zero with a finite
+/// padded-plane value, so they add exact zeros.
+#[derive(Debug, Clone, Copy)]
+struct PhaseGrid {
+    g: DwShape,
+    s: usize,
+    /// Rows and columns of one phase.
+    rows: usize,
+    cols: usize,
+}
+
+impl PhaseGrid {
+    fn new(g: DwShape) -> Self {
+        let s = g.stride;
+        let p = g.padding;
+        let rows = (g.height + p.top + p.bottom).div_ceil(s);
+        let cols = (g.width + p.left + p.right).div_ceil(s);
+        PhaseGrid { g, s, rows, cols }
+    }
+
+    fn phase_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Elements of an output plane at the phases' row pitch, rounded up to whole blocks.
+    fn pitched_len(&self) -> usize {
+        (self.g.out_height * self.cols).next_multiple_of(COLUMN_BLOCK)
+    }
+
+    /// Index of padded position `(py, px)` in the phase buffer.
+    #[inline]
+    fn at(&self, py: usize, px: usize) -> usize {
+        let s = self.s;
+        ((py % s) * s + px % s) * self.phase_len() + (py / s) * self.cols + px / s
+    }
+
+    /// Offset of tap `(ky, kx)` from output `(0, 0)` in the phase buffer.
+    fn tap_offset(&self, ky: usize, kx: usize) -> usize {
+        self.at(ky, kx)
+    }
+
+    /// Length of a phase buffer: all phases plus slack for the last block's junk reads (the
+    /// largest tap offset plus a pitched plane ends at most `k + COLUMN_BLOCK` past them).
+    fn buffer_len(&self) -> usize {
+        self.s * self.s * self.phase_len() + self.g.kernel + COLUMN_BLOCK
+    }
+
+    /// The input columns `x0, x0 + s, ...` of column phase `rx` and the phase column of `x0`:
+    /// padded column `x + left` lies in phase `(x + left) % s`.
+    fn column_phase(&self, rx: usize) -> Option<(usize, usize)> {
+        let (s, left) = (self.s, self.g.padding.left);
+        let x0 = (rx + s - left % s) % s;
+        (x0 < self.g.width).then_some((x0, (x0 + left) / s))
+    }
+
+    /// Writes an input plane into its zeroed phase buffer.
+    fn scatter<T: DwElement>(&self, plane: &[T], buf: &mut [T]) {
+        let (w, p) = (self.g.width, self.g.padding);
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            let py = y + p.top;
+            if self.s == 1 {
+                let at = self.at(py, p.left);
+                buf[at..at + w].copy_from_slice(row);
+                continue;
+            }
+            for rx in 0..self.s {
+                let Some((x0, col)) = self.column_phase(rx) else { continue };
+                let at = self.at(py, rx) + col;
+                for (d, &v) in buf[at..].iter_mut().zip(row[x0..].iter().step_by(self.s)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`PhaseGrid::scatter`]: the interior of a phase buffer whose phases are
+    /// `phase_stride` apart.
+    fn gather<T: DwElement>(&self, buf: &[T], phase_stride: usize, plane: &mut [T]) {
+        let (w, p, s) = (self.g.width, self.g.padding, self.s);
+        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+            let py = y + p.top;
+            let row_at = (py / s) * self.cols;
+            for rx in 0..s {
+                let Some((x0, col)) = self.column_phase(rx) else { continue };
+                let at = ((py % s) * s + rx) * phase_stride + row_at + col;
+                for (d, &v) in row[x0..].iter_mut().step_by(s).zip(&buf[at..]) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// Copies an output-sized plane into a zeroed buffer with the phases' row pitch, starting
+    /// at `margin`.
+    fn pitch<T: DwElement>(&self, plane: &[T], buf: &mut [T], margin: usize) {
+        let wo = self.g.out_width;
+        for (oy, row) in plane.chunks_exact(wo).enumerate() {
+            let at = margin + oy * self.cols;
+            buf[at..at + wo].copy_from_slice(row);
+        }
+    }
+}
+
 fn input_grad_typed<T: DwElement>(
     op: &DepthwiseInputGrad,
     gs: &CpuStorage,
@@ -102,85 +213,59 @@ fn input_grad_typed<T: DwElement>(
     wl: &Layout,
 ) -> Result<(Vec<T>, Shape)> {
     let shape = op.shape(gl, wl)?;
-    let DwShape {
-        batch: n,
-        channels: c,
-        height: h,
-        width: w,
-        kernel: k,
-        stride: s,
-        padding: p,
-        out_height: ho,
-        out_width: wo,
-    } = shape;
+    let grid = PhaseGrid::new(shape);
+    let DwShape { batch: n, channels: c, height: h, width: w, kernel: k, .. } = shape;
+    let s = shape.stride;
+    let out_plane = shape.out_height * shape.out_width;
     let grad_out = contiguous_slice::<T>(gs, gl)?;
     let weight = contiguous_slice::<T>(ws, wl)?;
-    let phase_w = w.div_ceil(s);
+    // The input gradient is a gather: padded position q of phase (ry, rx) receives
+    // `w[ky, kx] * g[q - row_shift * cols - col_shift]` from every tap of that phase
+    // (ky = s * row_shift + ry, kx = s * col_shift + rx). With the pitched gradient behind a
+    // zero margin, each phase is a forward-style register-blocked sum over its taps.
+    let margin = ((k - 1) / s) * grid.cols + (k - 1) / s;
+    let phase_blocks = grid.phase_len().next_multiple_of(COLUMN_BLOCK);
+    let pitched_buffer = margin + phase_blocks.max(grid.pitched_len()) + COLUMN_BLOCK;
     let out = par_filled_chunks(n * c * h * w, h * w, |plane, dst| {
         let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
-        let g = &grad_out[plane * ho * wo..(plane + 1) * ho * wo];
-        // Accumulate into stride-phase rows (column x lives in phase x % s at x / s) so every
-        // tap is a contiguous axpy; for stride 1 the phase buffer is the plane itself.
-        let mut phases = if s == 1 { Vec::new() } else { vec![T::zero(); s * h * phase_w] };
-        for oy in 0..ho {
-            let g_row = &g[oy * wo..(oy + 1) * wo];
-            for ky in 0..k {
-                let iy = oy * s + ky;
-                if iy < p.top || iy - p.top >= h {
-                    continue;
+        let mut pitched = vec![T::zero(); pitched_buffer];
+        grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, margin);
+        let mut phases = vec![T::zero(); s * s * phase_blocks];
+        let mut taps: Vec<(usize, T)> = Vec::with_capacity(k * k);
+        for ry in 0..s {
+            for rx in 0..s {
+                taps.clear();
+                for ky in (ry..k).step_by(s) {
+                    for kx in (rx..k).step_by(s) {
+                        taps.push((margin - (ky / s) * grid.cols - kx / s, filter[ky * k + kx]));
+                    }
                 }
-                let iy = iy - p.top;
-                for kx in 0..k {
-                    let wv = filter[ky * k + kx];
-                    let (lo, hi) = valid_range(wo, w, kx, p.left, s);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let first = lo * s + kx - p.left;
-                    let target = if s == 1 {
-                        &mut dst[iy * w + first..iy * w + first + (hi - lo)]
-                    } else {
-                        let start = (first % s) * h * phase_w + iy * phase_w + first / s;
-                        &mut phases[start..start + (hi - lo)]
-                    };
-                    for (t, &gv) in target.iter_mut().zip(&g_row[lo..hi]) {
-                        *t += wv * gv;
-                    }
+                let phase = &mut phases[(ry * s + rx) * phase_blocks..(ry * s + rx + 1) * phase_blocks];
+                for (block, out) in phase.chunks_exact_mut(COLUMN_BLOCK).enumerate() {
+                    out.copy_from_slice(&column_block(&pitched, block * COLUMN_BLOCK, &taps));
                 }
             }
         }
-        if s > 1 {
-            for y in 0..h {
-                for (x, d) in dst[y * w..(y + 1) * w].iter_mut().enumerate() {
-                    *d = phases[(x % s) * h * phase_w + y * phase_w + x / s];
-                }
-            }
-        }
+        grid.gather(&phases, phase_blocks, dst);
     });
     Ok((out, shape.input_shape()))
 }
 
 /// Independent partial sums of a dot product: a single running sum is a serial dependency chain
-/// the compiler may not vectorise (float addition does not reassociate); eight lanes fit the
-/// vector registers. The lanes are combined in a fixed order, so the result is deterministic.
-const DOT_LANES: usize = 8;
-
+/// the compiler may not vectorise (float addition does not reassociate); the lanes fit the
+/// vector registers and are combined in a fixed order, so the result is deterministic.
+/// `a.len()` must be a multiple of `COLUMN_BLOCK`.
 #[inline(always)]
 fn dot<T: DwElement>(a: &[T], b: &[T]) -> T {
-    let mut lanes = [T::default(); DOT_LANES];
-    let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..DOT_LANES {
+    let mut lanes = [T::default(); COLUMN_BLOCK];
+    for (x, y) in a.chunks_exact(COLUMN_BLOCK).zip(b.chunks_exact(COLUMN_BLOCK)) {
+        for l in 0..COLUMN_BLOCK {
             lanes[l] += x[l] * y[l];
         }
     }
     let mut acc = T::default();
     for lane in lanes {
         acc += lane;
-    }
-    for (&x, &y) in ra.iter().zip(rb) {
-        acc += x * y;
     }
     acc
 }
@@ -192,56 +277,24 @@ fn weight_grad_typed<T: DwElement>(
     gs: &CpuStorage,
     gl: &Layout,
 ) -> Result<(Vec<T>, Shape)> {
-    let DwShape {
-        batch: n,
-        channels: c,
-        height: h,
-        width: w,
-        kernel: k,
-        stride: s,
-        padding: p,
-        out_height: ho,
-        out_width: wo,
-    } = op.shape(xl, gl)?;
+    let shape = op.shape(xl, gl)?;
+    let grid = PhaseGrid::new(shape);
+    let DwShape { batch: n, channels: c, height: h, width: w, kernel: k, .. } = shape;
+    let out_plane = shape.out_height * shape.out_width;
     let input = contiguous_slice::<T>(xs, xl)?;
     let grad_out = contiguous_slice::<T>(gs, gl)?;
-    let phase_w = w.div_ceil(s);
+    let offsets: Vec<usize> = (0..k * k).map(|t| grid.tap_offset(t / k, t % k)).collect();
+    let run = grid.pitched_len();
     let out = par_filled_chunks(c * k * k, k * k, |channel, taps| {
-        let mut phases = if s == 1 { Vec::new() } else { vec![T::zero(); s * h * phase_w] };
+        let mut phases = vec![T::zero(); grid.buffer_len()];
+        let mut pitched = vec![T::zero(); run];
         for sample in 0..n {
             let plane = sample * c + channel;
-            let x = &input[plane * h * w..(plane + 1) * h * w];
-            let g = &grad_out[plane * ho * wo..(plane + 1) * ho * wo];
-            if s > 1 {
-                for y in 0..h {
-                    for (col, &v) in x[y * w..(y + 1) * w].iter().enumerate() {
-                        phases[(col % s) * h * phase_w + y * phase_w + col / s] = v;
-                    }
-                }
-            }
-            for oy in 0..ho {
-                let g_row = &g[oy * wo..(oy + 1) * wo];
-                for ky in 0..k {
-                    let iy = oy * s + ky;
-                    if iy < p.top || iy - p.top >= h {
-                        continue;
-                    }
-                    let iy = iy - p.top;
-                    for kx in 0..k {
-                        let (lo, hi) = valid_range(wo, w, kx, p.left, s);
-                        if lo >= hi {
-                            continue;
-                        }
-                        let first = lo * s + kx - p.left;
-                        let src = if s == 1 {
-                            &x[iy * w + first..iy * w + first + (hi - lo)]
-                        } else {
-                            let start = (first % s) * h * phase_w + iy * phase_w + first / s;
-                            &phases[start..start + (hi - lo)]
-                        };
-                        taps[ky * k + kx] += dot(src, &g_row[lo..hi]);
-                    }
-                }
+            // Padding and junk columns stay zero: only the interior is rewritten per sample.
+            grid.scatter(&input[plane * h * w..(plane + 1) * h * w], &mut phases);
+            grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, 0);
+            for (tap, &offset) in taps.iter_mut().zip(&offsets) {
+                *tap += dot(&pitched, &phases[offset..offset + run]);
             }
         }
     });

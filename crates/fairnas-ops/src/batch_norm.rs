@@ -27,7 +27,7 @@ use crate::layout::{contiguous_slice, dispatch_f32_f64 as dispatch};
 use crate::Activation;
 
 /// Elements the kernels run on.
-pub(crate) trait BnElement: WithDType + num_traits::Float + Default {
+pub(crate) trait BnElement: WithDType + num_traits::Float + Default + std::ops::AddAssign {
     #[inline(always)]
     fn wide(self) -> f64 {
         WithDType::to_f64(self)
@@ -282,14 +282,14 @@ fn plane_grad_sums<T: BnElement>(x: &[T], dy: &[T], t: ChannelTerms<T>, d: impl 
     for (xs, gs) in xc.zip(gc) {
         for l in 0..PLANE_LANES {
             let dz = gs[l] * d(xs[l] * t.scale + t.shift);
-            s_dz[l] = s_dz[l] + dz;
-            s_dzx[l] = s_dzx[l] + dz * (xs[l] - t.mean);
+            s_dz[l] += dz;
+            s_dzx[l] += dz * (xs[l] - t.mean);
         }
     }
     for (l, (&xv, &g)) in xr.iter().zip(gr).enumerate() {
         let dz = g * d(xv * t.scale + t.shift);
-        s_dz[l] = s_dz[l] + dz;
-        s_dzx[l] = s_dzx[l] + dz * (xv - t.mean);
+        s_dz[l] += dz;
+        s_dzx[l] += dz * (xv - t.mean);
     }
     (s_dz.iter().map(|v| v.wide()).sum(), s_dzx.iter().map(|v| v.wide()).sum())
 }

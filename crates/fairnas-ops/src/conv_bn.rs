@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor}
 use crate::batch_norm::{
     check_rows, dims_nchw, moments_of, normalize, BatchNormAct, BnElement, BnGradInput, BnGradSums,
 };
+use crate::dense_conv::{dense_conv_grads, DenseConv};
 use crate::depthwise::{DepthwiseConv2d, Padding2d};
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
@@ -28,6 +29,9 @@ pub enum BnConv {
     Pointwise,
     /// Depthwise `k x k`; weight `[C, 1, k, k]`.
     Depthwise { stride: usize, padding: Padding2d },
+    /// Dense `k x k`; weight `[O, C, k, k]`. The input gets a gradient only when autograd
+    /// tracks it (not the stem's image batch).
+    Dense { stride: usize, padding: Padding2d },
 }
 
 /// Inputs: `x` `[N, C, H, W]`, the conv weight, `[bn weight; bn bias]` `[2, O]`.
@@ -87,26 +91,33 @@ impl CustomOp3 for ConvBnAct {
         let sums = c.apply_op3_no_bwd(grad_output, &params, &BnGradSums(self.bn.clone()))?;
         let packed = Tensor::cat(&[&params, &sums], 0)?;
         let grad_c = c.apply_op3_no_bwd(grad_output, &packed, &BnGradInput(self.bn.clone()))?;
-        let (grad_x, grad_w) = match self.conv {
-            BnConv::Pointwise => (
-                grad_c.apply_op2_no_bwd(weight, &PointwiseInputGrad)?,
-                x.apply_op2_no_bwd(&grad_c, &PointwiseWeightGrad)?.reshape(weight.shape())?,
-            ),
-            BnConv::Depthwise { stride, padding } => {
-                let (_, _, height, width) = x.dims4()?;
-                (
-                    grad_c
-                        .apply_op2_no_bwd(weight, &DepthwiseInputGrad { stride, padding, height, width })?,
-                    x.apply_op2_no_bwd(
-                        &grad_c,
-                        &DepthwiseWeightGrad { stride, padding, kernel: weight.dim(2)? },
-                    )?,
-                )
-            }
-        };
+        let (grad_x, grad_w) =
+            match self.conv {
+                BnConv::Pointwise => (
+                    Some(grad_c.apply_op2_no_bwd(weight, &PointwiseInputGrad)?),
+                    x.apply_op2_no_bwd(&grad_c, &PointwiseWeightGrad)?.reshape(weight.shape())?,
+                ),
+                BnConv::Dense { stride, padding } => {
+                    let (grad_x, grad_w) = dense_conv_grads(x, weight, &grad_c, stride, padding)?;
+                    (grad_x, grad_w.expect("a dense conv always has a weight gradient"))
+                }
+                BnConv::Depthwise { stride, padding } => {
+                    let (_, _, height, width) = x.dims4()?;
+                    (
+                        Some(grad_c.apply_op2_no_bwd(
+                            weight,
+                            &DepthwiseInputGrad { stride, padding, height, width },
+                        )?),
+                        x.apply_op2_no_bwd(
+                            &grad_c,
+                            &DepthwiseWeightGrad { stride, padding, kernel: weight.dim(2)? },
+                        )?,
+                    )
+                }
+            };
         // sums = [sum dz, sum dz * xhat] = [d bias, d weight]; params are [weight; bias].
         let grad_params = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_params)))
+        Ok((grad_x, Some(grad_w), Some(grad_params)))
     }
 }
 
@@ -127,6 +138,7 @@ pub fn conv_bn_act(
         BnConv::Depthwise { stride, padding } => {
             x.apply_op2_no_bwd(weight, &DepthwiseConv2d { stride, padding })?
         }
+        BnConv::Dense { stride, padding } => x.apply_op2_no_bwd(weight, &DenseConv { stride, padding })?,
     };
     let stats = moments_of(&conv_out)?;
     let channels = stats.len();

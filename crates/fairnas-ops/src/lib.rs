@@ -17,6 +17,7 @@ pub mod buffer;
 pub mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dense_conv;
 pub mod depthwise;
 pub mod depthwise_backward;
 pub mod layout;
@@ -26,6 +27,7 @@ pub mod squeeze_excite;
 pub use activation::Activation;
 pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
 pub use conv_bn::{conv_bn_act, BnConv};
+pub use dense_conv::{dense_conv2d, DenseConv};
 pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
 pub use pointwise::{pointwise_conv, PointwiseConv};
 pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

@@ -24,7 +24,7 @@ use crate::layout::{contiguous_slice, dispatch_f32_f64};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PointwiseConv;
 
-trait GemmElement: WithDType + Default {}
+pub(crate) trait GemmElement: WithDType + Default {}
 impl GemmElement for f32 {}
 impl GemmElement for f64 {}
 
@@ -48,7 +48,7 @@ fn input_dims(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
 /// Each pointer must address a matrix of the given size and strides inside one allocation,
 /// `dst` must not overlap the inputs, and `dst` must be initialised when `accumulate` is set.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul<T: GemmElement>(
+pub(crate) unsafe fn matmul<T: GemmElement>(
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     accumulate: bool,
@@ -86,7 +86,7 @@ unsafe fn matmul<T: GemmElement>(
 }
 
 /// Per-image GEMMs into a fresh `[images, rows * cols]` buffer, parallel over images or inside.
-fn per_image<T: GemmElement>(
+pub(crate) fn per_image<T: GemmElement>(
     images: usize,
     rows: usize,
     cols: usize,

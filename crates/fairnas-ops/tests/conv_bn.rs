@@ -4,7 +4,8 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use fairnas_ops::{
-    batch_norm_act, conv_bn_act, depthwise_conv2d, pointwise_conv, Activation, BnConv, Padding2d,
+    batch_norm_act, conv_bn_act, dense_conv2d, depthwise_conv2d, pointwise_conv, Activation, BnConv,
+    Padding2d,
 };
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -29,6 +30,18 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
             vec![5, 1, 5, 5],
             Activation::Swish,
         ),
+        (
+            BnConv::Dense { stride: 2, padding: Padding2d::tf_same(9, 8, 3, 2) },
+            (2, 3, 9, 8),
+            vec![5, 3, 3, 3],
+            Activation::Relu,
+        ),
+        (
+            BnConv::Dense { stride: 2, padding: Padding2d::default() },
+            (3, 4, 6, 6),
+            vec![7, 4, 1, 1],
+            Activation::Identity,
+        ),
     ];
     for (conv, xs, ws, act) in cases {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., xs, &dev)?)?;
@@ -43,6 +56,7 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
             BnConv::Depthwise { stride, padding } => {
                 depthwise_conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?
             }
+            BnConv::Dense { stride, padding } => dense_conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?,
         };
         let (separate, m2) = batch_norm_act(&c, gamma.as_tensor(), beta.as_tensor(), 1e-5, act)?;
         assert_eq!(flat(&fused), flat(&separate), "{conv:?} forward");

@@ -215,15 +215,19 @@ impl ConvBn {
         }
     }
 
-    /// In training and recalibration, pointwise and depthwise convolutions run fused with their
-    /// BN and activation as one autograd node (`fairnas_ops::conv_bn`: same bits, less memory
-    /// traffic in the backward pass).
+    /// In training and recalibration, every convolution runs fused with its BN and activation
+    /// as one autograd node (`fairnas_ops::conv_bn`: same bits as the separate ops, less memory
+    /// traffic in the backward pass; the stem's dense convolution computes no gradient for the
+    /// image batch).
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let fused = match (mode, self.kind) {
-            (Mode::Eval, _) | (_, ConvKind::Dense { .. }) => None,
+            (Mode::Eval, _) => None,
             (_, ConvKind::Pointwise) => Some(BnConv::Pointwise),
             (_, ConvKind::Depthwise { kernel, stride }) => {
                 Some(BnConv::Depthwise { stride, padding: self.padding2d(x, kernel, stride)? })
+            }
+            (_, ConvKind::Dense { kernel, stride }) => {
+                Some(BnConv::Dense { stride, padding: self.padding2d(x, kernel, stride)? })
             }
         };
         let Some(conv) = fused else {

@@ -45,18 +45,31 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Tick positions: about five round numbers covering `[lo, hi]`.
+///
+/// The span is floored relative to the values' magnitude, and the count is capped: a flat
+/// series at 2.8e9 (a hypervolume that did not change) once gave a step below the values' ulp,
+/// so `t += step` never moved and the loop filled memory until the OOM killer ended `fairnas nas`.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let span = (hi - lo).max(f64::EPSILON);
+    let span = (hi - lo).max(lo.abs().max(hi.abs()).max(1.0) * 1e-9);
     let raw = span / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(raw);
     let mut t = (lo / step).ceil() * step;
     let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
+    while t <= hi + step * 1e-9 && out.len() < MAX_TICKS {
         out.push(t);
         t += step;
     }
     out
+}
+
+/// More ticks than an axis ever needs (about five are drawn).
+const MAX_TICKS: usize = 50;
+
+/// Margin around a data range: 5% of it, or, when the range is flat, a small fraction of the
+/// values' magnitude (a fixed 1e-9 vanishes below the ulp of large values).
+fn margin(lo: f64, hi: f64) -> f64 {
+    ((hi - lo) * 0.05).max(lo.abs().max(hi.abs()).max(1.0) * 1e-3)
 }
 
 fn label(v: f64) -> String {
@@ -93,7 +106,7 @@ impl Scatter {
         if x0 > x1 {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
-        let (px, py) = (((x1 - x0) * 0.05).max(1e-9), ((y1 - y0) * 0.05).max(1e-9));
+        let (px, py) = (margin(x0, x1), margin(y0, y1));
         let (x0, x1, y0, y1) = (x0 - px, x1 + px, y0 - py, y1 + py);
         let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT);
         let sy = |y: f64| HEIGHT - BOTTOM - (y - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM);
@@ -199,6 +212,32 @@ impl Scatter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flat_series_of_large_values_gets_finite_ticks() {
+        let flat = |y: f64| Scatter {
+            title: "hypervolume".into(),
+            x_label: "generation".into(),
+            y_label: "hv".into(),
+            series: vec![Series {
+                name: "hv".into(),
+                color: "black".into(),
+                radius: 3.0,
+                line: true,
+                points: vec![(0.0, y), (1.0, y)],
+            }],
+            markers: Vec::new(),
+        };
+        for y in [2.768633e9, 0.0, -5.0, 1e300] {
+            let svg = flat(y).to_svg();
+            assert!(svg.ends_with("</svg>\n"), "{y}");
+            assert!(svg.matches("<line").count() < 2 * MAX_TICKS + 10, "{y}");
+        }
+        for (lo, hi) in [(2.768633e9, 2.768633e9), (1.0, 1.0), (0.0, 1e-12)] {
+            let t = ticks(lo - margin(lo, hi), hi + margin(lo, hi));
+            assert!(!t.is_empty() && t.len() <= MAX_TICKS, "{lo} {hi}: {t:?}");
+        }
+    }
 
     #[test]
     fn draws_every_point_and_escapes_text() {

@@ -59,13 +59,9 @@ pub(crate) fn check_rows(op: &str, l: &Layout, rows: usize, c: usize) -> Result<
     Ok(())
 }
 
-/// Accumulation lanes: independent partial sums the compiler keeps in vector registers
-/// (a single running f64 sum is a serial dependency chain).
-const LANES: usize = 8;
-
 /// Per-channel mean and biased variance, in channel order. One pass over the data, shifted by
-/// the channel's first value so that `sum(d^2) - sum(d)^2 / n` does not cancel, with f64 lane
-/// accumulators combined in a fixed order.
+/// the channel's first value so that `sum(d^2) - sum(d)^2 / n` does not cancel: each plane is
+/// summed in [`PLANE_LANES`] lanes of the element type, the planes in f64, in a fixed order.
 pub(crate) fn moments<T: BnElement>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     let count = (n * hw).max(1) as f64;
     (0..c)
@@ -74,27 +70,29 @@ pub(crate) fn moments<T: BnElement>(x: &[T], n: usize, c: usize, hw: usize) -> V
             if n * hw == 0 {
                 return (0.0, 0.0);
             }
-            let shift = x[ch * hw].wide();
-            let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
+            let shift = x[ch * hw];
+            let (mut s1, mut s2) = (0f64, 0f64);
             for i in 0..n {
                 let plane = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                let mut chunks = plane.chunks_exact(LANES);
+                let (mut a, mut b) = ([T::zero(); PLANE_LANES], [T::zero(); PLANE_LANES]);
+                let mut chunks = plane.chunks_exact(PLANE_LANES);
                 for chunk in &mut chunks {
-                    for l in 0..LANES {
-                        let d = chunk[l].wide() - shift;
-                        s1[l] += d;
-                        s2[l] += d * d;
+                    for l in 0..PLANE_LANES {
+                        let d = chunk[l] - shift;
+                        a[l] += d;
+                        b[l] += d * d;
                     }
                 }
-                for (l, v) in chunks.remainder().iter().enumerate() {
-                    let d = v.wide() - shift;
-                    s1[l] += d;
-                    s2[l] += d * d;
+                for (l, &v) in chunks.remainder().iter().enumerate() {
+                    let d = v - shift;
+                    a[l] += d;
+                    b[l] += d * d;
                 }
+                s1 += a.iter().map(|v| v.wide()).sum::<f64>();
+                s2 += b.iter().map(|v| v.wide()).sum::<f64>();
             }
-            let (s1, s2): (f64, f64) = (s1.iter().sum(), s2.iter().sum());
             let mean_d = s1 / count;
-            (shift + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
+            (shift.wide() + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
         })
         .collect()
 }

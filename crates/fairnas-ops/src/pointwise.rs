@@ -225,6 +225,19 @@ impl CustomOp2 for PointwiseInputGrad {
     }
 }
 
+/// Planes smaller than this (in elements) take the weight gradient as one GEMM over
+/// channel-major copies instead of one GEMM per image.
+const CHANNEL_MAJOR_BELOW: usize = 256;
+
+/// `[N, C, HW]` -> `[C, N * HW]`.
+fn channel_major<T: GemmElement>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    par_filled_chunks(c * n * hw, (n * hw).max(1), |ch, dst| {
+        for (i, d) in dst.chunks_exact_mut(hw.max(1)).enumerate() {
+            d.copy_from_slice(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+        }
+    })
+}
+
 /// `dW [O, C]` from the input `X [N, C, H, W]` and `dY [N, O, H, W]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PointwiseWeightGrad;
@@ -259,6 +272,28 @@ impl CustomOp2 for PointwiseWeightGrad {
             let g = contiguous_slice::<T>(gs, gl)?;
             let mut out = vec![T::zero(); o * c];
             let par = Parallelism::Rayon(rayon::current_num_threads());
+            if hw < CHANNEL_MAJOR_BELOW && n > 1 {
+                // Small planes: one GEMM over all images, `dW = dY' X'^T` with `X'` `[C, N*HW]`
+                // and `dY'` `[O, N*HW]` (channel-major copies). Image by image, each GEMM would
+                // read and write the whole `[O, C]` accumulator for only HW (e.g. 16) products.
+                let (xt, gt) = (channel_major(&x, n, c, hw), channel_major(&g, n, o, hw));
+                let k = n * hw;
+                // SAFETY: out is [o, c]; dY' is [o, k] row-major; X'^T is [k, c] read from
+                // X' [c, k] with strides (1, k); all in bounds.
+                unsafe {
+                    matmul(
+                        (o, c, k),
+                        out.as_mut_ptr(),
+                        false,
+                        gt.as_ptr(),
+                        (k as isize, 1),
+                        xt.as_ptr(),
+                        (1, k as isize),
+                        par,
+                    )
+                }
+                return Ok((out, Shape::from((o, c))));
+            }
             for i in 0..n {
                 let (gi, xi) = (&g[i * o * hw..(i + 1) * o * hw], &x[i * c * hw..(i + 1) * c * hw]);
                 // SAFETY: out is [o, c]; dY_n is [o, hw] row-major; X_n^T is [hw, c] read from

@@ -22,6 +22,7 @@ pub mod depthwise;
 pub mod depthwise_backward;
 pub mod layout;
 pub mod pointwise;
+pub mod sgd;
 pub mod squeeze_excite;
 
 pub use activation::Activation;

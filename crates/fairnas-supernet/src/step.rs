@@ -14,6 +14,8 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, D};
 
+use fairnas_ops::sgd::{MomentumUpdate, ParamUpdate, SgdStep};
+
 use crate::sampler::Path;
 use crate::supernet::{Mode, Supernet};
 
@@ -61,12 +63,52 @@ impl Sgd {
         Sgd { config, momentum: HashMap::new() }
     }
 
-    /// `p -= lr * d`, with `d` from the gradient, weight decay and momentum as torch.optim.SGD.
+    /// `p -= lr * d`, with `d` from the gradient, weight decay and momentum as torch.optim.SGD,
+    /// in two in-place passes (`fairnas_ops::sgd`: the same operations as the candle formulation
+    /// [`Sgd::update_reference`], which a test compares bit for bit).
     ///
-    /// Everything is detached first: a gradient (or a `Var`) carries its autograd graph, and a
-    /// momentum buffer built from it would keep every earlier step's graph, activations
-    /// included, alive (seen: +450 MB per NAS-Bench-Macro step until the OOM killer struck).
+    /// The momentum buffers are our own detached tensors: a gradient (or a `Var`) carries its
+    /// autograd graph, and a buffer built from it would keep every earlier step's graph,
+    /// activations included, alive (seen: +450 MB per NAS-Bench-Macro step until the OOM killer
+    /// struck).
     fn update(&mut self, name: &str, param: &candle_core::Var, grad: &Tensor, lr: f64) -> Result<()> {
+        let c = &self.config;
+        let step = SgdStep {
+            lr,
+            momentum: c.momentum,
+            weight_decay: if decays(name) { c.weight_decay } else { 0.0 },
+            nesterov: c.nesterov,
+        };
+        let p = param.as_tensor();
+        let grad = grad.detach();
+        if p.device().is_cpu() && p.is_contiguous() {
+            let buf = if c.momentum > 0.0 {
+                let buf = match self.momentum.get(name) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = p.detach().zeros_like()?;
+                        self.momentum.insert(name.to_string(), b.clone());
+                        b
+                    }
+                };
+                buf.inplace_op3(&grad, &p.detach(), &MomentumUpdate(step))?;
+                buf
+            } else {
+                grad.clone()
+            };
+            return p.inplace_op3(&grad, &buf, &ParamUpdate(step));
+        }
+        self.update_reference(name, param, &grad, lr)
+    }
+
+    /// The same update as candle tensor ops (any device); the reference for the in-place kernels.
+    pub fn update_reference(
+        &mut self,
+        name: &str,
+        param: &candle_core::Var,
+        grad: &Tensor,
+        lr: f64,
+    ) -> Result<()> {
         let c = &self.config;
         let p = param.as_tensor().detach();
         let mut g = grad.detach();
@@ -184,4 +226,49 @@ pub fn train_step(
         optimizer.update(name, var, g, lr)?;
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod sgd_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The in-place kernels against the candle formulation, bit for bit, over three steps (the
+    /// first creates the momentum buffer), for every option combination.
+    #[test]
+    fn in_place_update_equals_the_candle_formulation() -> Result<()> {
+        let dev = Device::Cpu;
+        for (momentum, nesterov, weight_decay) in
+            [(0.9, true, 4e-5), (0.9, false, 1e-3), (0.0, false, 4e-5), (0.5, true, 0.0)]
+        {
+            let config = SgdConfig { momentum, nesterov, weight_decay };
+            for name in ["layers.0.1.expand.conv.weight", "stem.bn.weight", "classifier.bias"] {
+                let init = Tensor::randn(0f32, 1.0, (7, 5), &dev)?;
+                let (fast, slow) = (Var::from_tensor(&init)?, Var::from_tensor(&init.copy()?)?);
+                let (mut a, mut b) = (Sgd::new(config.clone()), Sgd::new(config.clone()));
+                for step in 0..3 {
+                    let grad = Tensor::randn(0f32, 1.0, (7, 5), &dev)?;
+                    let lr = 0.1 / (step + 1) as f64;
+                    a.update(name, &fast, &grad, lr)?;
+                    b.update_reference(name, &slow, &grad, lr)?;
+                    let bits = |t: &Tensor| -> Vec<u32> {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    let what =
+                        format!("m {momentum} nesterov {nesterov} wd {weight_decay} {name} step {step}");
+                    assert_eq!(bits(fast.as_tensor()), bits(slow.as_tensor()), "{what}: parameter");
+                    if momentum > 0.0 {
+                        assert_eq!(bits(&a.momentum[name]), bits(&b.momentum[name]), "{what}: momentum");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }

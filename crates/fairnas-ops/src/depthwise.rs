@@ -158,6 +158,7 @@ pub(crate) fn column_block<T: DwElement>(
 /// added each tap into the output row in memory (a load and a store per tap and element) and
 /// took 39% of a FairNAS-A forward pass. The sum order (ky, then kx) is unchanged, so results
 /// are bit-identical.
+#[inline(always)]
 fn forward_plane<T: DwElement>(input: &[T], filter: &[T], out: &mut [T], g: &DwShape) {
     let (k, s, pad) = (g.kernel, g.stride, g.padding);
     let padded_h = g.height + pad.top + pad.bottom;
@@ -213,7 +214,7 @@ fn forward_typed<T: DwElement>(
         let c = plane % g.channels;
         let src = &input[plane * in_plane..(plane + 1) * in_plane];
         let filter = &weight[c * kk..(c + 1) * kk];
-        forward_plane(src, filter, dst, &g);
+        crate::simd::wide(|| forward_plane(src, filter, dst, &g));
     });
     Ok((out, g.output_shape()))
 }

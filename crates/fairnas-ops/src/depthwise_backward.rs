@@ -132,7 +132,7 @@ impl PhaseGrid {
     }
 
     /// Index of padded position `(py, px)` in the phase buffer.
-    #[inline]
+    #[inline(always)]
     fn at(&self, py: usize, px: usize) -> usize {
         let s = self.s;
         ((py % s) * s + px % s) * self.phase_len() + (py / s) * self.cols + px / s
@@ -151,6 +151,7 @@ impl PhaseGrid {
 
     /// The input columns `x0, x0 + s, ...` of column phase `rx` and the phase column of `x0`:
     /// padded column `x + left` lies in phase `(x + left) % s`.
+    #[inline(always)]
     fn column_phase(&self, rx: usize) -> Option<(usize, usize)> {
         let (s, left) = (self.s, self.g.padding.left);
         let x0 = (rx + s - left % s) % s;
@@ -158,6 +159,7 @@ impl PhaseGrid {
     }
 
     /// Writes an input plane into its zeroed phase buffer.
+    #[inline(always)]
     fn scatter<T: DwElement>(&self, plane: &[T], buf: &mut [T]) {
         let (w, p) = (self.g.width, self.g.padding);
         for (y, row) in plane.chunks_exact(w).enumerate() {
@@ -179,6 +181,7 @@ impl PhaseGrid {
 
     /// The inverse of [`PhaseGrid::scatter`]: the interior of a phase buffer whose phases are
     /// `phase_stride` apart.
+    #[inline(always)]
     fn gather<T: DwElement>(&self, buf: &[T], phase_stride: usize, plane: &mut [T]) {
         let (w, p, s) = (self.g.width, self.g.padding, self.s);
         for (y, row) in plane.chunks_exact_mut(w).enumerate() {
@@ -196,6 +199,7 @@ impl PhaseGrid {
 
     /// Copies an output-sized plane into a zeroed buffer with the phases' row pitch, starting
     /// at `margin`.
+    #[inline(always)]
     fn pitch<T: DwElement>(&self, plane: &[T], buf: &mut [T], margin: usize) {
         let wo = self.g.out_width;
         for (oy, row) in plane.chunks_exact(wo).enumerate() {
@@ -227,26 +231,28 @@ fn input_grad_typed<T: DwElement>(
     let phase_blocks = grid.phase_len().next_multiple_of(COLUMN_BLOCK);
     let pitched_buffer = margin + phase_blocks.max(grid.pitched_len()) + COLUMN_BLOCK;
     let out = par_filled_chunks(n * c * h * w, h * w, |plane, dst| {
-        let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
-        let mut pitched = vec![T::zero(); pitched_buffer];
-        grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, margin);
-        let mut phases = vec![T::zero(); s * s * phase_blocks];
-        let mut taps: Vec<(usize, T)> = Vec::with_capacity(k * k);
-        for ry in 0..s {
-            for rx in 0..s {
-                taps.clear();
-                for ky in (ry..k).step_by(s) {
-                    for kx in (rx..k).step_by(s) {
-                        taps.push((margin - (ky / s) * grid.cols - kx / s, filter[ky * k + kx]));
+        crate::simd::wide(|| {
+            let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
+            let mut pitched = vec![T::zero(); pitched_buffer];
+            grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, margin);
+            let mut phases = vec![T::zero(); s * s * phase_blocks];
+            let mut taps: Vec<(usize, T)> = Vec::with_capacity(k * k);
+            for ry in 0..s {
+                for rx in 0..s {
+                    taps.clear();
+                    for ky in (ry..k).step_by(s) {
+                        for kx in (rx..k).step_by(s) {
+                            taps.push((margin - (ky / s) * grid.cols - kx / s, filter[ky * k + kx]));
+                        }
+                    }
+                    let phase = &mut phases[(ry * s + rx) * phase_blocks..(ry * s + rx + 1) * phase_blocks];
+                    for (block, out) in phase.chunks_exact_mut(COLUMN_BLOCK).enumerate() {
+                        out.copy_from_slice(&column_block(&pitched, block * COLUMN_BLOCK, &taps));
                     }
                 }
-                let phase = &mut phases[(ry * s + rx) * phase_blocks..(ry * s + rx + 1) * phase_blocks];
-                for (block, out) in phase.chunks_exact_mut(COLUMN_BLOCK).enumerate() {
-                    out.copy_from_slice(&column_block(&pitched, block * COLUMN_BLOCK, &taps));
-                }
             }
-        }
-        grid.gather(&phases, phase_blocks, dst);
+            grid.gather(&phases, phase_blocks, dst);
+        })
     });
     Ok((out, shape.input_shape()))
 }
@@ -286,17 +292,19 @@ fn weight_grad_typed<T: DwElement>(
     let offsets: Vec<usize> = (0..k * k).map(|t| grid.tap_offset(t / k, t % k)).collect();
     let run = grid.pitched_len();
     let out = par_filled_chunks(c * k * k, k * k, |channel, taps| {
-        let mut phases = vec![T::zero(); grid.buffer_len()];
-        let mut pitched = vec![T::zero(); run];
-        for sample in 0..n {
-            let plane = sample * c + channel;
-            // Padding and junk columns stay zero: only the interior is rewritten per sample.
-            grid.scatter(&input[plane * h * w..(plane + 1) * h * w], &mut phases);
-            grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, 0);
-            for (tap, &offset) in taps.iter_mut().zip(&offsets) {
-                *tap += dot(&pitched, &phases[offset..offset + run]);
+        crate::simd::wide(|| {
+            let mut phases = vec![T::zero(); grid.buffer_len()];
+            let mut pitched = vec![T::zero(); run];
+            for sample in 0..n {
+                let plane = sample * c + channel;
+                // Padding and junk columns stay zero: only the interior is rewritten per sample.
+                grid.scatter(&input[plane * h * w..(plane + 1) * h * w], &mut phases);
+                grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, 0);
+                for (tap, &offset) in taps.iter_mut().zip(&offsets) {
+                    *tap += dot(&pitched, &phases[offset..offset + run]);
+                }
             }
-        }
+        })
     });
     Ok((out, Shape::from((c, 1, k, k))))
 }

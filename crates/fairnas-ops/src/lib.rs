@@ -23,6 +23,7 @@ pub mod depthwise_backward;
 pub mod layout;
 pub mod pointwise;
 pub mod sgd;
+mod simd;
 pub mod squeeze_excite;
 
 pub use activation::Activation;

@@ -64,6 +64,10 @@ pub struct CommonTrainArgs {
     /// Evaluate on a fixed subset of N held-out images.
     #[arg(long, value_name = "N")]
     eval_limit: Option<usize>,
+    /// Classifier outputs, for an image folder whose number of classes is not the space's
+    /// (default: the space's, 10 for nas-bench-macro, 1000 for fairnas).
+    #[arg(long, value_name = "N")]
+    classes: Option<usize>,
     /// Print the summary as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -155,6 +159,9 @@ fn apply_common(c: &mut TrainConfig, a: &CommonTrainArgs) {
     }
     if a.eval_limit.is_some() {
         c.eval_limit = a.eval_limit;
+    }
+    if a.classes.is_some() {
+        c.classes = a.classes;
     }
 }
 

@@ -77,6 +77,10 @@ pub struct TrainConfig {
     /// Stand-alone runs: start from these weights (canonical names, e.g. what `fairnas
     /// export` inherited from a supernet) instead of the seeded initialisation.
     pub init_weights: Option<PathBuf>,
+    /// Classifier outputs when they are not the space's own (an image folder with another
+    /// number of classes); `None`: the space's (10 for NAS-Bench-Macro, 1000 for FairNAS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +109,7 @@ impl Default for TrainConfig {
             eval_limit: None,
             eval_every_epoch: false,
             init_weights: None,
+            classes: None,
         }
     }
 }
@@ -116,10 +121,17 @@ impl TrainConfig {
     /// The space the run trains: the supernet's, or a one-candidate-per-layer space for a
     /// stand-alone network.
     pub fn search_space(&self) -> Result<SearchSpace, String> {
-        match &self.arch {
-            None => SearchSpace::named(&self.space),
-            Some(arch) => Ok(SearchSpace::single(&resolve_arch(arch, &self.space, self.transfer)?)),
+        let mut space = match &self.arch {
+            None => SearchSpace::named(&self.space)?,
+            Some(arch) => SearchSpace::single(&resolve_arch(arch, &self.space, self.transfer)?),
+        };
+        if let Some(classes) = self.classes {
+            if classes < 2 {
+                return Err(format!("classes must be at least 2, got {classes}"));
+            }
+            space.base.classes = classes;
         }
+        Ok(space)
     }
 
     /// The recipe's augmentation: pad-crop for 32x32 inputs (CIFAR), RandomResizedCrop else.
@@ -475,10 +487,12 @@ pub fn run(
     let train_set = subset(open_split(&config.data, "train")?, config.train_limit);
     if train_set.num_classes != space.base.classes {
         return Err(TrainError::Config(format!(
-            "{} has {} classes but the network has {} outputs",
+            "{} has {} classes but the network has {} outputs (pass --classes {} to train a {}-way classifier)",
             config.data.display(),
             train_set.num_classes,
-            space.base.classes
+            space.base.classes,
+            train_set.num_classes,
+            train_set.num_classes
         )));
     }
     observer.message(&format!("{}: {} training images, decoding…", train_set.layout, train_set.len()));

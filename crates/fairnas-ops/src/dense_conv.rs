@@ -246,9 +246,10 @@ impl CustomOp2 for DenseInputGrad {
             (ws, wl): (&CpuStorage, &Layout),
         ) -> Result<(Vec<T>, Shape)> {
             let (n, o, ho, wo) = dims4(gl, "output gradient")?;
-            let (wo_c, c, k, _) = dims4(wl, "weight")?;
-            let g = ConvShape::new((n, c, op.height, op.width), dims4(wl, "weight")?, op.stride, op.padding)?;
-            if (wo_c, ho, wo) != (o, g.out_height, g.out_width) || k != g.kernel {
+            let weight_dims = dims4(wl, "weight")?;
+            let c = weight_dims.1;
+            let g = ConvShape::new((n, c, op.height, op.width), weight_dims, op.stride, op.padding)?;
+            if (g.out_c, g.out_height, g.out_width) != (o, ho, wo) {
                 candle_core::bail!(
                     "dense conv input grad: gradient {:?} does not fit weight {:?}",
                     gl.dims(),

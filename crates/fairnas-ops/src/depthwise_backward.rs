@@ -95,7 +95,7 @@ impl DepthwiseWeightGrad {
 
 /// The zero-padded input plane split into `s x s` stride phases: padded position `(py, px)`
 /// lives in phase `(py % s, px % s)` at row `py / s`, column `px / s`. Output `(oy, ox)` then
-/// reads tap `(ky, kx)` at `tap_offset(ky, kx) + oy * cols + ox`, so when the output (or its
+/// reads tap `(ky, kx)` at `at(ky, kx) + oy * cols + ox`, so when the output (or its
 /// gradient) is laid out with the phases' row pitch `cols` (zeros in the columns past `Wo`),
 /// every tap is ONE contiguous run of `Ho * cols` elements: no bounds checks, no per-row
 /// ranges, and long vectors even for the 4x4 planes of NAS-Bench-Macro's last layers. The
@@ -136,11 +136,6 @@ impl PhaseGrid {
     fn at(&self, py: usize, px: usize) -> usize {
         let s = self.s;
         ((py % s) * s + px % s) * self.phase_len() + (py / s) * self.cols + px / s
-    }
-
-    /// Offset of tap `(ky, kx)` from output `(0, 0)` in the phase buffer.
-    fn tap_offset(&self, ky: usize, kx: usize) -> usize {
-        self.at(ky, kx)
     }
 
     /// Length of a phase buffer: all phases plus slack for the last block's junk reads (the
@@ -289,7 +284,8 @@ fn weight_grad_typed<T: DwElement>(
     let out_plane = shape.out_height * shape.out_width;
     let input = contiguous_slice::<T>(xs, xl)?;
     let grad_out = contiguous_slice::<T>(gs, gl)?;
-    let offsets: Vec<usize> = (0..k * k).map(|t| grid.tap_offset(t / k, t % k)).collect();
+    // Tap (ky, kx) of output (0, 0) reads padded position (ky, kx).
+    let offsets: Vec<usize> = (0..k * k).map(|t| grid.at(t / k, t % k)).collect();
     let run = grid.pitched_len();
     let out = par_filled_chunks(c * k * k, k * k, |channel, taps| {
         crate::simd::wide(|| {

@@ -325,5 +325,5 @@ fn a_two_class_image_folder_trains_with_classes() {
     let top1 = j["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1), "{j}");
     let err = failure(&args(&["--classes", "1", "--resume"]));
-    assert!(err.contains("classes"), "{err}");
+    assert!(err.contains("classes must be at least 2, got 1"), "{err}");
 }

@@ -204,6 +204,20 @@ fn forward_typed<T: DwElement>(
     s2: &CpuStorage,
     l2: &Layout,
 ) -> Result<(Vec<T>, Shape)> {
+    forward_with_epilogue(op, s1, l1, s2, l2, |_, _| {})
+}
+
+/// The depthwise forward with `epilogue(channel, plane)` run on each output plane right after
+/// it is computed, while it is still in cache. The epilogue must be `#[inline(always)]`-deep
+/// (it runs inside [`crate::simd::wide`]).
+fn forward_with_epilogue<T: DwElement>(
+    op: &DepthwiseConv2d,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    epilogue: impl Fn(usize, &mut [T]) + Sync,
+) -> Result<(Vec<T>, Shape)> {
     let g = op.geometry(l1, l2)?;
     let input = contiguous_slice::<T>(s1, l1)?;
     let weight = contiguous_slice::<T>(s2, l2)?;
@@ -214,7 +228,10 @@ fn forward_typed<T: DwElement>(
         let c = plane % g.channels;
         let src = &input[plane * in_plane..(plane + 1) * in_plane];
         let filter = &weight[c * kk..(c + 1) * kk];
-        crate::simd::wide(|| forward_plane(src, filter, dst, &g));
+        crate::simd::wide(|| {
+            forward_plane(src, filter, dst, &g);
+            epilogue(c, dst);
+        });
     });
     Ok((out, g.output_shape()))
 }
@@ -319,19 +336,12 @@ fn affine_typed<T: DwElement + num_traits::Float>(
     let g = conv.geometry(l1, l2)?;
     check_affine(l3, g.channels)?;
     let affine = contiguous_slice::<T>(s3, l3)?;
-    let (mut out, shape) = forward_typed::<T>(&conv, s1, l1, s2, l2)?;
-    let plane = g.out_height * g.out_width;
-    if plane > 0 {
-        use rayon::prelude::*;
-        out.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
-            let c = p % g.channels;
-            let (scale, shift) = (affine[c], affine[g.channels + c]);
-            for v in dst {
-                *v = op.activation.apply(*v * scale + shift);
-            }
-        });
-    }
-    Ok((out, shape))
+    forward_with_epilogue::<T>(&conv, s1, l1, s2, l2, |c, dst| {
+        let (scale, shift) = (affine[c], affine[g.channels + c]);
+        for v in dst {
+            *v = op.activation.apply(*v * scale + shift);
+        }
+    })
 }
 
 impl CustomOp3 for DepthwiseAffineAct {

@@ -53,13 +53,43 @@ pub(crate) unsafe fn matmul<T: GemmElement>(
     dst: *mut T,
     accumulate: bool,
     lhs: *const T,
+    lhs_strides: (isize, isize),
+    rhs: *const T,
+    rhs_strides: (isize, isize),
+    parallelism: Parallelism,
+) {
+    // SAFETY: the caller's guarantees, with `dst` row-major `[m, n]` (row stride n).
+    unsafe {
+        matmul_into_rows(
+            (m, n, k),
+            (dst, n as isize),
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        )
+    }
+}
+
+/// [`matmul`] into `dst` rows `dst_rs` elements apart (a column block of a wider matrix).
+///
+/// # Safety
+/// As for [`matmul`], with `dst` addressing `m` rows of `n` elements, `dst_rs` apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_into_rows<T: GemmElement>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut T, isize),
+    accumulate: bool,
+    lhs: *const T,
     (lhs_rs, lhs_cs): (isize, isize),
     rhs: *const T,
     (rhs_rs, rhs_cs): (isize, isize),
     parallelism: Parallelism,
 ) {
     let one = T::from_f64(1.0);
-    // SAFETY: the caller guarantees the extents; `dst` is row-major `[m, n]`.
+    // SAFETY: the caller guarantees the extents.
     unsafe {
         gemm::gemm(
             m,
@@ -67,7 +97,7 @@ pub(crate) unsafe fn matmul<T: GemmElement>(
             k,
             dst,
             1,
-            n as isize,
+            dst_rs,
             accumulate,
             lhs,
             lhs_cs,

@@ -558,3 +558,44 @@ fn transfer_verify_reads_the_real_cifar_jpeg_tree() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no SE or transfer variant"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `fairnas bench --json` reports one timing per batch size with consistent derived figures,
+/// and, with `--matmul-peak`, the peak and each batch's fraction of it.
+#[test]
+fn bench_reports_throughput_and_the_fraction_of_the_matmul_peak() {
+    let out = stdout_ok(&[
+        "--threads",
+        "2",
+        "bench",
+        "--model",
+        "fairnas-a",
+        "--batch",
+        "1,2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--matmul-peak",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["model"], "fairnas-a");
+    assert_eq!(v["threads"], 2);
+    let peak = v["matmul_peak_gflop_per_s"].as_f64().unwrap();
+    assert!(peak > 0.0, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    for r in results {
+        let (ms, batch) = (r["median_ms"].as_f64().unwrap(), r["batch"].as_f64().unwrap());
+        let images_per_s = r["images_per_s"].as_f64().unwrap();
+        assert!((images_per_s - batch / (ms * 1e-3)).abs() < 1e-6 * images_per_s, "{r}");
+        let gflops = r["gflop_per_s"].as_f64().unwrap();
+        let expected = 2.0 * v["madds_per_image"].as_f64().unwrap() * images_per_s / 1e9;
+        assert!((gflops - expected).abs() < 1e-6 * gflops, "{r}");
+        let fraction = r["fraction_of_matmul_peak"].as_f64().unwrap();
+        assert!((fraction - gflops / peak).abs() < 1e-9, "{r}");
+    }
+    let err = fairnas(&["bench", "--model", "fairnas-a", "--batch", "0"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--batch needs positive sizes"));
+}

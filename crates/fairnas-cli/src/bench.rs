@@ -33,8 +33,33 @@ pub struct BenchArgs {
     /// Seed of the synthetic weights (crates/fairnas-model/src/synthetic.rs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also time a large square f32 matmul (candle's, the GEMM our pointwise convs use) with
+    /// the same threads, and report each batch's throughput as a fraction of it. CPU only.
+    #[arg(long)]
+    pub matmul_peak: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The size of the square matmul that stands for the machine's fp32 GEMM peak: large enough
+/// for every thread to run at its best blocking, small enough to take well under a second.
+const PEAK_MATMUL_SIZE: usize = 2048;
+
+/// GFLOP/s of a `PEAK_MATMUL_SIZE`^3 f32 matmul, median of `repeats` after one warm-up.
+fn matmul_peak_gflops(repeats: usize) -> Result<f64> {
+    let n = PEAK_MATMUL_SIZE;
+    let a = Tensor::randn(0f32, 1f32, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1f32, (n, n), &Device::Cpu)?;
+    let mut secs = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
+        let started = Instant::now();
+        drop(a.matmul(&b)?);
+        if i > 0 {
+            secs.push(started.elapsed().as_secs_f64());
+        }
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(2.0 * (n * n * n) as f64 / secs[secs.len() / 2] / 1e9)
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +71,9 @@ struct BatchResult {
     images_per_s: f64,
     /// 2 x multiply-adds per image x images / median time.
     gflop_per_s: f64,
+    /// `gflop_per_s` over the measured matmul peak (`--matmul-peak`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fraction_of_matmul_peak: Option<f64>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -57,6 +85,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let spec = args.model.resolve()?;
     let device = parse_device(&args.device)?;
+    if args.matmul_peak && !device.is_cpu() {
+        bail!("--matmul-peak measures the CPU's GEMM; drop it with --device {}", args.device);
+    }
+    let peak = if args.matmul_peak { Some(matmul_peak_gflops(args.repeats.max(3))?) } else { None };
+    if let (Some(peak), false) = (peak, args.json) {
+        println!(
+            "matmul peak ({PEAK_MATMUL_SIZE}^3 f32, {} threads): {peak:.1} GFLOP/s",
+            rayon::current_num_threads()
+        );
+    }
     let net = synthetic_network(&spec, args.seed, DType::F32, &device)?;
     let madds = cost_report(&spec).madds;
     let size = spec.input_size;
@@ -84,11 +122,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             max_ms: ms[ms.len() - 1],
             images_per_s: batch as f64 / (median * 1e-3),
             gflop_per_s: 2.0 * madds as f64 * batch as f64 / (median * 1e-3) / 1e9,
+            fraction_of_matmul_peak: None,
         };
+        let r = BatchResult { fraction_of_matmul_peak: peak.map(|p| r.gflop_per_s / p), ..r };
         if !args.json {
+            let of_peak = r.fraction_of_matmul_peak.map(|f| format!("  {:4.1}% of peak", f * 100.0));
             println!(
-                "{} batch {:3}: {:9.2} ms (min {:.2}, max {:.2})  {:8.1} img/s  {:7.1} GFLOP/s",
-                spec.name, r.batch, r.median_ms, r.min_ms, r.max_ms, r.images_per_s, r.gflop_per_s
+                "{} batch {:3}: {:9.2} ms (min {:.2}, max {:.2})  {:8.1} img/s  {:7.1} GFLOP/s{}",
+                spec.name,
+                r.batch,
+                r.median_ms,
+                r.min_ms,
+                r.max_ms,
+                r.images_per_s,
+                r.gflop_per_s,
+                of_peak.unwrap_or_default()
             );
         }
         results.push(r);
@@ -103,6 +151,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "repeats": args.repeats,
             "warmup": args.warmup,
             "seed": args.seed,
+            "matmul_peak_gflop_per_s": peak,
             "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

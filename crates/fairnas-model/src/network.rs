@@ -25,8 +25,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use fairnas_ops::{
     channel_affine_act, dense_conv2d, depthwise_affine_act, depthwise_conv2d, fold_batch_norm,
-    folded_pointwise, gate_folded, pack_fc, squeeze_excite_gate, squeeze_excite_packed, Activation,
-    Padding2d,
+    folded_pointwise, pack_fc, squeeze_excite_packed, Activation, Padding2d,
 };
 
 use crate::spec::{ArchSpec, BlockKind, Padding};
@@ -220,13 +219,6 @@ impl Block {
         }
         let residual = self.residual.then_some(x);
         if let Some(se) = &self.se {
-            if let Some((project, packed)) = self.project.as_ref().and_then(|p| Some((p, p.folded.as_ref()?)))
-            {
-                // The gate scales the projection's weight columns per image instead of the
-                // hidden tensor: `W (g * h) = (W diag(g)) h`.
-                let gate = squeeze_excite_gate(&h, &se.reduce, &se.expand, se.inner)?;
-                return folded_pointwise(&h, &gate_folded(packed, &gate)?, project.activation, residual);
-            }
             h = squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner)?;
         }
         match (&self.project, residual) {

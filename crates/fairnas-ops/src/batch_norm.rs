@@ -22,6 +22,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::activation::with_activation;
 use crate::buffer::par_filled_chunks;
 use crate::layout::{contiguous_slice, dispatch_f32_f64 as dispatch};
 use crate::Activation;
@@ -67,34 +68,37 @@ pub(crate) fn moments<T: BnElement>(x: &[T], n: usize, c: usize, hw: usize) -> V
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            crate::simd::wide(|| {
-                if n * hw == 0 {
-                    return (0.0, 0.0);
-                }
-                let shift = x[ch * hw];
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for i in 0..n {
-                    let plane = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                    let (mut a, mut b) = ([T::zero(); PLANE_LANES], [T::zero(); PLANE_LANES]);
-                    let mut chunks = plane.chunks_exact(PLANE_LANES);
-                    for chunk in &mut chunks {
-                        for l in 0..PLANE_LANES {
-                            let d = chunk[l] - shift;
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    if n * hw == 0 {
+                        return (0.0, 0.0);
+                    }
+                    let shift = x[ch * hw];
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for i in 0..n {
+                        let plane = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+                        let (mut a, mut b) = ([T::zero(); PLANE_LANES], [T::zero(); PLANE_LANES]);
+                        let mut chunks = plane.chunks_exact(PLANE_LANES);
+                        for chunk in &mut chunks {
+                            for l in 0..PLANE_LANES {
+                                let d = chunk[l] - shift;
+                                a[l] += d;
+                                b[l] += d * d;
+                            }
+                        }
+                        for (l, &v) in chunks.remainder().iter().enumerate() {
+                            let d = v - shift;
                             a[l] += d;
                             b[l] += d * d;
                         }
+                        s1 += a.iter().map(|v| v.wide()).sum::<f64>();
+                        s2 += b.iter().map(|v| v.wide()).sum::<f64>();
                     }
-                    for (l, &v) in chunks.remainder().iter().enumerate() {
-                        let d = v - shift;
-                        a[l] += d;
-                        b[l] += d * d;
-                    }
-                    s1 += a.iter().map(|v| v.wide()).sum::<f64>();
-                    s2 += b.iter().map(|v| v.wide()).sum::<f64>();
-                }
-                let mean_d = s1 / count;
-                (shift.wide() + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
-            })
+                    let mean_d = s1 / count;
+                    (shift.wide() + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
+                },
+            )
         })
         .collect()
 }
@@ -164,14 +168,19 @@ fn apply_affine<T: BnElement>(
     activation: Activation,
 ) -> Vec<T> {
     par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| {
-        crate::simd::wide(|| {
-            let (scale, shift) = affine[plane % c];
-            let (scale, shift) = (T::narrow(scale), T::narrow(shift));
-            let src = &x[plane * hw..(plane + 1) * hw];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = activation.apply(v * scale + shift);
-            }
-        })
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let (scale, shift) = affine[plane % c];
+                let (scale, shift) = (T::narrow(scale), T::narrow(shift));
+                let src = &x[plane * hw..(plane + 1) * hw];
+                with_activation!(activation, T, act => {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = act(v * scale + shift);
+                    }
+                })
+            },
+        )
     })
 }
 
@@ -345,7 +354,7 @@ fn grad_sums<T: BnElement>(
     let BackwardInputs::<T> { n, c, hw, x, dy, p } = backward_inputs(op, (xs, xl), (gs, gl), (ps, pl), 2)?;
     let sums: Vec<(f64, f64)> = with_derivative!(op.activation, T, d => (0..c)
         .into_par_iter()
-        .map(|ch| crate::simd::wide(|| {
+        .map(|ch| crate::simd::wide(#[inline(always)] || {
             let terms = channel_terms(op, &p, c, ch);
             let (mut s_dz, mut s_dzx) = (0f64, 0f64);
             for i in 0..n {
@@ -400,7 +409,7 @@ fn grad_input<T: BnElement>(
     let count = (n * hw).max(1) as f64;
     // dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)), xhat = (x - mean) * invstd,
     // i.e. per channel `k_dz * dz + k_x * (x - mean) + k_0`.
-    let out = with_derivative!(op.activation, T, d => par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| crate::simd::wide(|| {
+    let out = with_derivative!(op.activation, T, d => par_filled_chunks(n * c * hw, hw.max(1), |plane, dst| crate::simd::wide(#[inline(always)] || {
         let ch = plane % c;
         let t = channel_terms(op, &p, c, ch);
         let w = p[ch].wide();

@@ -226,28 +226,32 @@ fn input_grad_typed<T: DwElement>(
     let phase_blocks = grid.phase_len().next_multiple_of(COLUMN_BLOCK);
     let pitched_buffer = margin + phase_blocks.max(grid.pitched_len()) + COLUMN_BLOCK;
     let out = par_filled_chunks(n * c * h * w, h * w, |plane, dst| {
-        crate::simd::wide(|| {
-            let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
-            let mut pitched = vec![T::zero(); pitched_buffer];
-            grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, margin);
-            let mut phases = vec![T::zero(); s * s * phase_blocks];
-            let mut taps: Vec<(usize, T)> = Vec::with_capacity(k * k);
-            for ry in 0..s {
-                for rx in 0..s {
-                    taps.clear();
-                    for ky in (ry..k).step_by(s) {
-                        for kx in (rx..k).step_by(s) {
-                            taps.push((margin - (ky / s) * grid.cols - kx / s, filter[ky * k + kx]));
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let filter = &weight[(plane % c) * k * k..(plane % c + 1) * k * k];
+                let mut pitched = vec![T::zero(); pitched_buffer];
+                grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, margin);
+                let mut phases = vec![T::zero(); s * s * phase_blocks];
+                let mut taps: Vec<(usize, T)> = Vec::with_capacity(k * k);
+                for ry in 0..s {
+                    for rx in 0..s {
+                        taps.clear();
+                        for ky in (ry..k).step_by(s) {
+                            for kx in (rx..k).step_by(s) {
+                                taps.push((margin - (ky / s) * grid.cols - kx / s, filter[ky * k + kx]));
+                            }
+                        }
+                        let phase =
+                            &mut phases[(ry * s + rx) * phase_blocks..(ry * s + rx + 1) * phase_blocks];
+                        for (block, out) in phase.chunks_exact_mut(COLUMN_BLOCK).enumerate() {
+                            out.copy_from_slice(&column_block(&pitched, block * COLUMN_BLOCK, &taps));
                         }
                     }
-                    let phase = &mut phases[(ry * s + rx) * phase_blocks..(ry * s + rx + 1) * phase_blocks];
-                    for (block, out) in phase.chunks_exact_mut(COLUMN_BLOCK).enumerate() {
-                        out.copy_from_slice(&column_block(&pitched, block * COLUMN_BLOCK, &taps));
-                    }
                 }
-            }
-            grid.gather(&phases, phase_blocks, dst);
-        })
+                grid.gather(&phases, phase_blocks, dst);
+            },
+        )
     });
     Ok((out, shape.input_shape()))
 }
@@ -288,19 +292,22 @@ fn weight_grad_typed<T: DwElement>(
     let offsets: Vec<usize> = (0..k * k).map(|t| grid.at(t / k, t % k)).collect();
     let run = grid.pitched_len();
     let out = par_filled_chunks(c * k * k, k * k, |channel, taps| {
-        crate::simd::wide(|| {
-            let mut phases = vec![T::zero(); grid.buffer_len()];
-            let mut pitched = vec![T::zero(); run];
-            for sample in 0..n {
-                let plane = sample * c + channel;
-                // Padding and junk columns stay zero: only the interior is rewritten per sample.
-                grid.scatter(&input[plane * h * w..(plane + 1) * h * w], &mut phases);
-                grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, 0);
-                for (tap, &offset) in taps.iter_mut().zip(&offsets) {
-                    *tap += dot(&pitched, &phases[offset..offset + run]);
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let mut phases = vec![T::zero(); grid.buffer_len()];
+                let mut pitched = vec![T::zero(); run];
+                for sample in 0..n {
+                    let plane = sample * c + channel;
+                    // Padding and junk columns stay zero: only the interior is rewritten per sample.
+                    grid.scatter(&input[plane * h * w..(plane + 1) * h * w], &mut phases);
+                    grid.pitch(&grad_out[plane * out_plane..(plane + 1) * out_plane], &mut pitched, 0);
+                    for (tap, &offset) in taps.iter_mut().zip(&offsets) {
+                        *tap += dot(&pitched, &phases[offset..offset + run]);
+                    }
                 }
-            }
-        })
+            },
+        )
     });
     Ok((out, Shape::from((c, 1, k, k))))
 }

@@ -14,15 +14,14 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::activation::with_activation;
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
 use crate::pointwise::{matmul_into_rows, GemmElement};
 use crate::Activation;
 
 /// `[N, C, H, W] x [O, C + 1] -> [N, O, H, W]`: `act(W' x + shift)`, the packed operand being
-/// `[W' | shift]` from [`fold_batch_norm`], or `[N, O, C + 1]` with one per image (a
-/// squeeze-excite gate folded into the columns: `W' (g * x) = (W' diag(g)) x`, see
-/// [`gate_folded`]); with a third operand `[N, O, H, W]`, that tensor is added after the
-/// activation (a block's residual, `project(h) + x`). Forward only.
+/// `[W' | shift]` from [`fold_batch_norm`]; with a third operand `[N, O, H, W]`, that tensor is
+/// added after the activation (a block's residual, `project(h) + x`). Forward only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FoldedPointwise {
     pub activation: Activation,
@@ -62,14 +61,11 @@ fn forward_typed<T: Element>(
         &[n, c, h, w] => (n, c, h, w),
         d => candle_core::bail!("folded pointwise conv: input must be [N, C, H, W], got {d:?}"),
     };
-    // One packed weight for all images, or one per image (an SE gate folded in).
-    let (o, per_image_weights) = match pl.dims() {
-        &[o, packed] if packed == c + 1 => (o, false),
-        &[images, o, packed] if packed == c + 1 && images == n => (o, true),
+    let o = match pl.dims() {
+        &[o, packed] if packed == c + 1 => o,
         d => candle_core::bail!(
             "folded pointwise conv: packed weight must be [O, {}] ([O, C] weights and a shift column) \
-             or [{n}, O, {}] (one per image) for a {c}-channel input, got {d:?}",
-            c + 1,
+             for a {c}-channel input, got {d:?}",
             c + 1
         ),
     };
@@ -103,7 +99,6 @@ fn forward_typed<T: Element>(
         let width = cols.min(hw - j0);
         let first = image * o * hw + j0;
         let src = &x[image * c * hw + j0..];
-        let packed = if per_image_weights { &packed[image * o * (c + 1)..] } else { &packed[..] };
         let dst = dst;
         // SAFETY: the block writes rows `image * o .. (image + 1) * o` of the `[N * O, HW]`
         // output, columns `j0 .. j0 + width`: inside the `total`-element allocation and
@@ -122,27 +117,30 @@ fn forward_typed<T: Element>(
                 inner,
             )
         };
-        crate::simd::wide(|| {
-            for row in 0..o {
-                let shift = packed[row * (c + 1) + c];
-                let at = first + row * hw;
-                // SAFETY: the GEMM above initialised exactly these `width` elements, which only
-                // this block touches.
-                let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), width) };
-                match &residual {
-                    Some(r) => {
-                        for (d, &r) in d.iter_mut().zip(&r[at..at + width]) {
-                            *d = activation.apply(*d + shift) + r;
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                for row in 0..o {
+                    let shift = packed[row * (c + 1) + c];
+                    let at = first + row * hw;
+                    // SAFETY: the GEMM above initialised exactly these `width` elements, which only
+                    // this block touches.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), width) };
+                    with_activation!(activation, T, act => match &residual {
+                        Some(r) => {
+                            for (d, &r) in d.iter_mut().zip(&r[at..at + width]) {
+                                *d = act(*d + shift) + r;
+                            }
                         }
-                    }
-                    None => {
-                        for d in d.iter_mut() {
-                            *d = activation.apply(*d + shift);
+                        None => {
+                            for d in d.iter_mut() {
+                                *d = act(*d + shift);
+                            }
                         }
-                    }
+                    })
                 }
-            }
-        });
+            },
+        );
     };
     if blocks >= threads {
         (0..blocks).into_par_iter().for_each(run_block);
@@ -208,20 +206,6 @@ pub fn fold_batch_norm(weight: &Tensor, scale: &Tensor, shift: &Tensor) -> Resul
     };
     let scaled = weight.reshape((o, c))?.broadcast_mul(&scale.reshape((o, 1))?)?;
     Tensor::cat(&[&scaled, &shift.reshape((o, 1))?], 1)
-}
-
-/// Per-image packed weights `[N, O, C + 1]` for the input `gate * x` (`gate` `[N, C]`, e.g.
-/// squeeze-excite's): each image's weight columns scaled by its gate, the shift kept, so the
-/// gated input is never written out.
-pub fn gate_folded(packed: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let (o, c1) = packed.dims2()?;
-    let (n, c) = gate.dims2()?;
-    if c1 != c + 1 {
-        candle_core::bail!("gate_folded: packed weight [{o}, {c1}] does not fit a gate over {c} channels");
-    }
-    let weights = packed.narrow(1, 0, c)?.unsqueeze(0)?.broadcast_mul(&gate.unsqueeze(1)?)?;
-    let shift = packed.narrow(1, c, 1)?.unsqueeze(0)?.broadcast_as((n, o, 1))?;
-    Tensor::cat(&[&weights, &shift], 2)
 }
 
 /// `act(W' x + shift)`, plus `residual` after the activation when given; `packed` from
@@ -312,28 +296,6 @@ mod tests {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// A gate folded into per-image weights equals gating the input first.
-    #[test]
-    fn gate_folded_weights_equal_a_gated_input() -> Result<()> {
-        let dev = Device::Cpu;
-        let (n, c, o) = (3, 12, 20);
-        let x = Tensor::randn(0f64, 1., (n, c, 9, 10), &dev)?;
-        let packed = Tensor::randn(0f64, 0.5, (o, c + 1), &dev)?;
-        let gate = Tensor::rand(0f64, 1., (n, c), &dev)?;
-        let residual = Tensor::randn(0f64, 1., (n, o, 9, 10), &dev)?;
-        let gated = x.broadcast_mul(&gate.reshape((n, c, 1, 1))?)?;
-        let want = folded_pointwise(&gated, &packed, Activation::Relu, Some(&residual))?;
-        let got = folded_pointwise(&x, &gate_folded(&packed, &gate)?, Activation::Relu, Some(&residual))?;
-        let err = max_rel_err(&got, &want);
-        assert!(err < 1e-12, "{err}");
-        let err =
-            folded_pointwise(&x, &gate_folded(&packed, &gate)?.narrow(0, 0, 2)?, Activation::Relu, None)
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("[3, O, 13]") && err.contains("[2, 20, 13]"), "{err}");
         Ok(())
     }
 

@@ -32,8 +32,6 @@ pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchN
 pub use conv_bn::{conv_bn_act, BnConv};
 pub use dense_conv::{dense_conv2d, DenseConv};
 pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
-pub use folded_pointwise::{fold_batch_norm, folded_pointwise, gate_folded, FoldedPointwise};
+pub use folded_pointwise::{fold_batch_norm, folded_pointwise, FoldedPointwise};
 pub use pointwise::{pointwise_conv, PointwiseConv};
-pub use squeeze_excite::{
-    pack_fc, squeeze_excite, squeeze_excite_gate, squeeze_excite_packed, SqueezeExcite, SqueezeExciteGate,
-};
+pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};

@@ -23,8 +23,9 @@ enum Build {
     Avx512,
 }
 
-/// Runs `body`, compiled with AVX2 when the CPU supports it. Everything `body` calls must be
-/// `#[inline(always)]` to be compiled along with it.
+/// Runs `body`, compiled with the widest vectors the CPU supports. `body` itself and everything
+/// it calls must be `#[inline(always)]` (closures too: `wide(#[inline(always)] || ...)`) to be
+/// compiled along with it; otherwise LLVM may keep it out of line, in the baseline build.
 #[inline(always)]
 pub(crate) fn wide<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -91,24 +91,6 @@ fn forward_typed<T: SeElement>(
     if hw == 0 {
         return Ok(Vec::new());
     }
-    let gates = gates_of(&x, (n, c, hw, r), &reduce, &expand, op.inner);
-    // Scale every plane by its gate.
-    Ok(par_filled_chunks(n * c * hw, hw, |plane, dst| {
-        let (src, g) = (&x[plane * hw..(plane + 1) * hw], gates[plane]);
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s * g;
-        }
-    }))
-}
-
-/// The gates `[N, C]`: `sigmoid(W2 act(W1 mean_hw(x) + b1) + b2)` per sample.
-fn gates_of<T: SeElement>(
-    x: &[T],
-    (n, c, hw, r): (usize, usize, usize, usize),
-    reduce: &[T],
-    expand: &[T],
-    inner: Activation,
-) -> Vec<T> {
     // Squeeze: one mean per (n, c) plane.
     let pooled: Vec<T> = x
         .par_chunks(hw)
@@ -122,7 +104,7 @@ fn gates_of<T: SeElement>(
             .map(|j| {
                 let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
                 let z = row[..c].iter().zip(p).fold(T::zero(), |acc, (&w, &v)| acc + w * v) + row[c];
-                inner.apply(z)
+                op.inner.apply(z)
             })
             .collect();
         for (i, g) in gate.iter_mut().enumerate() {
@@ -131,71 +113,13 @@ fn gates_of<T: SeElement>(
             *g = Activation::Sigmoid.apply(z);
         }
     }
-    gates
-}
-
-/// Squeeze-excite's gates alone, `[N, C]`, for inference that folds them into the next
-/// pointwise conv's weights ([`crate::gate_folded`]) instead of scaling the hidden tensor.
-/// Same inputs as [`SqueezeExcite`]. Forward only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SqueezeExciteGate {
-    pub inner: Activation,
-}
-
-impl CustomOp3 for SqueezeExciteGate {
-    fn name(&self) -> &'static str {
-        "fairnas-squeeze-excite-gate"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fn typed<T: SeElement>(
-            inner: Activation,
-            (s1, l1): (&CpuStorage, &Layout),
-            (s2, l2): (&CpuStorage, &Layout),
-            (s3, l3): (&CpuStorage, &Layout),
-        ) -> Result<Vec<T>> {
-            let dims = dims(l1, l2, l3)?;
-            if dims.2 == 0 {
-                candle_core::bail!("squeeze-excite gate: the input planes are empty, {:?}", l1.dims());
-            }
-            let x = contiguous_slice::<T>(s1, l1)?;
-            let reduce = contiguous_slice::<T>(s2, l2)?;
-            let expand = contiguous_slice::<T>(s3, l3)?;
-            Ok(gates_of(&x, dims, &reduce, &expand, inner))
+    // Scale every plane by its gate.
+    Ok(par_filled_chunks(n * c * hw, hw, |plane, dst| {
+        let (src, g) = (&x[plane * hw..(plane + 1) * hw], gates[plane]);
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s * g;
         }
-        let (n, c, _, _) = dims(l1, l2, l3)?;
-        let shape = Shape::from((n, c));
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => {
-                Ok((CpuStorage::F32(typed::<f32>(self.inner, (s1, l1), (s2, l2), (s3, l3))?), shape))
-            }
-            (DType::F64, DType::F64, DType::F64) => {
-                Ok((CpuStorage::F64(typed::<f64>(self.inner, (s1, l1), (s2, l2), (s3, l3))?), shape))
-            }
-            d => {
-                candle_core::bail!("squeeze-excite gate supports f32 or f64 with matching dtypes, got {d:?}")
-            }
-        }
-    }
-}
-
-/// The gates `[N, C]` of squeeze-excite on `x` `[N, C, H, W]` (packed operands from
-/// [`pack_fc`]).
-pub fn squeeze_excite_gate(
-    x: &Tensor,
-    reduce: &Tensor,
-    expand: &Tensor,
-    inner: Activation,
-) -> Result<Tensor> {
-    x.apply_op3_no_bwd(reduce, expand, &SqueezeExciteGate { inner })
+    }))
 }
 
 impl CustomOp3 for SqueezeExcite {

@@ -1,5 +1,7 @@
 //! Our depthwise convolution and squeeze-excite against candle's built-in equivalents, on
-//! MBConv-sized tensors. `cargo bench -p fairnas-ops` (results in BENCHMARKS.md).
+//! MBConv-sized tensors, and the memory-bandwidth bound of the stride-1 case (a parallel copy
+//! of its input into a fresh output). `cargo bench -p fairnas-ops --bench depthwise` (results
+//! in BENCHMARKS.md).
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -20,6 +22,20 @@ fn depthwise(c: &mut Criterion) {
             b.iter(|| x.conv2d(&w, k / 2, s, 1, 144).unwrap())
         });
     }
+    // The memory-bandwidth bound of the stride-1 case: read the input once and write an
+    // output of the same size into a fresh buffer, planes in parallel (as the kernel does).
+    group.bench_function(BenchmarkId::new("copy_in_out", "k3_s1"), |b| {
+        b.iter(|| {
+            let (storage, layout) = x.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!() };
+            let src = &cpu.as_slice::<f32>().unwrap()[layout.start_offset()..];
+            let plane = 56 * 56;
+            let out = fairnas_ops::buffer::par_filled_chunks(x.elem_count(), plane, |i, dst| {
+                dst.copy_from_slice(&src[i * plane..(i + 1) * plane])
+            });
+            Tensor::from_vec(out, x.shape(), &Device::Cpu).unwrap()
+        })
+    });
     group.finish();
 }
 

@@ -47,6 +47,15 @@ unsafe impl<T> Send for OutPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for OutPtr<T> {}
 
+impl<T> OutPtr<T> {
+    /// The element `offset` places in (a method, so that closures capture the whole `Sync`
+    /// wrapper rather than its raw-pointer field). Computing the address is safe; writing
+    /// through it is what the callers' SAFETY comments cover.
+    fn at(self, offset: usize) -> *mut T {
+        self.0.wrapping_add(offset)
+    }
+}
+
 trait Element: GemmElement + num_traits::Float {}
 impl Element for f32 {}
 impl Element for f64 {}
@@ -99,7 +108,6 @@ fn forward_typed<T: Element>(
         let width = cols.min(hw - j0);
         let first = image * o * hw + j0;
         let src = &x[image * c * hw + j0..];
-        let dst = dst;
         // SAFETY: the block writes rows `image * o .. (image + 1) * o` of the `[N * O, HW]`
         // output, columns `j0 .. j0 + width`: inside the `total`-element allocation and
         // disjoint from every other block's. The packed weight is `[o, c + 1]` (row stride
@@ -108,7 +116,7 @@ fn forward_typed<T: Element>(
         unsafe {
             matmul_into_rows(
                 (o, width, c),
-                (dst.0.add(first), hw as isize),
+                (dst.at(first), hw as isize),
                 false,
                 packed.as_ptr(),
                 ((c + 1) as isize, 1),
@@ -125,7 +133,7 @@ fn forward_typed<T: Element>(
                     let at = first + row * hw;
                     // SAFETY: the GEMM above initialised exactly these `width` elements, which only
                     // this block touches.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), width) };
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.at(at), width) };
                     with_activation!(activation, T, act => match &residual {
                         Some(r) => {
                             for (d, &r) in d.iter_mut().zip(&r[at..at + width]) {

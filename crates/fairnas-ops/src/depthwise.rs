@@ -174,9 +174,19 @@ fn forward_plane<T: DwElement>(input: &[T], filter: &[T], out: &mut [T], g: &DwS
         if s == 1 {
             phases[at + pad.left..at + pad.left + g.width].copy_from_slice(row);
         } else {
-            for (x, &v) in row.iter().enumerate() {
-                let px = x + pad.left;
-                phases[(px % s) * phase_len + at + px / s] = v;
+            // Phase `rx` holds padded columns rx, rx + s, ...: input columns x0, x0 + s, ...
+            // from the first x0 with (x0 + left) % s == rx, stored contiguously. (A division
+            // per element, with `s` unknown at compile time, took most of the stride-2 time.)
+            for rx in 0..s {
+                let x0 = (rx + s - pad.left % s) % s;
+                if x0 >= g.width {
+                    continue;
+                }
+                let start = rx * phase_len + at + (x0 + pad.left) / s;
+                let count = (g.width - x0).div_ceil(s);
+                for (d, &v) in phases[start..start + count].iter_mut().zip(row[x0..].iter().step_by(s)) {
+                    *d = v;
+                }
             }
         }
     }

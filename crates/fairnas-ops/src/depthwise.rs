@@ -366,9 +366,11 @@ fn affine_typed<T: DwElement + num_traits::Float>(
         #[inline(always)]
         |c, dst| {
             let (scale, shift) = (affine[c], affine[g.channels + c]);
-            for v in dst {
-                *v = op.activation.apply(*v * scale + shift);
-            }
+            crate::activation::with_activation!(op.activation, T, act => {
+                for v in dst.iter_mut() {
+                    *v = act(*v * scale + shift);
+                }
+            })
         },
     )
 }

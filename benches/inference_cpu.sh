@@ -15,7 +15,7 @@ REPEATS=${REPEATS:-10}
 MODELS=${MODELS:-"fairnas-a fairnas-c fairnas-a-se-1.0"}
 BIN=${BIN:-target/release/fairnas}
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q torch numpy safetensors onnx onnxruntime onnxscript
+  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q torch numpy pillow safetensors onnx onnxruntime onnxscript
 fi
 [ "$BIN" = target/release/fairnas ] && cargo build --release -q -p fairnas-cli
 LOG=$(mktemp)

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 static WIDEST: AtomicU8 = AtomicU8::new(Build::Avx512 as u8);
 
 /// The builds of a kernel body, narrowest first.
-#[allow(dead_code)] // `Baseline` and `Avx2` are only named by the tests' cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[allow(dead_code)] // `Baseline` is only named by the tests' cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Build {
     Baseline,

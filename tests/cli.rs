@@ -599,3 +599,31 @@ fn bench_reports_throughput_and_the_fraction_of_the_matmul_peak() {
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("--batch needs positive sizes"));
 }
+
+/// `fairnas bench --stages` breaks each batch's time down by stage, in network order, with
+/// shares that add up to one and every multiply-add of the model accounted for.
+#[test]
+fn bench_stages_account_for_the_whole_network() {
+    let out = stdout_ok(&[
+        "bench",
+        "--model",
+        "fairnas-b",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--stages",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stages = v["results"][0]["stages"].as_array().unwrap();
+    assert_eq!(stages[0]["stage"], "stem");
+    assert_eq!(stages[stages.len() - 1]["stage"], "pool+classifier");
+    assert!(stages.iter().any(|s| s["stage"] == "blocks.7.dw"), "{stages:?}");
+    let share: f64 = stages.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "{share}");
+    let madds: u64 = stages.iter().map(|s| s["madds"].as_u64().unwrap()).sum();
+    assert_eq!(madds, 2 * v["madds_per_image"].as_u64().unwrap());
+}

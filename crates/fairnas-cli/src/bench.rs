@@ -37,8 +37,73 @@ pub struct BenchArgs {
     /// the same threads, and report each batch's throughput as a fraction of it. CPU only.
     #[arg(long)]
     pub matmul_peak: bool,
+    /// Also time every stage (stem, each block's expand / dw / se / project, head) over the
+    /// same number of passes and print where the time goes: median ms, share, GFLOP/s.
+    #[arg(long)]
+    pub stages: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StageResult {
+    stage: String,
+    output: Vec<usize>,
+    madds: u64,
+    median_ms: f64,
+    /// This stage's median over the sum of all stages' medians.
+    share: f64,
+    gflop_per_s: f64,
+}
+
+/// Per-stage medians over `repeats` timed forward passes (after one untimed one).
+fn time_stages(
+    net: &fairnas_model::network::Network,
+    x: &Tensor,
+    repeats: usize,
+) -> Result<Vec<StageResult>> {
+    let mut runs = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
+        let (_, times) = net.forward_timed(x)?;
+        if i > 0 {
+            runs.push(times);
+        }
+    }
+    let first = &runs[0];
+    let mut stages: Vec<StageResult> = (0..first.len())
+        .map(|s| {
+            let mut ms: Vec<f64> = runs.iter().map(|r| r[s].elapsed.as_secs_f64() * 1e3).collect();
+            ms.sort_by(f64::total_cmp);
+            let median = ms[ms.len() / 2];
+            StageResult {
+                stage: first[s].stage.clone(),
+                output: first[s].output.clone(),
+                madds: first[s].madds,
+                median_ms: median,
+                share: 0.0,
+                gflop_per_s: 2.0 * first[s].madds as f64 / (median * 1e-3) / 1e9,
+            }
+        })
+        .collect();
+    let total: f64 = stages.iter().map(|s| s.median_ms).sum();
+    for s in &mut stages {
+        s.share = s.median_ms / total;
+    }
+    Ok(stages)
+}
+
+fn print_stages(stages: &[StageResult]) {
+    println!("  {:<22} {:>22} {:>9} {:>6} {:>8}", "stage", "output", "ms", "share", "GFLOP/s");
+    for s in stages {
+        println!(
+            "  {:<22} {:>22} {:9.3} {:5.1}% {:8.1}",
+            s.stage,
+            format!("{:?}", s.output),
+            s.median_ms,
+            s.share * 100.0,
+            s.gflop_per_s
+        );
+    }
 }
 
 /// The size of the square matmul that stands for the machine's fp32 GEMM peak: large enough
@@ -74,6 +139,9 @@ struct BatchResult {
     /// `gflop_per_s` over the measured matmul peak (`--matmul-peak`).
     #[serde(skip_serializing_if = "Option::is_none")]
     fraction_of_matmul_peak: Option<f64>,
+    /// Where the time goes (`--stages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages: Option<Vec<StageResult>>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -123,6 +191,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             images_per_s: batch as f64 / (median * 1e-3),
             gflop_per_s: 2.0 * madds as f64 * batch as f64 / (median * 1e-3) / 1e9,
             fraction_of_matmul_peak: None,
+            stages: if args.stages { Some(time_stages(&net, &x, args.repeats)?) } else { None },
         };
         let r = BatchResult { fraction_of_matmul_peak: peak.map(|p| r.gflop_per_s / p), ..r };
         if !args.json {
@@ -138,6 +207,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 r.gflop_per_s,
                 of_peak.unwrap_or_default()
             );
+            if let Some(stages) = &r.stages {
+                print_stages(stages);
+            }
         }
         results.push(r);
     }

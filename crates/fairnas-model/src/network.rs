@@ -166,6 +166,13 @@ impl ConvBnAct {
         self.forward_plus(x, None)
     }
 
+    /// Multiply-adds that produced `output`: each output element takes one per weight of its
+    /// output channel (`C k^2` for dense and pointwise convs, `k^2` for depthwise ones).
+    fn madds(&self, output: &Tensor) -> u64 {
+        let per_output = self.weight.elem_count() / self.weight.dim(0).unwrap_or(1).max(1);
+        (output.elem_count() * per_output) as u64
+    }
+
     /// `act(bn(conv(x)))`, plus `residual` (after the activation) when given.
     fn forward_plus(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         if let Some(packed) = &self.folded {
@@ -209,23 +216,68 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The block, each stage timed into `clock` when there is one (as `{prefix}.expand`, ...).
+    fn forward(&self, x: &Tensor, clock: &mut StageClock, prefix: &str) -> Result<Tensor> {
         let mut h = match &self.expand {
-            Some(e) => e.forward(x)?,
+            Some(e) => clock.time(|| format!("{prefix}.expand"), || e.forward(x), |y| e.madds(y))?,
             None => x.clone(),
         };
         if let Some(dw) = &self.depthwise {
-            h = dw.forward(&h)?;
+            h = clock.time(|| format!("{prefix}.dw"), || dw.forward(&h), |y| dw.madds(y))?;
         }
         let residual = self.residual.then_some(x);
         if let Some(se) = &self.se {
-            h = squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner)?;
+            h = clock.time(
+                || format!("{prefix}.se"),
+                || squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner),
+                |y| {
+                    // Two FC layers per image (their packed `weight | bias` less the biases).
+                    let (rows, cols) = se.reduce.dims2().unwrap_or_default();
+                    (2 * rows * cols.saturating_sub(1) * y.dim(0).unwrap_or(0)) as u64
+                },
+            )?;
         }
         match (&self.project, residual) {
-            (Some(p), residual) => p.forward_plus(&h, residual),
+            (Some(p), residual) => {
+                clock.time(|| format!("{prefix}.project"), || p.forward_plus(&h, residual), |y| p.madds(y))
+            }
             (None, Some(r)) => h + r,
             (None, None) => Ok(h),
         }
+    }
+}
+
+/// The wall time of one stage of a forward pass (`Network::forward_timed`). CPU ops run
+/// synchronously, so each stage's time is its own; on CUDA the device is synchronised after
+/// every stage (which costs the overlap a plain forward would have).
+#[derive(Debug, Clone)]
+pub struct StageTime {
+    /// `stem`, `blocks.3.expand`, `blocks.3.dw`, `blocks.3.se`, `blocks.3.project`, `head`, ...
+    pub stage: String,
+    /// The stage's output shape.
+    pub output: Vec<usize>,
+    /// Multiply-adds of the stage over the whole batch (convolutions and FC layers only).
+    pub madds: u64,
+    pub elapsed: std::time::Duration,
+}
+
+/// Collects stage times when timing, and costs nothing (no clock reads, no names) otherwise.
+struct StageClock<'a>(Option<&'a mut Vec<StageTime>>);
+
+impl StageClock<'_> {
+    fn time(
+        &mut self,
+        stage: impl FnOnce() -> String,
+        run: impl FnOnce() -> Result<Tensor>,
+        madds: impl FnOnce(&Tensor) -> u64,
+    ) -> Result<Tensor> {
+        let Some(times) = self.0.as_deref_mut() else { return run() };
+        let started = std::time::Instant::now();
+        let out = run()?;
+        out.device().synchronize()?;
+        let elapsed = started.elapsed();
+        times.push(StageTime { stage: stage(), output: out.dims().to_vec(), madds: madds(&out), elapsed });
+        Ok(out)
     }
 }
 
@@ -435,6 +487,19 @@ impl Network {
     /// Logits `[N, classes]` for a normalised `[N, 3, H, W]` batch. Eval mode: BN uses running
     /// statistics, dropout is the identity.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &mut StageClock(None))
+    }
+
+    /// [`Network::forward`], also returning the wall time of every stage (stem, each block's
+    /// expand / depthwise / SE / project, head, pool + classifier), in order: where a model's
+    /// latency goes (`fairnas bench --stages`).
+    pub fn forward_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<StageTime>)> {
+        let mut times = Vec::new();
+        let logits = self.forward_with(x, &mut StageClock(Some(&mut times)))?;
+        Ok((logits, times))
+    }
+
+    fn forward_with(&self, x: &Tensor, clock: &mut StageClock) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
         if c != self.spec.in_channels {
             candle_core::bail!(
@@ -443,12 +508,16 @@ impl Network {
                 self.spec.in_channels
             );
         }
-        let mut h = self.stem.forward(x)?;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
+        let mut h = clock.time(|| "stem".into(), || self.stem.forward(x), |y| self.stem.madds(y))?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = b.forward(&h, clock, &format!("blocks.{i}"))?;
         }
-        let h = self.head.forward(&h)?.mean((2, 3))?;
-        self.classify(&h)
+        let h = clock.time(|| "head".into(), || self.head.forward(&h), |y| self.head.madds(y))?;
+        clock.time(
+            || "pool+classifier".into(),
+            || self.classify(&h.mean((2, 3))?),
+            |y| (y.elem_count() * self.spec.head.channels) as u64,
+        )
     }
 
     /// The same network without BN folded into the pointwise convs: every layer as separate
@@ -545,6 +614,31 @@ mod tests {
             assert!(err < 1e-4, "{name}: max relative difference {err}");
             assert!(folded != unfolded, "{name}: the folded path did not run");
         }
+        Ok(())
+    }
+
+    /// The timed forward is the forward (same bits), its stages come in network order, and
+    /// their multiply-adds add up to the cost model's (which counts the same layers from the
+    /// spec alone), per image times the batch.
+    #[test]
+    fn timed_forward_gives_the_same_logits_and_accounts_for_every_multiply_add() -> Result<()> {
+        let dev = Device::Cpu;
+        let spec = ModelSelection::named("fairnas-c").resolve().unwrap();
+        let net = crate::synthetic::synthetic_network(&spec, 5, DType::F32, &dev)?;
+        let x = Tensor::randn(0f32, 1., (2, 3, 96, 96), &dev)?;
+        let (logits, stages) = net.forward_timed(&x)?;
+        assert_eq!(
+            logits.flatten_all()?.to_vec1::<f32>()?,
+            net.forward(&x)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        let names: Vec<&str> = stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(&names[..4], ["stem", "blocks.0.dw", "blocks.0.project", "blocks.1.expand"]);
+        assert_eq!(&names[names.len() - 3..], ["blocks.19.project", "head", "pool+classifier"]);
+        assert_eq!(stages[0].output, [2, 32, 48, 48]);
+        let mut small = spec.clone();
+        small.input_size = 96;
+        let madds: u64 = stages.iter().map(|s| s.madds).sum();
+        assert_eq!(madds, 2 * cost_report(&small).madds);
         Ok(())
     }
 

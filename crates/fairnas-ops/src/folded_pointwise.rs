@@ -56,8 +56,46 @@ impl<T> OutPtr<T> {
     }
 }
 
-trait Element: GemmElement + num_traits::Float {}
-impl Element for f32 {}
+/// Output channels one register tile of the tiled kernel holds: row blocks are multiples of it.
+#[cfg(target_arch = "x86_64")]
+use crate::pointwise_tile::TILE_ROWS;
+#[cfg(not(target_arch = "x86_64"))]
+const TILE_ROWS: usize = 1;
+
+/// The operands of one output block, for the register-tiled kernel.
+#[cfg(target_arch = "x86_64")]
+type TiledBlock<T> = crate::pointwise_tile::Block<T>;
+#[cfg(not(target_arch = "x86_64"))]
+type TiledBlock<T> = std::marker::PhantomData<T>;
+
+trait Element: GemmElement + num_traits::Float {
+    /// Whether [`Element::run_tiled`] runs on this CPU (f32 with AVX-512F); otherwise the
+    /// blocks go through the GEMM library and a separate epilogue.
+    fn has_tiled_kernel() -> bool {
+        false
+    }
+
+    /// # Safety
+    /// [`Element::has_tiled_kernel`] must be true, and the block must satisfy
+    /// `pointwise_tile::run_block`'s contract.
+    unsafe fn run_tiled(_block: TiledBlock<Self>, _activation: Activation) {
+        unreachable!("no tiled pointwise kernel for this type")
+    }
+}
+
+impl Element for f32 {
+    #[cfg(target_arch = "x86_64")]
+    fn has_tiled_kernel() -> bool {
+        crate::simd::avx512_allowed()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run_tiled(block: TiledBlock<f32>, activation: Activation) {
+        // SAFETY: `has_tiled_kernel` (AVX-512F present) and the block's extents are the
+        // caller's guarantees.
+        unsafe { crate::pointwise_tile::run_block(block, activation) }
+    }
+}
 impl Element for f64 {}
 
 fn forward_typed<T: Element>(
@@ -98,27 +136,63 @@ fn forward_typed<T: Element>(
     }
     let cols = block_columns(o, hw);
     let per_image = hw.div_ceil(cols);
-    let blocks = n * per_image;
+    let column_blocks = n * per_image;
     let threads = rayon::current_num_threads();
-    // Too few blocks to go round: let each GEMM use the threads instead.
+    let tiled = T::has_tiled_kernel();
+    // The tiled kernel has no threads of its own: with too few column blocks to go round (a
+    // small late-layer plane at batch 1), the output channels are split too, in whole tiles.
+    let row_chunk = if tiled && column_blocks < 2 * threads {
+        let parts = (2 * threads).div_ceil(column_blocks);
+        o.div_ceil(parts).next_multiple_of(TILE_ROWS).min(o)
+    } else {
+        o
+    };
+    let row_blocks = o.div_ceil(row_chunk);
+    let blocks = column_blocks * row_blocks;
+    // Too few blocks to go round for the GEMM path: let each GEMM use the threads instead.
     let inner = if blocks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };
     let dst = OutPtr(out.as_mut_ptr());
     let run_block = |block: usize| {
-        let (image, j0) = (block / per_image, (block % per_image) * cols);
+        let (column_block, row_block) = (block / row_blocks, block % row_blocks);
+        let (image, j0) = (column_block / per_image, (column_block % per_image) * cols);
         let width = cols.min(hw - j0);
-        let first = image * o * hw + j0;
+        let row0 = row_block * row_chunk;
+        let rows = row_chunk.min(o - row0);
+        let first = (image * o + row0) * hw + j0;
         let src = &x[image * c * hw + j0..];
-        // SAFETY: the block writes rows `image * o .. (image + 1) * o` of the `[N * O, HW]`
-        // output, columns `j0 .. j0 + width`: inside the `total`-element allocation and
-        // disjoint from every other block's. The packed weight is `[o, c + 1]` (row stride
-        // `c + 1`, its first `c` columns are W'); `src` starts at column `j0` of the image's
-        // `[c, hw]` input (row stride `hw`), and `width` columns stay in its rows.
+        if tiled {
+            #[cfg(target_arch = "x86_64")]
+            let block = TiledBlock {
+                rows,
+                depth: c,
+                cols: width,
+                weights: packed[row0 * (c + 1)..].as_ptr(),
+                weight_stride: c + 1,
+                input: src.as_ptr(),
+                input_stride: hw,
+                output: dst.at(first),
+                residual: residual.as_ref().map_or(std::ptr::null(), |r| r[first..].as_ptr()),
+                output_stride: hw,
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let block = std::marker::PhantomData;
+            // SAFETY: `tiled` is `has_tiled_kernel()`. The block is rows `row0 .. row0 + rows`
+            // of image `image`'s `[o, hw]` output, columns `j0 .. j0 + width`: inside the
+            // `total`-element allocation and disjoint from every other block's; the residual
+            // has the output's layout. The packed weight rows from `row0` have stride `c + 1`
+            // with the shift in column `c`; `src` starts at column `j0` of the image's `[c, hw]`
+            // input (row stride `hw`), and `width` columns stay in its rows.
+            unsafe { T::run_tiled(block, activation) };
+            return;
+        }
+        // SAFETY: as above, for the GEMM's `rows x width` output block (here `row0 == 0`,
+        // `rows == o`) and its `[o, c + 1]`-strided weight operand.
         unsafe {
             matmul_into_rows(
-                (o, width, c),
+                (rows, width, c),
                 (dst.at(first), hw as isize),
                 false,
-                packed.as_ptr(),
+                packed[row0 * (c + 1)..].as_ptr(),
                 ((c + 1) as isize, 1),
                 src.as_ptr(),
                 (hw as isize, 1),
@@ -128,8 +202,8 @@ fn forward_typed<T: Element>(
         crate::simd::wide(
             #[inline(always)]
             || {
-                for row in 0..o {
-                    let shift = packed[row * (c + 1) + c];
+                for row in 0..rows {
+                    let shift = packed[(row0 + row) * (c + 1) + c];
                     let at = first + row * hw;
                     // SAFETY: the GEMM above initialised exactly these `width` elements, which only
                     // this block touches.

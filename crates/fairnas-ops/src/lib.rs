@@ -23,6 +23,8 @@ pub mod depthwise_backward;
 pub mod folded_pointwise;
 pub mod layout;
 pub mod pointwise;
+#[cfg(target_arch = "x86_64")]
+mod pointwise_tile;
 pub mod sgd;
 mod simd;
 pub mod squeeze_excite;

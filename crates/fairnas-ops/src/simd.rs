@@ -43,6 +43,13 @@ pub(crate) fn wide<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
+/// Whether kernels written for AVX-512F only (with intrinsics, not through [`wide`]) may run:
+/// the CPU has it and the tests' cap allows it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_allowed() -> bool {
+    WIDEST.load(Ordering::Relaxed) >= Build::Avx512 as u8 && std::is_x86_feature_detected!("avx512f")
+}
+
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]

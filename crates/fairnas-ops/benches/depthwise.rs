@@ -7,7 +7,14 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use fairnas_ops::{depthwise_conv2d, squeeze_excite, Activation, Padding2d};
 
+/// As in the `fairnas` binary (its `allocator` module): mimalloc, keeping freed memory, so
+/// each call's output reuses the last one's pages instead of faulting fresh ones in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn depthwise(c: &mut Criterion) {
+    // SAFETY: sets an integer option (`mi_option_purge_delay` = 15) to -1; no preconditions.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (32, 144, 56, 56), &dev).unwrap();
     let mut group = c.benchmark_group("depthwise_32x144x56x56");

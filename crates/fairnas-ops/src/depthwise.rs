@@ -7,7 +7,8 @@
 //! multiply-add over contiguous (stride 1) or evenly strided (stride 2) memory that the compiler
 //! vectorises. Padding is never materialised.
 
-use crate::buffer::par_filled_chunks;
+use crate::buffer::par_written_chunks;
+use std::mem::MaybeUninit;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use crate::layout::{contiguous_slice, dispatch_f32_f64, on_device};
 use candle_core::backend::BackendStorage;
@@ -149,63 +150,236 @@ pub(crate) fn column_block<T: DwElement>(
     acc
 }
 
-/// One output plane; `out` must be zero on entry.
+/// Output rows accumulated at once: four independent accumulator chains per column block, so
+/// a block does not wait on its own additions' latency (a 7x7 filter is 49 dependent adds per
+/// output), and each tap's weight is loaded once for four rows.
+const ROWS_AT_ONCE: usize = 4; // `convolve_blocks` names its four accumulators
+
+/// Column block of the narrow late-layer planes (7 or fewer output columns): 8 lanes, so a
+/// 7-wide row wastes one lane instead of nine.
+const NARROW_COLUMN_BLOCK: usize = 8;
+
+/// The zero-padded, phase-split copy of an input plane and the filter's tap offsets into it,
+/// allocated once per task and reused for all of its planes (same geometry). The padding and
+/// the slack are zeroed once: each plane overwrites exactly the interior.
 ///
-/// The plane is first copied into a zero-padded buffer (for stride `s`, de-interleaved into `s`
-/// column phases, so column `s * j + r` of the padded row is element `j` of phase `r`): every tap
-/// of every output then reads contiguous memory with no bounds checks. Each block of 16 output
-/// columns is accumulated in registers over all k x k taps and stored once; the previous loop
-/// added each tap into the output row in memory (a load and a store per tap and element) and
-/// took 39% of a FairNAS-A forward pass. The sum order (ky, then kx) is unchanged, so results
-/// are bit-identical.
-#[inline(always)]
-fn forward_plane<T: DwElement>(input: &[T], filter: &[T], out: &mut [T], g: &DwShape) {
-    let (k, s, pad) = (g.kernel, g.stride, g.padding);
-    let padded_h = g.height + pad.top + pad.bottom;
-    let padded_w = g.width + pad.left + pad.right;
-    let phase_w = padded_w.div_ceil(s);
-    let phase_len = padded_h * phase_w;
-    // Slack after the last phase: a block near a row's end reads up to a block past it (those
-    // columns are computed and dropped), so every block takes the same vectorised path.
-    let mut phases = vec![T::zero(); s * phase_len + COLUMN_BLOCK];
-    for y in 0..g.height {
-        let row = &input[y * g.width..(y + 1) * g.width];
-        let at = (y + pad.top) * phase_w;
-        if s == 1 {
-            phases[at + pad.left..at + pad.left + g.width].copy_from_slice(row);
-        } else {
-            // Phase `rx` holds padded columns rx, rx + s, ...: input columns x0, x0 + s, ...
-            // from the first x0 with (x0 + left) % s == rx, stored contiguously. (A division
-            // per element, with `s` unknown at compile time, took most of the stride-2 time.)
-            for rx in 0..s {
-                let x0 = (rx + s - pad.left % s) % s;
-                if x0 >= g.width {
-                    continue;
+/// For stride `s` the padded plane is de-interleaved into `s` column phases (column `s * j + r`
+/// of the padded row is element `j` of phase `r`), so every tap of every output reads
+/// contiguous memory with no bounds logic.
+struct PlaneScratch<T> {
+    phases: Vec<T>,
+    /// `(offset, tap index)` of tap (ky, kx) from the first input of output (0, 0).
+    offsets: Vec<usize>,
+    taps: Vec<(usize, T)>,
+    phase_w: usize,
+    phase_len: usize,
+    /// The largest of `offsets`.
+    max_offset: usize,
+    /// Output columns per accumulator block (16, or 8 for narrow planes).
+    block: usize,
+    split: PhaseSplit,
+}
+
+/// How an input row is spread over the column phases.
+#[derive(Clone, Copy)]
+enum PhaseSplit {
+    /// Stride 1: one phase, the row copied as is.
+    None,
+    /// Stride 2: even input columns go to phase `even.0` from element `even.1` of the padded
+    /// row, odd ones to `odd`.
+    Pairs { even: (usize, usize), odd: (usize, usize) },
+    /// Any other stride, column by column. (A division per element, with the stride unknown
+    /// at compile time, took most of the stride-2 time before the `Pairs` case.)
+    Strided,
+}
+
+impl<T: DwElement> PlaneScratch<T> {
+    fn new(g: &DwShape) -> Self {
+        let (k, s, pad) = (g.kernel, g.stride, g.padding);
+        let padded_h = g.height + pad.top + pad.bottom;
+        let padded_w = g.width + pad.left + pad.right;
+        let phase_w = padded_w.div_ceil(s);
+        let phase_len = padded_h * phase_w;
+        let offsets: Vec<usize> =
+            (0..k * k).map(|t| ((t % k) % s) * phase_len + (t / k) * phase_w + (t % k) / s).collect();
+        let block = if g.out_width <= NARROW_COLUMN_BLOCK { NARROW_COLUMN_BLOCK } else { COLUMN_BLOCK };
+        // The last row group and column block read up to `ROWS_AT_ONCE - 1` rows and a block
+        // past the plane (those outputs are computed and dropped): slack so that they stay in
+        // the (zeroed) buffer.
+        let row_groups = g.out_height.div_ceil(ROWS_AT_ONCE) * ROWS_AT_ONCE;
+        let max_offset = offsets.iter().copied().max().unwrap_or(0);
+        let reach = (row_groups - 1) * s * phase_w + max_offset + g.out_width.next_multiple_of(block);
+        let len = (s * phase_len).max(reach) + block;
+        let split = match s {
+            1 => PhaseSplit::None,
+            // Input column x is padded column x + left: phase (x + left) % 2, element (x + left) / 2.
+            2 => PhaseSplit::Pairs {
+                even: (pad.left % 2, pad.left / 2),
+                odd: ((1 + pad.left) % 2, (1 + pad.left) / 2),
+            },
+            _ => PhaseSplit::Strided,
+        };
+        Self {
+            phases: vec![T::zero(); len],
+            taps: Vec::with_capacity(k * k),
+            offsets,
+            max_offset,
+            phase_w,
+            phase_len,
+            block,
+            split,
+        }
+    }
+
+    /// Copies one input plane into the interior of the phase buffer.
+    #[inline(always)]
+    fn load(&mut self, input: &[T], g: &DwShape) {
+        let pad = g.padding;
+        for y in 0..g.height {
+            let row = &input[y * g.width..(y + 1) * g.width];
+            let at = (y + pad.top) * self.phase_w;
+            match self.split {
+                PhaseSplit::None => self.phases[at + pad.left..at + pad.left + g.width].copy_from_slice(row),
+                PhaseSplit::Pairs { even, odd } => {
+                    // Stride 2: input columns 2j and 2j + 1 go to element j (plus the padding's
+                    // offset) of their phases; a fixed-stride loop the compiler vectorises with
+                    // shuffles.
+                    let (first, second) = self.phases.split_at_mut(self.phase_len);
+                    let (even_phase, odd_phase) = if even.0 == 0 { (first, second) } else { (second, first) };
+                    let even_row = &mut even_phase[at + even.1..at + even.1 + g.width.div_ceil(2)];
+                    let odd_row = &mut odd_phase[at + odd.1..at + odd.1 + g.width / 2];
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        even_row[g.width / 2] = *last;
+                    }
+                    for ((e, o), pair) in even_row.iter_mut().zip(odd_row.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
                 }
-                let start = rx * phase_len + at + (x0 + pad.left) / s;
-                let count = (g.width - x0).div_ceil(s);
-                for (d, &v) in phases[start..start + count].iter_mut().zip(row[x0..].iter().step_by(s)) {
-                    *d = v;
+                PhaseSplit::Strided => {
+                    // Phase `rx` holds padded columns rx, rx + s, ...: input columns x0, x0 + s,
+                    // ... from the first x0 with (x0 + left) % s == rx, stored contiguously.
+                    let s = g.stride;
+                    for rx in 0..s {
+                        let x0 = (rx + s - pad.left % s) % s;
+                        if x0 >= g.width {
+                            continue;
+                        }
+                        let start = rx * self.phase_len + at + (x0 + pad.left) / s;
+                        let count = (g.width - x0).div_ceil(s);
+                        let dst = &mut self.phases[start..start + count];
+                        for (d, &v) in dst.iter_mut().zip(row[x0..].iter().step_by(s)) {
+                            *d = v;
+                        }
+                    }
                 }
             }
         }
     }
-    // Offset of tap (ky, kx) from the first input of output (0, 0), in the phase buffer.
-    let taps: Vec<(usize, T)> = (0..k * k)
-        .map(|t| {
-            let (ky, kx) = (t / k, t % k);
-            ((kx % s) * phase_len + ky * phase_w + kx / s, filter[t])
-        })
-        .collect();
-    for oy in 0..g.out_height {
-        let out_row = &mut out[oy * g.out_width..(oy + 1) * g.out_width];
-        let row_base = oy * s * phase_w;
-        for (block, dst) in out_row.chunks_mut(COLUMN_BLOCK).enumerate() {
-            let acc = column_block(&phases, row_base + block * COLUMN_BLOCK, &taps);
-            dst.copy_from_slice(&acc[..dst.len()]);
+
+    /// One output plane from the loaded input and `filter` (`[k * k]`).
+    /// Writes every element of `out` (one output plane), which is returned initialised.
+    #[inline(always)]
+    fn convolve<'o>(&mut self, filter: &[T], out: &'o mut [MaybeUninit<T>], g: &DwShape) -> &'o mut [T] {
+        assert_eq!(out.len(), g.out_height * g.out_width, "an output plane");
+        self.taps.clear();
+        self.taps.extend(self.offsets.iter().zip(filter).map(|(&o, &w)| (o, w)));
+        if self.block == NARROW_COLUMN_BLOCK {
+            self.convolve_blocks::<NARROW_COLUMN_BLOCK>(out, g)
+        } else {
+            self.convolve_blocks::<COLUMN_BLOCK>(out, g)
+        }
+        // SAFETY: `convolve_blocks` wrote every element (its row groups and column blocks
+        // cover all `out_height x out_width` outputs), and `MaybeUninit<T>` has `T`'s layout.
+        unsafe { &mut *(out as *mut [MaybeUninit<T>] as *mut [T]) }
+    }
+
+    /// Blocks of `ROWS_AT_ONCE` rows x `B` columns, each accumulated in registers over all
+    /// k x k taps and stored once. Per output the sum runs over the taps in order (ky, then
+    /// kx), as it always has: the results are bit-identical to a plain loop.
+    #[inline(always)]
+    fn convolve_blocks<const B: usize>(&self, out: &mut [MaybeUninit<T>], g: &DwShape) {
+        let row_step = g.stride * self.phase_w;
+        let (phases, taps) = (&self.phases[..], &self.taps[..]);
+        for oy in (0..g.out_height).step_by(ROWS_AT_ONCE) {
+            let rows = ROWS_AT_ONCE.min(g.out_height - oy);
+            for x0 in (0..g.out_width).step_by(B) {
+                let base = oy * row_step + x0;
+                let acc = row_group::<T, B>(phases, base, row_step, (taps, self.max_offset));
+                let width = B.min(g.out_width - x0);
+                for (r, acc) in acc.iter().enumerate().take(rows) {
+                    let at = (oy + r) * g.out_width + x0;
+                    for (d, &v) in out[at..at + width].iter_mut().zip(&acc[..width]) {
+                        d.write(v);
+                    }
+                }
+            }
         }
     }
 }
+
+/// `ROWS_AT_ONCE` rows x `B` columns of outputs from `base` (rows `row_step` apart), summed
+/// over the taps. Four named accumulators in a small function of their own, as
+/// [`column_block`] has one: with a 2-D array in the caller LLVM's vectoriser gave up and
+/// every lane went scalar, through the stack. The bounds are checked once per call, not per
+/// tap and row: with a slice check per load the loop was three quarters bookkeeping.
+#[inline(always)]
+fn row_group<T: DwElement, const B: usize>(
+    phases: &[T],
+    base: usize,
+    row_step: usize,
+    (taps, max_offset): (&[(usize, T)], usize),
+) -> [[T; B]; ROWS_AT_ONCE] {
+    let reach = base + (ROWS_AT_ONCE - 1) * row_step + max_offset + B;
+    assert!(reach <= phases.len(), "row group reads up to {reach} of a {}-element phase buffer", phases.len());
+    let (mut a0, mut a1, mut a2, mut a3) = ([T::default(); B], [T::default(); B], [T::default(); B], [T::default(); B]);
+    let first = phases.as_ptr().wrapping_add(base);
+    for &(offset, w) in taps {
+        debug_assert!(offset <= max_offset);
+        let at = first.wrapping_add(offset);
+        // SAFETY: `offset <= max_offset` (every tap offset is, by construction in
+        // `PlaneScratch`), so each block read, `B` elements from `base + offset + r * row_step`
+        // for r < 4, ends by `reach`, inside `phases` (asserted above).
+        unsafe {
+            add_scaled(&mut a0, w, &*at.cast::<[T; B]>());
+            add_scaled(&mut a1, w, &*at.wrapping_add(row_step).cast::<[T; B]>());
+            add_scaled(&mut a2, w, &*at.wrapping_add(2 * row_step).cast::<[T; B]>());
+            add_scaled(&mut a3, w, &*at.wrapping_add(3 * row_step).cast::<[T; B]>());
+        }
+    }
+    [a0, a1, a2, a3]
+}
+
+/// `acc += w * src`, lane by lane.
+#[inline(always)]
+fn add_scaled<T: DwElement, const B: usize>(acc: &mut [T; B], w: T, src: &[T; B]) {
+    for (a, &x) in acc.iter_mut().zip(src) {
+        *a += w * x;
+    }
+}
+
+/// Asks for `data`'s cache lines to be brought into L2 (a hint: no effect on results).
+#[inline(always)]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr().cast::<i8>();
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults and has no architectural effect; the address is
+            // inside `data`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(base.add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+
+/// Output elements per parallel task (whole planes): enough to amortise the task's scratch
+/// set-up over several small late-layer planes, few enough to load-balance the early ones.
+const TASK_ELEMENTS: usize = 16 * 1024;
 
 fn forward_typed<T: DwElement>(
     op: &DepthwiseConv2d,
@@ -242,18 +416,35 @@ fn forward_with_epilogue<T: DwElement>(
     let in_plane = g.height * g.width;
     let out_plane = g.out_height * g.out_width;
     let kk = g.kernel * g.kernel;
-    let out = par_filled_chunks(g.batch * g.channels * out_plane, out_plane, |plane, dst| {
-        let c = plane % g.channels;
-        let src = &input[plane * in_plane..(plane + 1) * in_plane];
-        let filter = &weight[c * kk..(c + 1) * kk];
-        crate::simd::wide(
-            #[inline(always)]
-            || {
-                forward_plane(src, filter, dst, &g);
-                epilogue(c, dst);
-            },
-        );
-    });
+    let planes = g.batch * g.channels;
+    let per_task = (TASK_ELEMENTS / out_plane.max(1))
+        .clamp(1, planes.div_ceil(4 * rayon::current_num_threads()).max(1));
+    let fill = |task: usize, dst: &mut [MaybeUninit<T>]| {
+        let mut scratch = PlaneScratch::new(&g);
+        for (i, dst) in dst.chunks_mut(out_plane).enumerate() {
+            let plane = task * per_task + i;
+            let c = plane % g.channels;
+            let src = &input[plane * in_plane..(plane + 1) * in_plane];
+            let filter = &weight[c * kk..(c + 1) * kk];
+            // The next plane's input on its way from memory while this one is computed: the
+            // row copies into the phase buffer otherwise stall on it (an early layer's input
+            // is far larger than the caches).
+            if let Some(next) = input.get((plane + 1) * in_plane..(plane + 2) * in_plane) {
+                prefetch(next);
+            }
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    scratch.load(src, &g);
+                    let dst = scratch.convolve(filter, dst, &g);
+                    epilogue(c, dst);
+                },
+            );
+        }
+    };
+    // SAFETY: `convolve` writes every element of each output plane, and the pieces are whole
+    // planes.
+    let out = unsafe { par_written_chunks(planes * out_plane, per_task * out_plane, fill) };
     Ok((out, g.output_shape()))
 }
 
@@ -482,8 +673,10 @@ mod tests {
     fn matches_candle_grouped_conv_for_all_variants() -> Result<()> {
         let dev = Device::Cpu;
         for &k in &[3usize, 5, 7] {
-            for &s in &[1usize, 2] {
-                for &(h, w) in &[(9usize, 11usize), (14, 14), (7, 6)] {
+            for &s in &[1usize, 2, 3] {
+                // Narrow (8-column blocks) and wide planes, several 16-column blocks and
+                // 4-row groups with remainders, odd and even widths.
+                for &(h, w) in &[(9usize, 11usize), (14, 14), (7, 6), (23, 37)] {
                     let x = Tensor::randn(0f32, 1., (2, 5, h, w), &dev)?;
                     let wt = Tensor::randn(0f32, 1., (5, 1, k, k), &dev)?;
                     for pad in [Padding2d::symmetric(k), Padding2d::tf_same(h, w, k, s)] {

@@ -239,7 +239,7 @@ impl<T: DwElement> PlaneScratch<T> {
             let row = &input[y * g.width..(y + 1) * g.width];
             let at = (y + pad.top) * self.phase_w;
             match self.split {
-                PhaseSplit::None => self.phases[at + pad.left..at + pad.left + g.width].copy_from_slice(row),
+                PhaseSplit::None => copy_row(&mut self.phases[at + pad.left..at + pad.left + g.width], row),
                 PhaseSplit::Pairs { even, odd } => {
                     // Stride 2: input columns 2j and 2j + 1 go to element j (plus the padding's
                     // offset) of their phases; a fixed-stride loop the compiler vectorises with
@@ -310,8 +310,18 @@ impl<T: DwElement> PlaneScratch<T> {
                 let width = B.min(g.out_width - x0);
                 for (r, acc) in acc.iter().enumerate().take(rows) {
                     let at = (oy + r) * g.out_width + x0;
-                    for (d, &v) in out[at..at + width].iter_mut().zip(&acc[..width]) {
-                        d.write(v);
+                    if width == B {
+                        // Fixed size: an inline vector store (a variable-length loop here
+                        // became a `memmove` call per block).
+                        let dst: &mut [MaybeUninit<T>; B] =
+                            (&mut out[at..at + B]).try_into().expect("a full block");
+                        for (d, &v) in dst.iter_mut().zip(acc) {
+                            d.write(v);
+                        }
+                    } else {
+                        for (d, &v) in out[at..at + width].iter_mut().zip(&acc[..width]) {
+                            d.write(v);
+                        }
                     }
                 }
             }
@@ -356,6 +366,37 @@ fn row_group<T: DwElement, const B: usize>(
 fn add_scaled<T: DwElement, const B: usize>(acc: &mut [T; B], w: T, src: &[T; B]) {
     for (a, &x) in acc.iter_mut().zip(src) {
         *a += w * x;
+    }
+}
+
+/// `dst.copy_from_slice(src)` in fixed-size pieces, which compile to inline vector moves: a
+/// call to `memmove` per (short) row cost more than the copy itself. The last piece overlaps
+/// the one before it (rewriting the same values) instead of a variable-length tail.
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn piece<T: Copy, const N: usize>(dst: &mut [T], src: &[T], at: usize) {
+        let s: &[T; N] = src[at..at + N].try_into().expect("N elements");
+        dst[at..at + N].copy_from_slice(s);
+    }
+    #[inline(always)]
+    fn pieces<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+        let n = src.len();
+        let mut at = 0;
+        while at + N <= n {
+            piece::<T, N>(dst, src, at);
+            at += N;
+        }
+        if at < n {
+            piece::<T, N>(dst, src, n - N);
+        }
+    }
+    assert_eq!(dst.len(), src.len(), "row copy");
+    match src.len() {
+        16.. => pieces::<T, 16>(dst, src),
+        8.. => pieces::<T, 8>(dst, src),
+        4.. => pieces::<T, 4>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -215,7 +215,7 @@ impl<T: DwElement> PlaneScratch<T> {
             // Input column x is padded column x + left: phase (x + left) % 2, element (x + left) / 2.
             2 => PhaseSplit::Pairs {
                 even: (pad.left % 2, pad.left / 2),
-                odd: ((1 + pad.left) % 2, (1 + pad.left) / 2),
+                odd: ((1 + pad.left) % 2, pad.left.div_ceil(2)),
             },
             _ => PhaseSplit::Strided,
         };

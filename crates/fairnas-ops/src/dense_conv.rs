@@ -377,3 +377,144 @@ impl CustomOp2 for DenseWeightGrad {
 pub fn dense_conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: Padding2d) -> Result<Tensor> {
     input.apply_op2(weight, DenseConv { stride, padding })
 }
+
+/// Inference-time dense convolution with eval-mode BN folded into its weights and the
+/// activation in the epilogue: `act(W' * x + shift)`, the packed operand `[O, C*k*k + 1]`
+/// being [`crate::fold_batch_norm`] of the weight flattened to `[O, C*k*k]`. Forward only.
+///
+/// Why: the stem's output is the network's largest tensor after the first depthwise layer
+/// (`[32, 32, 112, 112]`, 51 MB at batch 32); a separate BN + activation pass reads and writes
+/// it once more. Here the column matrices go through the same register-tiled kernel as the
+/// pointwise convs, with shift and activation applied before the single store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoldedDenseConv {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding2d,
+    pub activation: crate::Activation,
+}
+
+fn folded_forward_typed<T: GemmElement + crate::folded_pointwise::Element>(
+    op: &FoldedDenseConv,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ps, pl): (&CpuStorage, &Layout),
+) -> Result<(Vec<T>, Shape)> {
+    let (n, c, h, w) = dims4(xl, "input")?;
+    let k = op.kernel;
+    let out_c = match pl.dims() {
+        &[o, packed] if packed == c * k * k + 1 => o,
+        d => candle_core::bail!(
+            "folded dense conv: packed weight must be [O, {}] ([O, C*k*k] weights and a shift column) \
+             for a {c}-channel input and a {k}x{k} kernel, got {d:?}",
+            c * k * k + 1
+        ),
+    };
+    let g = ConvShape::new((n, c, h, w), (out_c, c, k, k), op.stride, op.padding)?;
+    let x = contiguous_slice::<T>(xs, xl)?;
+    let packed = contiguous_slice::<T>(ps, pl)?;
+    let in_image = c * h * w;
+    let (rows, plane) = (g.col_rows(), g.out_plane());
+    let mut cols = vec![T::zero(); n * rows * plane];
+    cols.par_chunks_mut((rows * plane).max(1)).enumerate().for_each(|(i, dst)| {
+        g.for_each_tap(|at, from| dst[at] = x[i * in_image + from]);
+    });
+    let out = crate::folded_pointwise::folded_forward(
+        op.activation,
+        (&cols, (n, rows, plane)),
+        (&packed, out_c),
+        None,
+    );
+    Ok((out, Shape::from((n, out_c, g.out_height, g.out_width))))
+}
+
+impl CustomOp2 for FoldedDenseConv {
+    fn name(&self) -> &'static str {
+        "fairnas-folded-dense-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if self.stride == 0 || self.kernel == 0 {
+            candle_core::bail!("folded dense conv: kernel and stride must be positive");
+        }
+        dispatch_f32_f64(
+            "folded dense conv",
+            &[s1.dtype(), s2.dtype()],
+            || folded_forward_typed::<f32>(self, (s1, l1), (s2, l2)),
+            || folded_forward_typed::<f64>(self, (s1, l1), (s2, l2)),
+        )
+    }
+}
+
+/// `act(bn(conv(x)))` for eval-mode BN folded into `packed` (see [`FoldedDenseConv`]). CPU only.
+pub fn folded_dense_conv2d(
+    x: &Tensor,
+    packed: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: Padding2d,
+    activation: crate::Activation,
+) -> Result<Tensor> {
+    x.apply_op2_no_bwd(packed, &FoldedDenseConv { kernel, stride, padding, activation })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fold_batch_norm, Activation};
+    use candle_core::{DType, Device};
+
+    /// The folded op against the unfused graph (our dense conv, then `x * scale + shift` and
+    /// the activation as candle ops, in f64): stem-like 3x3 stride 2 with symmetric and
+    /// TF-SAME padding, and a strided 1x1 projection.
+    #[test]
+    fn folded_matches_conv_then_batch_norm_and_activation() -> Result<()> {
+        let dev = Device::Cpu;
+        for (c, o, size, k, s, pad) in [
+            (3, 32, 23, 3, 2, Padding2d::symmetric(3)),
+            (3, 16, 20, 3, 2, Padding2d::tf_same(20, 20, 3, 2)),
+            (24, 40, 14, 1, 2, Padding2d::symmetric(1)),
+        ] {
+            let x = Tensor::randn(0f64, 1., (2, c, size, size), &dev)?;
+            let weight = Tensor::randn(0f64, 0.3, (o, c, k, k), &dev)?;
+            let scale = Tensor::randn(0f64, 1., o, &dev)?;
+            let shift = Tensor::randn(0f64, 1., o, &dev)?;
+            for activation in [Activation::Relu6, Activation::Swish] {
+                let y = dense_conv2d(&x, &weight, s, pad)?;
+                let y = y
+                    .broadcast_mul(&scale.reshape((1, o, 1, 1))?)?
+                    .broadcast_add(&shift.reshape((1, o, 1, 1))?)?;
+                let want = activation.forward(&y)?;
+                let flat = weight.reshape((o, c * k * k))?;
+                for dtype in [DType::F64, DType::F32] {
+                    let packed = fold_batch_norm(
+                        &flat.to_dtype(dtype)?,
+                        &scale.to_dtype(dtype)?,
+                        &shift.to_dtype(dtype)?,
+                    )?;
+                    let got = folded_dense_conv2d(&x.to_dtype(dtype)?, &packed, k, s, pad, activation)?;
+                    assert_eq!(got.dims(), want.dims());
+                    let diff = (got.to_dtype(DType::F64)? - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                    let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+                    let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+                    assert!(
+                        diff / scale < tol,
+                        "{dtype:?} {:?} {activation}: {}",
+                        (c, o, size, k, s),
+                        diff / scale
+                    );
+                }
+            }
+        }
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev)?;
+        let bad = Tensor::zeros((4, 27), DType::F32, &dev)?;
+        let err = folded_dense_conv2d(&x, &bad, 3, 2, Padding2d::symmetric(3), Activation::Relu).unwrap_err();
+        assert!(err.to_string().contains("[O, 28]"), "{err}");
+        Ok(())
+    }
+}

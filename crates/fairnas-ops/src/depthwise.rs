@@ -8,11 +8,11 @@
 //! vectorises. Padding is never materialised.
 
 use crate::buffer::par_written_chunks;
-use std::mem::MaybeUninit;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use crate::layout::{contiguous_slice, dispatch_f32_f64, on_device};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// Zero padding on each side of the spatial dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -342,8 +342,13 @@ fn row_group<T: DwElement, const B: usize>(
     (taps, max_offset): (&[(usize, T)], usize),
 ) -> [[T; B]; ROWS_AT_ONCE] {
     let reach = base + (ROWS_AT_ONCE - 1) * row_step + max_offset + B;
-    assert!(reach <= phases.len(), "row group reads up to {reach} of a {}-element phase buffer", phases.len());
-    let (mut a0, mut a1, mut a2, mut a3) = ([T::default(); B], [T::default(); B], [T::default(); B], [T::default(); B]);
+    assert!(
+        reach <= phases.len(),
+        "row group reads up to {reach} of a {}-element phase buffer",
+        phases.len()
+    );
+    let (mut a0, mut a1, mut a2, mut a3) =
+        ([T::default(); B], [T::default(); B], [T::default(); B], [T::default(); B]);
     let first = phases.as_ptr().wrapping_add(base);
     for &(offset, w) in taps {
         debug_assert!(offset <= max_offset);
@@ -417,7 +422,6 @@ fn prefetch<T>(data: &[T]) {
     let _ = data;
 }
 
-
 /// Output elements per parallel task (whole planes): enough to amortise the task's scratch
 /// set-up over several small late-layer planes, few enough to load-balance the early ones.
 const TASK_ELEMENTS: usize = 16 * 1024;
@@ -458,8 +462,8 @@ fn forward_with_epilogue<T: DwElement>(
     let out_plane = g.out_height * g.out_width;
     let kk = g.kernel * g.kernel;
     let planes = g.batch * g.channels;
-    let per_task = (TASK_ELEMENTS / out_plane.max(1))
-        .clamp(1, planes.div_ceil(4 * rayon::current_num_threads()).max(1));
+    let per_task =
+        (TASK_ELEMENTS / out_plane.max(1)).clamp(1, planes.div_ceil(4 * rayon::current_num_threads()).max(1));
     let fill = |task: usize, dst: &mut [MaybeUninit<T>]| {
         let mut scratch = PlaneScratch::new(&g);
         for (i, dst) in dst.chunks_mut(out_plane).enumerate() {

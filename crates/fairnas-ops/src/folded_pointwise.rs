@@ -68,7 +68,7 @@ type TiledBlock<T> = crate::pointwise_tile::Block<T>;
 #[cfg(not(target_arch = "x86_64"))]
 type TiledBlock<T> = std::marker::PhantomData<T>;
 
-trait Element: GemmElement + num_traits::Float {
+pub(crate) trait Element: GemmElement + num_traits::Float {
     /// Whether [`Element::run_tiled`] runs on this CPU (f32 with AVX-512F); otherwise the
     /// blocks go through the GEMM library and a separate epilogue.
     fn has_tiled_kernel() -> bool {
@@ -125,14 +125,28 @@ fn forward_typed<T: Element>(
             );
         }
     }
-    let hw = h * w;
     let x = contiguous_slice::<T>(xs, xl)?;
     let packed = contiguous_slice::<T>(ps, pl)?;
     let residual = residual.map(|(rs, rl)| contiguous_slice::<T>(rs, rl)).transpose()?;
+    let out = folded_forward(activation, (&x, (n, c, h * w)), (&packed, o), residual.as_deref());
+    Ok((out, Shape::from((n, o, h, w))))
+}
+
+/// The op on plain slices: `x` `[n, c, hw]`, `packed` `[o, c + 1]`, `residual` `[n, o, hw]`
+/// (shapes checked by the callers), returning `[n, o, hw]`. Also the GEMM half of
+/// [`crate::dense_conv::folded_dense_conv2d`], on its column matrices.
+pub(crate) fn folded_forward<T: Element>(
+    activation: Activation,
+    (x, (n, c, hw)): (&[T], (usize, usize, usize)),
+    (packed, o): (&[T], usize),
+    residual: Option<&[T]>,
+) -> Vec<T> {
+    assert_eq!((x.len(), packed.len()), (n * c * hw, o * (c + 1)), "folded pointwise operands");
     let total = n * o * hw;
+    assert!(residual.is_none_or(|r| r.len() == total), "folded pointwise residual");
     let mut out: Vec<T> = Vec::with_capacity(total);
     if total == 0 {
-        return Ok((out, Shape::from((n, o, h, w))));
+        return out;
     }
     let cols = block_columns(o, hw);
     let per_image = hw.div_ceil(cols);
@@ -171,7 +185,7 @@ fn forward_typed<T: Element>(
                 input: src.as_ptr(),
                 input_stride: hw,
                 output: dst.at(first),
-                residual: residual.as_ref().map_or(std::ptr::null(), |r| r[first..].as_ptr()),
+                residual: residual.map_or(std::ptr::null(), |r| r[first..].as_ptr()),
                 output_stride: hw,
             };
             #[cfg(not(target_arch = "x86_64"))]
@@ -208,7 +222,7 @@ fn forward_typed<T: Element>(
                     // SAFETY: the GEMM above initialised exactly these `width` elements, which only
                     // this block touches.
                     let d = unsafe { std::slice::from_raw_parts_mut(dst.at(at), width) };
-                    with_activation!(activation, T, act => match &residual {
+                    with_activation!(activation, T, act => match residual {
                         Some(r) => {
                             for (d, &r) in d.iter_mut().zip(&r[at..at + width]) {
                                 *d = act(*d + shift) + r;
@@ -232,7 +246,7 @@ fn forward_typed<T: Element>(
     // SAFETY: the blocks cover every (image, row, column) of the output exactly once, and each
     // wrote its elements (GEMM, then epilogue).
     unsafe { out.set_len(total) };
-    Ok((out, Shape::from((n, o, h, w))))
+    out
 }
 
 impl CustomOp2 for FoldedPointwise {

@@ -32,7 +32,7 @@ pub mod squeeze_excite;
 pub use activation::Activation;
 pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
 pub use conv_bn::{conv_bn_act, BnConv};
-pub use dense_conv::{dense_conv2d, DenseConv};
+pub use dense_conv::{dense_conv2d, folded_dense_conv2d, DenseConv, FoldedDenseConv};
 pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
 pub use folded_pointwise::{fold_batch_norm, folded_pointwise, FoldedPointwise};
 pub use pointwise::{pointwise_conv, PointwiseConv};

@@ -521,9 +521,15 @@ impl Network {
     /// Logits `[N, classes]` for a normalised `[N, 3, H, W]` batch. Eval mode: BN uses running
     /// statistics, dropout is the identity.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, _, h, w) = x.dims4()?;
-        let chunk = self.cpu_chunk(h, w);
-        if !x.device().is_cpu() || n <= chunk {
+        let (_, _, h, w) = x.dims4()?;
+        let chunk = if x.device().is_cpu() { self.cpu_chunk(h, w) } else { usize::MAX };
+        self.forward_in_chunks(x, chunk)
+    }
+
+    /// [`Network::forward`] on `chunk` images at a time.
+    fn forward_in_chunks(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if n <= chunk {
             return self.forward_with(x, &mut StageClock(None));
         }
         // Chunks of images through the whole network, so that every layer's output is still
@@ -669,6 +675,22 @@ mod tests {
             assert!(err < 1e-4, "{name}: max relative difference {err}");
             assert!(folded != unfolded, "{name}: the folded path did not run");
         }
+        Ok(())
+    }
+
+    /// A batch run in chunks (as the CPU forward does for large batches) gives every image the
+    /// bits of one pass over the whole batch.
+    #[test]
+    fn chunked_forward_gives_the_bits_of_one_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let spec = ModelSelection::named("fairnas-b").resolve().unwrap();
+        let net = crate::synthetic::synthetic_network(&spec, 2, DType::F32, &dev)?;
+        let x = Tensor::randn(0f32, 1., (7, 3, 64, 64), &dev)?;
+        let whole = net.forward_with(&x, &mut StageClock(None))?.flatten_all()?.to_vec1::<f32>()?;
+        let chunked = net.forward_in_chunks(&x, 3)?;
+        assert_eq!(chunked.dims(), [7, 1000]);
+        assert_eq!(chunked.flatten_all()?.to_vec1::<f32>()?, whole);
+        assert_eq!(net.cpu_chunk(224, 224), 8, "FairNAS-B's largest activation is 2.4 MB per 224x224 image");
         Ok(())
     }
 

@@ -25,7 +25,8 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use fairnas_ops::{
     channel_affine_act, dense_conv2d, depthwise_affine_act, depthwise_conv2d, fold_batch_norm,
-    folded_dense_conv2d, folded_pointwise, pack_fc, squeeze_excite_packed, Activation, Padding2d,
+    folded_dense_conv2d, folded_pointwise, folded_pointwise_gated, pack_fc, squeeze_excite_gates,
+    squeeze_excite_packed, Activation, Padding2d,
 };
 
 use crate::spec::{ArchSpec, BlockKind, Padding};
@@ -223,6 +224,15 @@ struct SqueezeExciteLayer {
     inner: Activation,
 }
 
+impl SqueezeExciteLayer {
+    /// Multiply-adds of the two FC layers for `images` images (their packed `weight | bias`
+    /// less the biases).
+    fn madds(&self, images: usize) -> u64 {
+        let (rows, cols) = self.reduce.dims2().unwrap_or_default();
+        (2 * rows * cols.saturating_sub(1) * images) as u64
+    }
+}
+
 /// Any block of the family: each stage is present or not by kind (a skip block may have none).
 #[derive(Debug, Clone)]
 struct Block {
@@ -244,15 +254,27 @@ impl Block {
             h = clock.time(|| format!("{prefix}.dw"), || dw.forward(&h), |y| dw.madds(y))?;
         }
         let residual = self.residual.then_some(x);
+        if let (Some(se), Some(project @ ConvBnAct { folded: Some(packed), kind: ConvKind::Pointwise, .. })) =
+            (&self.se, &self.project)
+        {
+            // The gates only; the projection scales its input rows by them as it loads them, so
+            // the gated hidden tensor is never written and read back.
+            let gates = clock.time(
+                || format!("{prefix}.se"),
+                || squeeze_excite_gates(&h, &se.reduce, &se.expand, se.inner),
+                |y| se.madds(y.dim(0).unwrap_or(0)),
+            )?;
+            return clock.time(
+                || format!("{prefix}.project"),
+                || folded_pointwise_gated(&h, Some(&gates), packed, project.activation, residual),
+                |y| project.madds(y),
+            );
+        }
         if let Some(se) = &self.se {
             h = clock.time(
                 || format!("{prefix}.se"),
                 || squeeze_excite_packed(&h, &se.reduce, &se.expand, se.inner),
-                |y| {
-                    // Two FC layers per image (their packed `weight | bias` less the biases).
-                    let (rows, cols) = se.reduce.dims2().unwrap_or_default();
-                    (2 * rows * cols.saturating_sub(1) * y.dim(0).unwrap_or(0)) as u64
-                },
+                |y| se.madds(y.dim(0).unwrap_or(0)),
             )?;
         }
         match (&self.project, residual) {

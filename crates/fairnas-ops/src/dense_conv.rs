@@ -423,6 +423,7 @@ fn folded_forward_typed<T: GemmElement + crate::folded_pointwise::Element>(
         (&cols, (n, rows, plane)),
         (&packed, out_c),
         None,
+        None,
     );
     Ok((out, Shape::from((n, out_c, g.out_height, g.out_width))))
 }

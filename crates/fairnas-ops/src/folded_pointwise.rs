@@ -21,10 +21,14 @@ use crate::Activation;
 
 /// `[N, C, H, W] x [O, C + 1] -> [N, O, H, W]`: `act(W' x + shift)`, the packed operand being
 /// `[W' | shift]` from [`fold_batch_norm`]; with a third operand `[N, O, H, W]`, that tensor is
-/// added after the activation (a block's residual, `project(h) + x`). Forward only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// added after the activation (a block's residual, `project(h) + x`). With `gate` `[N, C]`,
+/// the input is `x * gate` (broadcast over each plane: a squeeze-excite gate from
+/// [`crate::squeeze_excite_gates`]), applied as the kernel loads it, so the gated tensor is
+/// never written. Forward only.
+#[derive(Debug, Clone)]
 pub struct FoldedPointwise {
     pub activation: Activation,
+    pub gate: Option<Tensor>,
 }
 
 /// Output elements of one epilogue block: its GEMM output stays in the L2 cache (256 KB of f32)
@@ -99,7 +103,7 @@ impl Element for f32 {
 impl Element for f64 {}
 
 fn forward_typed<T: Element>(
-    activation: Activation,
+    (activation, gate): (Activation, Option<&Tensor>),
     (xs, xl): (&CpuStorage, &Layout),
     (ps, pl): (&CpuStorage, &Layout),
     residual: Option<(&CpuStorage, &Layout)>,
@@ -128,7 +132,21 @@ fn forward_typed<T: Element>(
     let x = contiguous_slice::<T>(xs, xl)?;
     let packed = contiguous_slice::<T>(ps, pl)?;
     let residual = residual.map(|(rs, rl)| contiguous_slice::<T>(rs, rl)).transpose()?;
-    let out = folded_forward(activation, (&x, (n, c, h * w)), (&packed, o), residual.as_deref());
+    let gate_storage = gate.map(|g| g.storage_and_layout());
+    let gate = match &gate_storage {
+        None => None,
+        Some((storage, layout)) => {
+            if layout.dims() != [n, c] {
+                candle_core::bail!("folded pointwise conv: gate must be [{n}, {c}], got {:?}", layout.dims());
+            }
+            match &**storage {
+                candle_core::Storage::Cpu(cpu) => Some(contiguous_slice::<T>(cpu, layout)?),
+                _ => candle_core::bail!("folded pointwise conv: the gate must be on the CPU, as the input"),
+            }
+        }
+    };
+    let out =
+        folded_forward(activation, (&x, (n, c, h * w)), (&packed, o), residual.as_deref(), gate.as_deref());
     Ok((out, Shape::from((n, o, h, w))))
 }
 
@@ -140,19 +158,34 @@ pub(crate) fn folded_forward<T: Element>(
     (x, (n, c, hw)): (&[T], (usize, usize, usize)),
     (packed, o): (&[T], usize),
     residual: Option<&[T]>,
+    gate: Option<&[T]>,
 ) -> Vec<T> {
     assert_eq!((x.len(), packed.len()), (n * c * hw, o * (c + 1)), "folded pointwise operands");
     let total = n * o * hw;
     assert!(residual.is_none_or(|r| r.len() == total), "folded pointwise residual");
+    assert!(gate.is_none_or(|g| g.len() == n * c), "folded pointwise gate");
     let mut out: Vec<T> = Vec::with_capacity(total);
     if total == 0 {
         return out;
     }
+    let tiled = T::has_tiled_kernel();
+    // The GEMM path cannot scale on load: it gets the gated input, written out.
+    let gated: Vec<T>;
+    let x = match gate {
+        Some(g) if !tiled => {
+            gated = x
+                .par_chunks(hw.max(1))
+                .zip(g.par_iter())
+                .flat_map_iter(|(p, &g)| p.iter().map(move |&v| v * g))
+                .collect();
+            &gated[..]
+        }
+        _ => x,
+    };
     let cols = block_columns(o, hw);
     let per_image = hw.div_ceil(cols);
     let column_blocks = n * per_image;
     let threads = rayon::current_num_threads();
-    let tiled = T::has_tiled_kernel();
     // The tiled kernel has no threads of its own: with too few column blocks to go round (a
     // small late-layer plane at batch 1), the output channels are split too, in whole tiles.
     let row_chunk = if tiled && column_blocks < 2 * threads {
@@ -184,6 +217,7 @@ pub(crate) fn folded_forward<T: Element>(
                 weight_stride: c + 1,
                 input: src.as_ptr(),
                 input_stride: hw,
+                input_scale: gate.map_or(std::ptr::null(), |g| g[image * c..].as_ptr()),
                 output: dst.at(first),
                 residual: residual.map_or(std::ptr::null(), |r| r[first..].as_ptr()),
                 output_stride: hw,
@@ -264,8 +298,8 @@ impl CustomOp2 for FoldedPointwise {
         dispatch_f32_f64(
             "folded pointwise conv",
             &[s1.dtype(), s2.dtype()],
-            || forward_typed::<f32>(self.activation, (s1, l1), (s2, l2), None),
-            || forward_typed::<f64>(self.activation, (s1, l1), (s2, l2), None),
+            || forward_typed::<f32>((self.activation, self.gate.as_ref()), (s1, l1), (s2, l2), None),
+            || forward_typed::<f64>((self.activation, self.gate.as_ref()), (s1, l1), (s2, l2), None),
         )
     }
 }
@@ -287,8 +321,22 @@ impl CustomOp3 for FoldedPointwise {
         dispatch_f32_f64(
             "folded pointwise conv",
             &[s1.dtype(), s2.dtype(), s3.dtype()],
-            || forward_typed::<f32>(self.activation, (s1, l1), (s2, l2), Some((s3, l3))),
-            || forward_typed::<f64>(self.activation, (s1, l1), (s2, l2), Some((s3, l3))),
+            || {
+                forward_typed::<f32>(
+                    (self.activation, self.gate.as_ref()),
+                    (s1, l1),
+                    (s2, l2),
+                    Some((s3, l3)),
+                )
+            },
+            || {
+                forward_typed::<f64>(
+                    (self.activation, self.gate.as_ref()),
+                    (s1, l1),
+                    (s2, l2),
+                    Some((s3, l3)),
+                )
+            },
         )
     }
 }
@@ -312,7 +360,19 @@ pub fn folded_pointwise(
     activation: Activation,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let op = FoldedPointwise { activation };
+    folded_pointwise_gated(x, None, packed, activation, residual)
+}
+
+/// [`folded_pointwise`] of `x * gate` (`gate` `[N, C]` broadcast over each plane, e.g. from
+/// [`crate::squeeze_excite_gates`]), without writing the gated tensor. CPU only.
+pub fn folded_pointwise_gated(
+    x: &Tensor,
+    gate: Option<&Tensor>,
+    packed: &Tensor,
+    activation: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = FoldedPointwise { activation, gate: gate.cloned() };
     match residual {
         Some(r) => x.apply_op3_no_bwd(packed, r, &op),
         None => x.apply_op2_no_bwd(packed, &op),
@@ -391,6 +451,35 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Squeeze-excite's gates applied by the projection as it loads its input give the bits
+    /// of squeeze-excite's gated tensor projected, in f32 and f64; a wrong gate shape is an
+    /// error naming the expected one.
+    #[test]
+    fn gated_projection_equals_squeeze_excite_then_projection() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            let (n, c, o, r) = (3, 40, 24, 10);
+            let x = Tensor::randn(0f32, 1., (n, c, 9, 11), &dev)?.to_dtype(dtype)?;
+            let reduce = Tensor::randn(0f32, 0.3, (r, c + 1), &dev)?.to_dtype(dtype)?;
+            let expand = Tensor::randn(0f32, 0.3, (c, r + 1), &dev)?.to_dtype(dtype)?;
+            let packed = Tensor::randn(0f32, 0.3, (o, c + 1), &dev)?.to_dtype(dtype)?;
+            let residual = Tensor::randn(0f32, 1., (n, o, 9, 11), &dev)?.to_dtype(dtype)?;
+            let gated = crate::squeeze_excite_packed(&x, &reduce, &expand, Activation::Swish)?;
+            let gates = crate::squeeze_excite_gates(&x, &reduce, &expand, Activation::Swish)?;
+            assert_eq!(gates.dims(), [n, c]);
+            let want = folded_pointwise(&gated, &packed, Activation::Identity, Some(&residual))?;
+            let got =
+                folded_pointwise_gated(&x, Some(&gates), &packed, Activation::Identity, Some(&residual))?;
+            let flat =
+                |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(flat(&got), flat(&want), "{dtype:?}");
+            let err = folded_pointwise_gated(&x, Some(&gates.t()?), &packed, Activation::Identity, None)
+                .unwrap_err();
+            assert!(err.to_string().contains("gate must be [3, 40]"), "{err}");
         }
         Ok(())
     }

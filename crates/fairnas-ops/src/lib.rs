@@ -34,6 +34,8 @@ pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchN
 pub use conv_bn::{conv_bn_act, BnConv};
 pub use dense_conv::{dense_conv2d, folded_dense_conv2d, DenseConv, FoldedDenseConv};
 pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
-pub use folded_pointwise::{fold_batch_norm, folded_pointwise, FoldedPointwise};
+pub use folded_pointwise::{fold_batch_norm, folded_pointwise, folded_pointwise_gated, FoldedPointwise};
 pub use pointwise::{pointwise_conv, PointwiseConv};
-pub use squeeze_excite::{pack_fc, squeeze_excite, squeeze_excite_packed, SqueezeExcite};
+pub use squeeze_excite::{
+    pack_fc, squeeze_excite, squeeze_excite_gates, squeeze_excite_packed, SqueezeExcite, SqueezeExciteGates,
+};

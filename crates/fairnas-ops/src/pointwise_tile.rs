@@ -17,7 +17,6 @@
 
 use std::arch::x86_64::*;
 
-use crate::activation::with_activation;
 use crate::Activation;
 
 /// Output channels per register tile (the accumulators are `TILE_ROWS x 2` vectors).
@@ -39,6 +38,9 @@ pub(crate) struct Block<T = f32> {
     /// `[depth, cols]`, row stride `input_stride`.
     pub input: *const T,
     pub input_stride: usize,
+    /// When not null, `[depth]`: input row `k` is multiplied by `input_scale[k]` as it is
+    /// loaded (a squeeze-excite gate applied on the fly), before the FMA.
+    pub input_scale: *const T,
     /// `[rows, cols]`, row stride `output_stride`; `residual`, when not null, has the same
     /// shape and strides and is added after the activation.
     pub output: *mut T,
@@ -83,10 +85,12 @@ pub(crate) unsafe fn run_block(block: Block, activation: Activation) {
 unsafe fn run_tile(b: Block, row: usize, j: usize, rows: usize, cols: usize, activation: Activation) {
     macro_rules! dispatch {
         ($($r:literal)*) => {
-            match (rows, cols > 16) {
+            match (rows, cols > 16, !b.input_scale.is_null()) {
                 $(
-                    ($r, true) => tile::<$r, 2>(b, row, j, cols, activation),
-                    ($r, false) => tile::<$r, 1>(b, row, j, cols, activation),
+                    ($r, true, false) => tile::<$r, 2, false>(b, row, j, cols, activation),
+                    ($r, false, false) => tile::<$r, 1, false>(b, row, j, cols, activation),
+                    ($r, true, true) => tile::<$r, 2, true>(b, row, j, cols, activation),
+                    ($r, false, true) => tile::<$r, 1, true>(b, row, j, cols, activation),
                 )*
                 _ => unreachable!("tile of {rows} rows"),
             }
@@ -109,7 +113,7 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
 /// As for [`run_tile`], with `cols <= VECS * 16`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const ROWS: usize, const VECS: usize>(
+unsafe fn tile<const ROWS: usize, const VECS: usize, const SCALED: bool>(
     b: Block,
     row: usize,
     j: usize,
@@ -122,54 +126,60 @@ unsafe fn tile<const ROWS: usize, const VECS: usize>(
     }
     let weights = b.weights.wrapping_add(row * b.weight_stride);
     // SAFETY: as the caller guarantees, for the same tile.
-    let acc = unsafe { accumulate::<ROWS, VECS>(b, row, j, &masks) };
-    let simple = matches!(activation, Activation::Identity | Activation::Relu | Activation::Relu6);
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    let acc = unsafe { accumulate::<ROWS, VECS, SCALED>(b, row, j, &masks) };
+    let (zero, one, six) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0), _mm512_set1_ps(6.0));
     for (r, acc) in acc.iter().enumerate() {
         // SAFETY: the shift column (`depth`) of weight row `row + r`.
         let shift = _mm512_set1_ps(unsafe { *weights.add(r * b.weight_stride + b.depth) });
         let at = (row + r) * b.output_stride + j;
         for v in 0..VECS {
             let mut z = _mm512_add_ps(acc[v], shift);
-            if simple {
-                // `max(0, z)` / `min(6, .)` return their second operand when it is NaN, so NaN
-                // propagates, as in `Activation::apply`.
-                match activation {
-                    Activation::Relu => z = _mm512_max_ps(zero, z),
-                    Activation::Relu6 => z = _mm512_min_ps(six, _mm512_max_ps(zero, z)),
-                    _ => {}
-                }
-                if !b.residual.is_null() {
-                    // SAFETY: the residual's element of this output, inside the mask.
-                    let r = unsafe { _mm512_maskz_loadu_ps(masks[v], b.residual.add(at + 16 * v)) };
-                    z = _mm512_add_ps(z, r);
-                }
+            // `max(0, z)` / `min(6, .)` return their second operand when it is NaN, so NaN
+            // propagates, as in `Activation::apply`; the others are its operations in its order.
+            z = match activation {
+                Activation::Identity => z,
+                Activation::Relu => _mm512_max_ps(zero, z),
+                Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, z)),
+                Activation::Swish => _mm512_div_ps(z, _mm512_add_ps(one, exp(negate(z)))),
+                Activation::Sigmoid => _mm512_div_ps(one, _mm512_add_ps(one, exp(negate(z)))),
+            };
+            if !b.residual.is_null() {
+                // SAFETY: the residual's element of this output, inside the mask.
+                let r = unsafe { _mm512_maskz_loadu_ps(masks[v], b.residual.add(at + 16 * v)) };
+                z = _mm512_add_ps(z, r);
             }
             // SAFETY: output row `row + r`, the tile's columns under the mask.
             unsafe { _mm512_mask_storeu_ps(b.output.add(at + 16 * v), masks[v], z) };
         }
     }
-    if !simple {
-        // The transcendental activations on the stored tile while it is in L1, by the same
-        // vectorised loop as every other epilogue (`Activation::apply`).
-        for r in 0..ROWS {
-            let at = (row + r) * b.output_stride + j;
-            // SAFETY: the `cols` elements of output row `row + r` this tile just wrote; only it
-            // touches them.
-            let out = unsafe { std::slice::from_raw_parts_mut(b.output.add(at), cols) };
-            with_activation!(activation, f32, act => if b.residual.is_null() {
-                for d in out.iter_mut() {
-                    *d = act(*d);
-                }
-            } else {
-                // SAFETY: the residual's elements of the same outputs.
-                let res = unsafe { std::slice::from_raw_parts(b.residual.add(at), cols) };
-                for (d, &r) in out.iter_mut().zip(res) {
-                    *d = act(*d) + r;
-                }
-            })
-        }
+}
+
+/// `-x`, by flipping the sign bit (as Rust's `-x`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn negate(x: __m512) -> __m512 {
+    _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)))
+}
+
+/// [`crate::activation::exp_f32`] on 16 lanes: the same operations in the same order (no
+/// FMA contraction), so every lane has the scalar function's bits.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn exp(x: __m512) -> __m512 {
+    let c = |v: f32| _mm512_set1_ps(v);
+    let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
+    // `clamp(-87, 88)`, NaN kept: max/min return their second operand when it is NaN.
+    let x = _mm512_min_ps(c(88.0), _mm512_max_ps(c(-87.0), x));
+    let round = c(12_582_912.0);
+    let n = sub(add(mul(x, c(std::f32::consts::LOG2_E)), round), round);
+    let r = sub(sub(x, mul(n, c(0.693_359_4))), mul(n, c(-2.121_944_4e-4)));
+    let mut p = c(1.987_569_1e-4);
+    for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = add(mul(p, r), c(k));
     }
+    let er = add(add(mul(p, mul(r, r)), r), c(1.0));
+    let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)));
+    mul(er, _mm512_castsi512_ps(two_n))
 }
 
 /// The tile's FMA chains over the whole depth. A function of its own (never inlined) so that
@@ -180,7 +190,7 @@ unsafe fn tile<const ROWS: usize, const VECS: usize>(
 /// As for [`tile`].
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn accumulate<const ROWS: usize, const VECS: usize>(
+unsafe fn accumulate<const ROWS: usize, const VECS: usize, const SCALED: bool>(
     b: Block,
     row: usize,
     j: usize,
@@ -196,6 +206,13 @@ unsafe fn accumulate<const ROWS: usize, const VECS: usize>(
             // SAFETY: input row `k`, columns `j + 16 v ..`: the mask keeps the load inside the
             // tile's `cols` columns (masked-off lanes are not read, so they cannot fault).
             *x = unsafe { _mm512_maskz_loadu_ps(masks[v], x_row.add(16 * v)) };
+        }
+        if SCALED {
+            // SAFETY: `input_scale` has `depth` elements when set (SCALED), and k < depth.
+            let scale = _mm512_set1_ps(unsafe { *b.input_scale.add(k) });
+            for x in xs.iter_mut() {
+                *x = _mm512_mul_ps(*x, scale);
+            }
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: weight row `row + r` (< rows), column `k` (< depth).
@@ -240,7 +257,8 @@ mod tests {
     }
 
     /// Bit for bit the scalar definition, for every tile shape (rows 1-12 and past one tile,
-    /// full and partial vectors), every activation, with and without a residual.
+    /// full and partial vectors), every activation, with and without a residual, and with
+    /// input rows scaled on load (bit for bit a pre-scaled input: the gated tensor).
     #[test]
     fn gives_the_bits_of_the_scalar_definition() {
         if !available() {
@@ -253,6 +271,8 @@ mod tests {
             let weights = wave(rows * (depth + 1), 0.37);
             let input = wave(depth * cols, 0.11);
             let residual = wave(rows * cols, 0.53);
+            // Squeeze-excite gates in (0, 1), one per input row.
+            let gates: Vec<f32> = wave(depth, 0.71).iter().map(|g| 0.5 + 0.4 * g).collect();
             for activation in [
                 Activation::Identity,
                 Activation::Relu,
@@ -260,8 +280,12 @@ mod tests {
                 Activation::Swish,
                 Activation::Sigmoid,
             ] {
-                for res in [None, Some(&residual[..])] {
-                    let want = reference((rows, depth, cols), &weights, &input, res, activation);
+                for (res, scale) in [(None, None), (Some(&residual[..]), None), (None, Some(&gates[..]))] {
+                    let scaled: Vec<f32> = match scale {
+                        Some(g) => input.iter().enumerate().map(|(i, &x)| x * g[i / cols]).collect(),
+                        None => input.clone(),
+                    };
+                    let want = reference((rows, depth, cols), &weights, &scaled, res, activation);
                     // NaN-filled, so an element the kernel misses shows.
                     let mut got = vec![f32::NAN; rows * cols];
                     let block = Block {
@@ -272,6 +296,7 @@ mod tests {
                         weight_stride: depth + 1,
                         input: input.as_ptr(),
                         input_stride: cols,
+                        input_scale: scale.map_or(std::ptr::null(), |s| s.as_ptr()),
                         output: got.as_mut_ptr(),
                         residual: res.map_or(std::ptr::null(), |r| r.as_ptr()),
                         output_stride: cols,
@@ -282,9 +307,10 @@ mod tests {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert!(
                         bits(&got) == bits(&want),
-                        "{:?} {activation} residual {}",
+                        "{:?} {activation} residual {} scaled {}",
                         (rows, depth, cols),
-                        res.is_some()
+                        res.is_some(),
+                        scale.is_some()
                     );
                 }
             }
@@ -309,6 +335,7 @@ mod tests {
                 weight_stride: 2,
                 input: input.as_ptr(),
                 input_stride: 4,
+                input_scale: std::ptr::null(),
                 output: got.as_mut_ptr(),
                 residual: std::ptr::null(),
                 output_stride: 4,

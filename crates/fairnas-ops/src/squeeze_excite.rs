@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::batch_norm::dims_nchw as nchw;
 use crate::buffer::par_filled_chunks;
-use crate::layout::{contiguous_slice, on_device};
+use crate::layout::{contiguous_slice, dispatch_f32_f64, on_device};
 use crate::Activation;
 
 /// Squeeze-excite with the activation between the two FC layers (the gate is always sigmoid).
@@ -46,7 +46,9 @@ fn dims(x: &Layout, reduce: &Layout, expand: &Layout) -> Result<(usize, usize, u
 }
 
 /// The element types the op runs in: f32 (inference and training) and f64 (gradient checks).
-trait SeElement: candle_core::WithDType + num_traits::Float + Default + Send + Sync {
+trait SeElement:
+    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + Default + Send + Sync
+{
     fn plane_sum(plane: &[Self]) -> f64;
 }
 
@@ -91,28 +93,7 @@ fn forward_typed<T: SeElement>(
     if hw == 0 {
         return Ok(Vec::new());
     }
-    // Squeeze: one mean per (n, c) plane.
-    let pooled: Vec<T> = x
-        .par_chunks(hw)
-        .map(|plane| T::from(T::plane_sum(plane) / hw as f64).unwrap_or_else(T::nan))
-        .collect();
-    // Excite: two tiny FCs per sample.
-    let mut gates = vec![T::zero(); n * c];
-    for (sample, gate) in gates.chunks_mut(c).enumerate() {
-        let p = &pooled[sample * c..(sample + 1) * c];
-        let hidden: Vec<T> = (0..r)
-            .map(|j| {
-                let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
-                let z = row[..c].iter().zip(p).fold(T::zero(), |acc, (&w, &v)| acc + w * v) + row[c];
-                op.inner.apply(z)
-            })
-            .collect();
-        for (i, g) in gate.iter_mut().enumerate() {
-            let row = &expand[i * (r + 1)..(i + 1) * (r + 1)];
-            let z = row[..r].iter().zip(&hidden).fold(T::zero(), |acc, (&w, &v)| acc + w * v) + row[r];
-            *g = Activation::Sigmoid.apply(z);
-        }
-    }
+    let gates = gates_typed(op.inner, &x, (n, c, hw, r), &reduce, &expand);
     // Scale every plane by its gate.
     Ok(par_filled_chunks(n * c * hw, hw, |plane, dst| {
         let (src, g) = (&x[plane * hw..(plane + 1) * hw], gates[plane]);
@@ -120,6 +101,115 @@ fn forward_typed<T: SeElement>(
             *d = s * g;
         }
     }))
+}
+
+/// The gates `[N, C]` of `x` `[N, C, HW]`: pool, reduce FC + `inner`, expand FC + sigmoid.
+fn gates_typed<T: SeElement>(
+    inner: Activation,
+    x: &[T],
+    (n, c, hw, r): (usize, usize, usize, usize),
+    reduce: &[T],
+    expand: &[T],
+) -> Vec<T> {
+    // Squeeze: one mean per (n, c) plane.
+    let pooled: Vec<T> = x
+        .par_chunks(hw)
+        .map(|plane| T::from(T::plane_sum(plane) / hw as f64).unwrap_or_else(T::nan))
+        .collect();
+    // Excite: two small FCs per sample, samples in parallel; each dot product in 16 lanes (a
+    // single running sum is one dependent add per weight: with SE ratio 1.0 the FCs took
+    // longer than the pooling).
+    let mut gates = vec![T::zero(); n * c];
+    gates.par_chunks_mut(c.max(1)).enumerate().for_each(|(sample, gate)| {
+        let p = &pooled[sample * c..(sample + 1) * c];
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let hidden: Vec<T> = (0..r)
+                    .map(|j| {
+                        let row = &reduce[j * (c + 1)..(j + 1) * (c + 1)];
+                        inner.apply(dot(&row[..c], p) + row[c])
+                    })
+                    .collect();
+                for (i, g) in gate.iter_mut().enumerate() {
+                    let row = &expand[i * (r + 1)..(i + 1) * (r + 1)];
+                    *g = Activation::Sigmoid.apply(dot(&row[..r], &hidden) + row[r]);
+                }
+            },
+        )
+    });
+    gates
+}
+
+/// `sum a[i] b[i]` as 16 lane sums (lane `l` takes `i = l mod 16`) added in lane order, then
+/// the tail: a fixed order, so the result does not depend on the build or the thread count.
+#[inline(always)]
+fn dot<T: SeElement>(a: &[T], b: &[T]) -> T {
+    let mut lanes = [T::zero(); 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().fold(T::zero(), |s, &v| s + v) + tail
+}
+
+/// Only the gates `[N, C]` of squeeze-excite (inference, CPU): for a consumer that applies
+/// them as it reads `x` (the projection conv's kernel scales its input rows), so that the
+/// gated tensor is never written. Forward only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqueezeExciteGates {
+    pub inner: Activation,
+}
+
+impl CustomOp3 for SqueezeExciteGates {
+    fn name(&self) -> &'static str {
+        "fairnas-squeeze-excite-gates"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn typed<T: SeElement>(
+            inner: Activation,
+            (s1, l1): (&CpuStorage, &Layout),
+            (s2, l2): (&CpuStorage, &Layout),
+            (s3, l3): (&CpuStorage, &Layout),
+        ) -> Result<(Vec<T>, Shape)> {
+            let (n, c, hw, r) = dims(l1, l2, l3)?;
+            if hw == 0 {
+                candle_core::bail!("squeeze-excite gates: empty planes");
+            }
+            let x = contiguous_slice::<T>(s1, l1)?;
+            let (reduce, expand) = (contiguous_slice::<T>(s2, l2)?, contiguous_slice::<T>(s3, l3)?);
+            Ok((gates_typed(inner, &x, (n, c, hw, r), &reduce, &expand), Shape::from((n, c))))
+        }
+        dispatch_f32_f64(
+            "squeeze-excite gates",
+            &[s1.dtype(), s2.dtype(), s3.dtype()],
+            || typed::<f32>(self.inner, (s1, l1), (s2, l2), (s3, l3)),
+            || typed::<f64>(self.inner, (s1, l1), (s2, l2), (s3, l3)),
+        )
+    }
+}
+
+/// The gates `[N, C]` of squeeze-excite on `x` `[N, C, H, W]` (packed operands from
+/// [`pack_fc`]): `squeeze_excite_packed(x, ..) == x * gates[.., .., None, None]`. CPU only.
+pub fn squeeze_excite_gates(
+    x: &Tensor,
+    reduce: &Tensor,
+    expand: &Tensor,
+    inner: Activation,
+) -> Result<Tensor> {
+    x.apply_op3_no_bwd(reduce, expand, &SqueezeExciteGates { inner })
 }
 
 impl CustomOp3 for SqueezeExcite {

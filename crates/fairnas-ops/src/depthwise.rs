@@ -405,23 +405,6 @@ fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Asks for `data`'s cache lines to be brought into L2 (a hint: no effect on results).
-#[inline(always)]
-fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(data);
-        let base = data.as_ptr().cast::<i8>();
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch never faults and has no architectural effect; the address is
-            // inside `data`.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(base.add(line)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
-
 /// Output elements per parallel task (whole planes): enough to amortise the task's scratch
 /// set-up over several small late-layer planes, few enough to load-balance the early ones.
 const TASK_ELEMENTS: usize = 16 * 1024;
@@ -471,12 +454,6 @@ fn forward_with_epilogue<T: DwElement>(
             let c = plane % g.channels;
             let src = &input[plane * in_plane..(plane + 1) * in_plane];
             let filter = &weight[c * kk..(c + 1) * kk];
-            // The next plane's input on its way from memory while this one is computed: the
-            // row copies into the phase buffer otherwise stall on it (an early layer's input
-            // is far larger than the caches).
-            if let Some(next) = input.get((plane + 1) * in_plane..(plane + 2) * in_plane) {
-                prefetch(next);
-            }
             crate::simd::wide(
                 #[inline(always)]
                 || {

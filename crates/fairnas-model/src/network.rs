@@ -615,11 +615,17 @@ impl Network {
         net
     }
 
-    /// The linear classifier, one image per matmul: a single `[N, C] x [C, K]` GEMM blocks its
+    /// The linear classifier, one image at a time: a single `[N, C] x [C, K]` GEMM blocks its
     /// reduction differently for different N, so an image's logits would depend (in the last
-    /// bits) on how many images share its batch. As `N` matrix-vector products, every
-    /// image gets bit-identical logits whatever the batch size; the cost is negligible.
+    /// bits) on how many images share its batch. On the CPU [`fairnas_ops::linear`] (a fixed
+    /// order dot product per logit), elsewhere `N` matrix-vector products: every image gets
+    /// bit-identical logits whatever the batch size.
     fn classify(&self, features: &Tensor) -> Result<Tensor> {
+        if let (true, Some(bias)) = (features.device().is_cpu(), self.classifier.bias()) {
+            // Our row-by-row dot products: the same per-image bits, without the GEMM library's
+            // slow 1-column products.
+            return fairnas_ops::linear(&features.contiguous()?, self.classifier.weight(), bias);
+        }
         let n = features.dim(0)?;
         // [N, K, C] (stride-0 batch, as in the pointwise convolutions) x [N, C, 1].
         let weight = self.classifier.weight().broadcast_left(n)?;

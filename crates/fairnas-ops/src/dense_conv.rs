@@ -125,6 +125,25 @@ impl ConvShape {
         cols
     }
 
+    /// Row `row` (input channel `c`, tap `(ky, kx)`) of [`ConvShape::im2col`] into a zeroed
+    /// `dst` of `Ho * Wo`: a strided copy per output row.
+    fn im2col_row<T: GemmElement>(&self, image: &[T], row: usize, dst: &mut [T]) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let (c, ky, kx) = (row / (k * k), row / k % k, row % k);
+        let (h, w, wo) = (self.height, self.width, self.out_width);
+        let cols = self.valid(wo, w, kx, p.left);
+        if cols.is_empty() {
+            return;
+        }
+        for oy in self.valid(self.out_height, h, ky, p.top) {
+            let from = c * h * w + (oy * s + ky - p.top) * w + cols.start * s + kx - p.left;
+            let out = &mut dst[oy * wo + cols.start..oy * wo + cols.end];
+            for (d, &v) in out.iter_mut().zip(image[from..].iter().step_by(s)) {
+                *d = v;
+            }
+        }
+    }
+
     /// Adds a column-matrix gradient back onto one image's input gradient.
     fn col2im_add<T: GemmElement>(&self, cols: &[T], image: &mut [T]) {
         self.for_each_tap(|at, to| image[to] += cols[at]);
@@ -414,9 +433,11 @@ fn folded_forward_typed<T: GemmElement + crate::folded_pointwise::Element>(
     let packed = contiguous_slice::<T>(ps, pl)?;
     let in_image = c * h * w;
     let (rows, plane) = (g.col_rows(), g.out_plane());
+    // One task per (image, column-matrix row): an image's im2col alone is a third of the
+    // stem at batch 1, on one thread.
     let mut cols = vec![T::zero(); n * rows * plane];
-    cols.par_chunks_mut((rows * plane).max(1)).enumerate().for_each(|(i, dst)| {
-        g.for_each_tap(|at, from| dst[at] = x[i * in_image + from]);
+    cols.par_chunks_mut(plane.max(1)).enumerate().for_each(|(i, dst)| {
+        g.im2col_row(&x[(i / rows) * in_image..(i / rows + 1) * in_image], i % rows, dst)
     });
     let out = crate::folded_pointwise::folded_forward(
         op.activation,

@@ -182,10 +182,16 @@ pub(crate) fn folded_forward<T: Element>(
         }
         _ => x,
     };
-    let cols = block_columns(o, hw);
+    let threads = rayon::current_num_threads();
+    let mut cols = block_columns(o, hw);
+    if tiled && n * hw.div_ceil(cols) < 4 * threads {
+        // A few big blocks do not share out evenly (the stem at batch 1 was 7 blocks on 2
+        // threads): narrower ones, in whole 32-column tiles, to give each thread several.
+        let per_image = (4 * threads).div_ceil(n);
+        cols = cols.min(hw.div_ceil(per_image).next_multiple_of(32)).min(hw.max(1));
+    }
     let per_image = hw.div_ceil(cols);
     let column_blocks = n * per_image;
-    let threads = rayon::current_num_threads();
     // The tiled kernel has no threads of its own: with too few column blocks to go round (a
     // small late-layer plane at batch 1), the output channels are split too, in whole tiles.
     let row_chunk = if tiled && column_blocks < 2 * threads {

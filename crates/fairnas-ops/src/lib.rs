@@ -22,6 +22,7 @@ pub mod depthwise;
 pub mod depthwise_backward;
 pub mod folded_pointwise;
 pub mod layout;
+pub mod linear;
 pub mod pointwise;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_tile;
@@ -35,6 +36,7 @@ pub use conv_bn::{conv_bn_act, BnConv};
 pub use dense_conv::{dense_conv2d, folded_dense_conv2d, DenseConv, FoldedDenseConv};
 pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
 pub use folded_pointwise::{fold_batch_norm, folded_pointwise, folded_pointwise_gated, FoldedPointwise};
+pub use linear::linear;
 pub use pointwise::{pointwise_conv, PointwiseConv};
 pub use squeeze_excite::{
     pack_fc, squeeze_excite, squeeze_excite_gates, squeeze_excite_packed, SqueezeExcite, SqueezeExciteGates,

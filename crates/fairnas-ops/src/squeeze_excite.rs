@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::batch_norm::dims_nchw as nchw;
 use crate::buffer::par_filled_chunks;
 use crate::layout::{contiguous_slice, dispatch_f32_f64, on_device};
+use crate::linear::dot;
 use crate::Activation;
 
 /// Squeeze-excite with the activation between the two FC layers (the gate is always sigmoid).
@@ -139,21 +140,6 @@ fn gates_typed<T: SeElement>(
         )
     });
     gates
-}
-
-/// `sum a[i] b[i]` as 16 lane sums (lane `l` takes `i = l mod 16`) added in lane order, then
-/// the tail: a fixed order, so the result does not depend on the build or the thread count.
-#[inline(always)]
-fn dot<T: SeElement>(a: &[T], b: &[T]) -> T {
-    let mut lanes = [T::zero(); 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().fold(T::zero(), |s, &v| s + v) + tail
 }
 
 /// Only the gates `[N, C]` of squeeze-excite (inference, CPU): for a consumer that applies

@@ -121,6 +121,23 @@ fn exp<F: num_traits::Float>(x: F) -> F {
     x.exp()
 }
 
+/// The constants of [`exp_f32`], shared with the AVX-512 tile kernel's lane-wise copy of it
+/// (`pointwise_tile::exp`), which must give the same bits.
+pub(crate) mod exp_f32_constants {
+    /// The input range kept (see [`super::exp_f32`]).
+    pub const CLAMP: (f32, f32) = (-87.0, 88.0);
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (|v| < 2^22), without
+    /// the SSE4.1 rounding instruction the baseline build lacks.
+    pub const ROUND: f32 = 12_582_912.0;
+    /// Cephes' polynomial for `(e^r - 1 - r) / r^2`, highest degree first (Horner).
+    pub const POLY: [f32; 6] =
+        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+}
+
 /// `e^x` in f32 with only arithmetic, comparisons and bit casts, so that a loop over it
 /// vectorises: `x = n ln 2 + r` (Cody-Waite, |r| <= ln 2 / 2), Cephes' degree-6 polynomial for
 /// `e^r`, and `2^n` built in the exponent bits. Relative error below 2e-7 (tested against f64)
@@ -129,22 +146,14 @@ fn exp<F: num_traits::Float>(x: F) -> F {
 /// NaN gives NaN.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (|v| < 2^22), without
-    // the SSE4.1 rounding instruction the baseline build lacks.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
+    use exp_f32_constants::*;
+    let x = x.clamp(CLAMP.0, CLAMP.1);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
+    let mut p = POLY[0];
+    for &c in &POLY[1..] {
+        p = p * r + c;
+    }
     let er = p * (r * r) + r + 1.0;
     // n is in [-126, 127] after the clamp: a normal power of two.
     let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);

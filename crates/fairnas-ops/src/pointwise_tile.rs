@@ -166,15 +166,16 @@ fn negate(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp(x: __m512) -> __m512 {
+    use crate::activation::exp_f32_constants::*;
     let c = |v: f32| _mm512_set1_ps(v);
     let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-    // `clamp(-87, 88)`, NaN kept: max/min return their second operand when it is NaN.
-    let x = _mm512_min_ps(c(88.0), _mm512_max_ps(c(-87.0), x));
-    let round = c(12_582_912.0);
-    let n = sub(add(mul(x, c(std::f32::consts::LOG2_E)), round), round);
-    let r = sub(sub(x, mul(n, c(0.693_359_4))), mul(n, c(-2.121_944_4e-4)));
-    let mut p = c(1.987_569_1e-4);
-    for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    // The clamp, NaN kept: max/min return their second operand when it is NaN.
+    let x = _mm512_min_ps(c(CLAMP.1), _mm512_max_ps(c(CLAMP.0), x));
+    let round = c(ROUND);
+    let n = sub(add(mul(x, c(LOG2E)), round), round);
+    let r = sub(sub(x, mul(n, c(LN2_HI))), mul(n, c(LN2_LO)));
+    let mut p = c(POLY[0]);
+    for &k in &POLY[1..] {
         p = add(mul(p, r), c(k));
     }
     let er = add(add(mul(p, mul(r, r)), r), c(1.0));

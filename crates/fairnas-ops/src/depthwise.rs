@@ -1,11 +1,10 @@
 //! Depthwise 2-D convolution (one k x k filter per channel, `groups == channels`).
 //!
 //! Layout: input `[N, C, H, W]`, weight `[C, 1, k, k]` (PyTorch's), output `[N, C, Ho, Wo]`.
-//! Each (n, c) output plane is independent, which is the unit of rayon parallelism. Within a plane
-//! the loop order is output row -> kernel tap -> output columns, and the column range whose input
-//! index falls inside the image is computed up front, so the innermost loop is a branch-free
-//! multiply-add over contiguous (stride 1) or evenly strided (stride 2) memory that the compiler
-//! vectorises. Padding is never materialised.
+//! Each (n, c) output plane is independent; rayon tasks take runs of whole planes. The forward
+//! copies each plane into a zero-padded, stride-phase-split buffer (see `PlaneScratch`), so that
+//! every tap of a block of outputs is one contiguous, branch-free vector multiply-add; blocks
+//! of 4 rows x 16 (or 8) columns accumulate in registers over all taps and are stored once.
 
 use crate::buffer::par_written_chunks;
 use crate::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
@@ -168,8 +167,10 @@ const NARROW_COLUMN_BLOCK: usize = 8;
 /// contiguous memory with no bounds logic.
 struct PlaneScratch<T> {
     phases: Vec<T>,
-    /// `(offset, tap index)` of tap (ky, kx) from the first input of output (0, 0).
+    /// Per tap `t = ky * k + kx`: its offset in the phase buffer from the first input of
+    /// output (0, 0).
     offsets: Vec<usize>,
+    /// The current plane's `(offset, weight)` per tap.
     taps: Vec<(usize, T)>,
     phase_w: usize,
     phase_len: usize,

@@ -120,7 +120,7 @@ impl DepthwiseConv2d {
 }
 
 pub(crate) trait DwElement:
-    candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign
+    candle_core::WithDType + Default + std::ops::Mul<Output = Self> + std::ops::AddAssign + num_traits::Float
 {
 }
 impl DwElement for f32 {}

@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use crate::buffer::par_filled_chunks;
 use crate::depthwise::{column_block, conv_output_size, DwElement, DwShape, Padding2d, COLUMN_BLOCK};
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
+use crate::linear::dot;
 
 /// d(loss)/d(input) from d(loss)/d(output) `[N, C, Ho, Wo]` and the weight `[C, 1, k, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,25 +255,6 @@ fn input_grad_typed<T: DwElement>(
         )
     });
     Ok((out, shape.input_shape()))
-}
-
-/// Independent partial sums of a dot product: a single running sum is a serial dependency chain
-/// the compiler may not vectorise (float addition does not reassociate); the lanes fit the
-/// vector registers and are combined in a fixed order, so the result is deterministic.
-/// `a.len()` must be a multiple of `COLUMN_BLOCK`.
-#[inline(always)]
-fn dot<T: DwElement>(a: &[T], b: &[T]) -> T {
-    let mut lanes = [T::default(); COLUMN_BLOCK];
-    for (x, y) in a.chunks_exact(COLUMN_BLOCK).zip(b.chunks_exact(COLUMN_BLOCK)) {
-        for l in 0..COLUMN_BLOCK {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    let mut acc = T::default();
-    for lane in lanes {
-        acc += lane;
-    }
-    acc
 }
 
 fn weight_grad_typed<T: DwElement>(

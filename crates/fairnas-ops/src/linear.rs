@@ -12,8 +12,11 @@ use rayon::prelude::*;
 
 use crate::layout::{contiguous_slice, dispatch_f32_f64};
 
-/// `sum a[i] b[i]` as 16 lane sums (lane `l` takes `i = l mod 16`) added in lane order, then
-/// the tail: a fixed order, so the result does not depend on the build or the thread count.
+/// `sum a[i] b[i]` as 16 lane sums (lane `l` takes `i = l mod 16`), then the tail's sum plus
+/// the lanes in lane order. A single running sum is a serial chain the compiler may not
+/// vectorise (float addition does not reassociate); this order is fixed, so the result does
+/// not depend on the build or the thread count. Shared by the classifier, squeeze-excite's
+/// FCs and the depthwise weight gradient.
 #[inline(always)]
 pub(crate) fn dot<T: num_traits::Float + std::ops::AddAssign>(a: &[T], b: &[T]) -> T {
     let mut lanes = [T::zero(); 16];
@@ -24,7 +27,7 @@ pub(crate) fn dot<T: num_traits::Float + std::ops::AddAssign>(a: &[T], b: &[T]) 
             lanes[l] += x[l] * y[l];
         }
     }
-    lanes.iter().fold(T::zero(), |s, &v| s + v) + tail
+    lanes.iter().fold(tail, |s, &v| s + v)
 }
 
 /// `[N, C] x [K, C] (+ [K]) -> [N, K]`. Forward only.

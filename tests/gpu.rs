@@ -1,7 +1,8 @@
 //! The CPU side of the CUDA backend, end to end: the GPU check's harness (run on the CPU
-//! kernels, f32 against f64), and the advice a build without the `cuda` feature gives. The CUDA
-//! kernels themselves run in `fairnas gpu-check` on a GPU machine (see benches/gpu/ and
-//! BENCHMARKS.md); CI has no GPU and builds without the feature.
+//! kernels, f32 against f64, and on the CUDA kernels' source under the CPU emulator), and the
+//! advice a build without the `cuda` feature gives. The CUDA kernels run on a GPU in
+//! `fairnas gpu-check` on a GPU machine (see benches/gpu/ and BENCHMARKS.md); CI has no GPU and
+//! builds without the feature.
 
 mod common;
 
@@ -30,6 +31,42 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
     // The input and logits the PyTorch peer compares against.
     assert!(dir.join("fairnas_a_io.safetensors").exists());
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The CUDA kernels' own source (kernels.cu compiled for the host, run under the emulator that
+/// test builds carry), through the same 161 checks against the CPU ops in f64: CI's test of the
+/// kernels' indexing, tiling, halos, barriers and launch plans, with no GPU.
+#[test]
+fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
+    let dir = scratch("gpu-check", "emulated");
+    let out = dir.display().to_string();
+    let stdout = ok(&[
+        "--threads",
+        "2",
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--emulate-cuda",
+        "--no-timing",
+        "--out",
+        &out,
+    ]);
+    assert!(stdout.contains("161 checks, 0 failed"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
+    assert!(report["device"].as_str().unwrap().starts_with("CUDA kernels emulated"), "{}", report["device"]);
+    assert_eq!(report["all_pass"], true);
+    // Correctness only: the emulator's speed means nothing.
+    assert_eq!(report["timings"].as_array().unwrap().len(), 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_emulator_is_for_the_cpu_device_only() {
+    use common::failure;
+    let err =
+        failure(&["gpu-check", "--device", "cuda", "--emulate-cuda", "--out", "/nonexistent-never-created"]);
+    assert!(err.contains("--emulate-cuda") && err.contains("--device cpu"), "{err}");
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -53,6 +53,10 @@ pub struct GpuCheckArgs {
     /// Skip the timings (correctness only).
     #[arg(long)]
     pub no_timing: bool,
+    /// With `--device cpu`: run the CUDA kernels' own source on the CPU under the emulator
+    /// instead of the CPU kernels (correctness only; test builds carry the emulator).
+    #[arg(long, hide = true)]
+    pub emulate_cuda: bool,
 }
 
 /// Relative error limits (stated in the report). f32 kernels against an f64 reference: the
@@ -577,20 +581,31 @@ fn throughput(device: &Device, clock: &Clock, batch: usize) -> Result<(f64, f64)
 }
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
+    if args.emulate_cuda && args.device != "cpu" {
+        bail!(
+            "--emulate-cuda runs the CUDA kernels on the CPU: use it with --device cpu, not {}",
+            args.device
+        );
+    }
     let device = fairnas_cli::device::parse_device(&args.device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let device_name = describe(&device)?;
+    let mut device_name = describe(&device)?;
+    if args.emulate_cuda {
+        fairnas_ops::cuda_emulator::set_enabled(true)?;
+        device_name = format!("CUDA kernels emulated on the {device_name}");
+    }
     eprintln!("gpu-check on {device_name}");
     #[cfg(feature = "cuda")]
     fairnas_ops::cuda::set_poison_outputs(true);
     eprintln!("correctness (f32 on the device vs the CPU op in f64, fresh random inputs, outputs poisoned):");
     let mut checks = correctness(&device)?;
     checks.push(end_to_end(&device, &args.out)?);
+    fairnas_ops::cuda_emulator::set_enabled(false)?;
     #[cfg(feature = "cuda")]
     fairnas_ops::cuda::set_poison_outputs(false);
     let clock = Clock::for_device(&device)?;
     let (mut copy, mut timing, mut ips, mut batch_ms) = (None, Vec::new(), None, None);
-    if !args.no_timing {
+    if !args.no_timing && !args.emulate_cuda {
         eprintln!("timings (median of {} after warm-up, batch {}):", args.repeats, args.batch);
         copy = Some(copy_bandwidth(&device, &clock, args.repeats)?);
         timing = timings(&device, &clock, &args, copy)?;

@@ -510,6 +510,17 @@ impl CustomOp3 for ChannelAffineAct {
                 scale.iter().zip(shift.iter()).map(|(s, h)| (s.wide(), h.wide())).collect();
             Ok((apply_affine(&x, c, hw, n, &affine, activation), xl.shape().clone()))
         }
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype(), s3.dtype()]) {
+            let (n, c, hw) = dims_nchw("channel affine", l1)?;
+            check_rows("channel affine scale", l2, 1, c)?;
+            check_rows("channel affine shift", l3, 1, c)?;
+            let plan = crate::cuda_plan::channel_affine_act((n, c, hw), self.activation)?;
+            return Ok((
+                crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2), (s3, l3)], 0)?,
+                l1.shape().clone(),
+            ));
+        }
         dispatch(
             "channel affine",
             &[s1.dtype(), s2.dtype(), s3.dtype()],
@@ -536,8 +547,8 @@ impl CustomOp3 for ChannelAffineAct {
         let x = crate::cuda::f32_view(s1, l1, "channel affine")?;
         let scale = crate::cuda::f32_view(s2, l2, "channel affine")?;
         let shift = crate::cuda::f32_view(s3, l3, "channel affine")?;
-        let out = crate::cuda::channel_affine_act(dev, &x, &scale, &shift, (n, c, hw), self.activation)?;
-        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
+        let plan = crate::cuda_plan::channel_affine_act((n, c, hw), self.activation)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &scale, &shift], 0)?, l1.shape().clone()))
     }
 }
 

@@ -491,8 +491,9 @@ impl CustomOp2 for DepthwiseConv2d {
         let dev = s1.device();
         let x = crate::cuda::f32_view(s1, l1, "depthwise conv")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise conv")?;
-        let out = crate::cuda::depthwise_forward(dev, &x, &w, None, crate::Activation::Identity, g, false)?;
-        Ok((crate::cuda::wrap(out, dev), g.output_shape()))
+        let vec = crate::cuda::vector_rows(dev, &x, g.width);
+        let plan = crate::cuda_plan::depthwise_forward(g, false, crate::Activation::Identity, false, vec)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &w], 0)?, g.output_shape()))
     }
 
     fn cpu_fwd(
@@ -504,6 +505,14 @@ impl CustomOp2 for DepthwiseConv2d {
     ) -> Result<(CpuStorage, Shape)> {
         if self.stride == 0 {
             candle_core::bail!("depthwise conv: stride must be positive");
+        }
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
+            let g = self.geometry(l1, l2)?;
+            let vec = crate::cuda_emulator::vector_rows(g.width);
+            let plan =
+                crate::cuda_plan::depthwise_forward(g, false, crate::Activation::Identity, false, vec)?;
+            return Ok((crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?, g.output_shape()));
         }
         dispatch_f32_f64(
             "depthwise conv",
@@ -606,6 +615,14 @@ impl CustomOp3 for DepthwiseAffineAct {
         if self.stride == 0 {
             candle_core::bail!("depthwise conv: stride must be positive");
         }
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype(), s3.dtype()]) {
+            let (g, plan) = self.plan(l1, l2, l3, crate::cuda_emulator::vector_rows)?;
+            return Ok((
+                crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2), (s3, l3)], 0)?,
+                g.output_shape(),
+            ));
+        }
         dispatch_f32_f64(
             "depthwise + affine",
             &[s1.dtype(), s2.dtype(), s3.dtype()],
@@ -627,24 +644,30 @@ impl CustomOp3 for DepthwiseAffineAct {
         if self.stride == 0 {
             candle_core::bail!("depthwise conv: stride must be positive");
         }
-        let conv = DepthwiseConv2d { stride: self.stride, padding: self.padding };
-        let g = conv.geometry(l1, l2)?;
-        check_affine(l3, g.channels)?;
         let dev = s1.device();
         let x = crate::cuda::f32_view(s1, l1, "depthwise + affine")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise + affine")?;
         let affine = crate::cuda::f32_view(s3, l3, "depthwise + affine")?;
-        let (scale, shift) = (affine.slice(..g.channels), affine.slice(g.channels..));
-        let out = crate::cuda::depthwise_forward(
-            dev,
-            &x,
-            &w,
-            Some((&scale, &shift)),
-            self.activation,
-            g,
-            self.force_direct,
-        )?;
-        Ok((crate::cuda::wrap(out, dev), g.output_shape()))
+        let (g, plan) = self.plan(l1, l2, l3, |width| crate::cuda::vector_rows(dev, &x, width))?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &w, &affine], 0)?, g.output_shape()))
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
+impl DepthwiseAffineAct {
+    /// The CUDA launches (`vector_rows(width)`: whether the input's rows allow 16-byte loads).
+    fn plan(
+        &self,
+        l1: &Layout,
+        l2: &Layout,
+        l3: &Layout,
+        vector_rows: impl FnOnce(usize) -> bool,
+    ) -> Result<(DwShape, crate::cuda_plan::LaunchPlan)> {
+        let conv = DepthwiseConv2d { stride: self.stride, padding: self.padding };
+        let g = conv.geometry(l1, l2)?;
+        check_affine(l3, g.channels)?;
+        let vec = vector_rows(g.width);
+        Ok((g, crate::cuda_plan::depthwise_forward(g, true, self.activation, self.force_direct, vec)?))
     }
 }
 

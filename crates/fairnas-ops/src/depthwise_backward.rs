@@ -311,8 +311,9 @@ impl CustomOp2 for DepthwiseInputGrad {
         let dev = gs.device();
         let g = crate::cuda::f32_view(gs, gl, "depthwise input grad")?;
         let wt = crate::cuda::f32_view(ws, wl, "depthwise input grad")?;
-        let out = crate::cuda::depthwise_input_grad(dev, &g, &wt, shape)?;
-        Ok((crate::cuda::wrap(out, dev), shape.input_shape()))
+        let vec = crate::cuda::vector_rows(dev, &g, shape.out_width);
+        let plan = crate::cuda_plan::depthwise_input_grad(shape, vec)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&g, &wt], 0)?, shape.input_shape()))
     }
 
     fn cpu_fwd(
@@ -322,6 +323,13 @@ impl CustomOp2 for DepthwiseInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
+            let shape = self.shape(l1, l2)?;
+            let vec = crate::cuda_emulator::vector_rows(shape.out_width);
+            let plan = crate::cuda_plan::depthwise_input_grad(shape, vec)?;
+            return Ok((crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?, shape.input_shape()));
+        }
         dispatch_f32_f64(
             "depthwise input grad",
             &[s1.dtype(), s2.dtype()],
@@ -348,9 +356,9 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let dev = xs.device();
         let x = crate::cuda::f32_view(xs, xl, "depthwise weight grad")?;
         let g = crate::cuda::f32_view(gs, gl, "depthwise weight grad")?;
-        let out = crate::cuda::depthwise_weight_grad(dev, &x, &g, shape)?;
+        let plan = crate::cuda_plan::depthwise_weight_grad(shape)?;
         let k = shape.kernel;
-        Ok((crate::cuda::wrap(out, dev), Shape::from((shape.channels, 1, k, k))))
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &g], 0)?, Shape::from((shape.channels, 1, k, k))))
     }
 
     fn cpu_fwd(
@@ -360,6 +368,14 @@ impl CustomOp2 for DepthwiseWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
+            let shape = self.shape(l1, l2)?;
+            let plan = crate::cuda_plan::depthwise_weight_grad(shape)?;
+            let k = shape.kernel;
+            let out = crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?;
+            return Ok((out, Shape::from((shape.channels, 1, k, k))));
+        }
         dispatch_f32_f64(
             "depthwise weight grad",
             &[s1.dtype(), s2.dtype()],

@@ -17,6 +17,9 @@ pub mod buffer;
 pub mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cuda_emulator;
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
+pub(crate) mod cuda_plan;
 pub mod dense_conv;
 pub mod depthwise;
 pub mod depthwise_backward;

@@ -220,10 +220,8 @@ impl CustomOp3 for SqueezeExcite {
         let x = crate::cuda::f32_view(s1, l1, "squeeze-excite")?;
         let reduce = crate::cuda::f32_view(s2, l2, "squeeze-excite")?;
         let expand = crate::cuda::f32_view(s3, l3, "squeeze-excite")?;
-        let (pooled, _) = crate::cuda::plane_reduce(dev, &x, None, n * c, hw)?;
-        let gates = crate::cuda::se_gates(dev, &pooled, &reduce, &expand, (n, c, r), self.inner)?;
-        let out = crate::cuda::scale_planes(dev, &x, &gates.slice(..), None, n * c * hw, hw)?;
-        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
+        let plan = crate::cuda_plan::squeeze_excite((n, c, hw, r), self.inner)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &reduce, &expand], 0)?, l1.shape().clone()))
     }
 
     fn cpu_fwd(
@@ -235,6 +233,15 @@ impl CustomOp3 for SqueezeExcite {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype(), s3.dtype()]) {
+            let (n, c, hw, r) = dims(l1, l2, l3)?;
+            let plan = crate::cuda_plan::squeeze_excite((n, c, hw, r), self.inner)?;
+            return Ok((
+                crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2), (s3, l3)], 0)?,
+                l1.shape().clone(),
+            ));
+        }
         let args = ((s1, l1), (s2, l2), (s3, l3));
         let out = match (s1.dtype(), s2.dtype(), s3.dtype()) {
             (DType::F32, DType::F32, DType::F32) => {
@@ -293,14 +300,19 @@ impl CustomOp3 for SqueezeExcite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlaneStats;
 
+/// (N, C, HW) of plane stats' two operands, which must have one shape.
+fn plane_stats_dims(x: &Layout, y: &Layout) -> Result<(usize, usize, usize)> {
+    if y.dims() != x.dims() {
+        candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", x.dims(), y.dims());
+    }
+    nchw("plane stats", x)
+}
+
 fn plane_stats_typed<T: SeElement>(
     (xs, xl): (&CpuStorage, &Layout),
     (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(Vec<T>, Shape)> {
-    let (n, c, hw) = nchw("plane stats", xl)?;
-    if yl.dims() != xl.dims() {
-        candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", xl.dims(), yl.dims());
-    }
+    let (n, c, hw) = plane_stats_dims(xl, yl)?;
     let x = contiguous_slice::<T>(xs, xl)?;
     let y = contiguous_slice::<T>(ys, yl)?;
     let planes = n * c;
@@ -333,6 +345,15 @@ impl candle_core::CustomOp2 for PlaneStats {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
+            let (n, c, hw) = plane_stats_dims(l1, l2)?;
+            let plan = crate::cuda_plan::plane_stats(n * c, hw)?;
+            return Ok((
+                crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?,
+                Shape::from((2, n, c)),
+            ));
+        }
         crate::layout::dispatch_f32_f64(
             "plane stats",
             &[s1.dtype(), s2.dtype()],
@@ -349,22 +370,12 @@ impl candle_core::CustomOp2 for PlaneStats {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, hw) = nchw("plane stats", l1)?;
-        if l2.dims() != l1.dims() {
-            candle_core::bail!("plane stats: shapes differ: {:?} vs {:?}", l1.dims(), l2.dims());
-        }
+        let (n, c, hw) = plane_stats_dims(l1, l2)?;
         let dev = s1.device();
         let x = crate::cuda::f32_view(s1, l1, "plane stats")?;
         let y = crate::cuda::f32_view(s2, l2, "plane stats")?;
-        let (mean, dot) = crate::cuda::plane_reduce(dev, &x, Some(&y), n * c, hw)?;
-        let dot = dot.ok_or_else(|| candle_core::Error::msg("plane stats: no dot product returned"))?;
-        // SAFETY: both halves are written by the copies below.
-        let mut out = unsafe { dev.alloc::<f32>((2 * n * c).max(1))? };
-        if n * c > 0 {
-            dev.memcpy_dtod(&mean, &mut out.slice_mut(..n * c))?;
-            dev.memcpy_dtod(&dot, &mut out.slice_mut(n * c..))?;
-        }
-        Ok((crate::cuda::wrap(out, dev), Shape::from((2, n, c))))
+        let plan = crate::cuda_plan::plane_stats(n * c, hw)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &y], 0)?, Shape::from((2, n, c))))
     }
 }
 
@@ -415,6 +426,15 @@ impl CustomOp3 for ScalePlanes {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "cuda-emulator")]
+        if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype(), s3.dtype()]) {
+            let (n, c, hw) = check_plane_operands(l1, l2, l3)?;
+            let plan = crate::cuda_plan::scale_planes(n * c * hw, hw, true)?;
+            return Ok((
+                crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2), (s3, l3)], 0)?,
+                l1.shape().clone(),
+            ));
+        }
         crate::layout::dispatch_f32_f64(
             "scale planes",
             &[s1.dtype(), s2.dtype(), s3.dtype()],
@@ -438,8 +458,8 @@ impl CustomOp3 for ScalePlanes {
         let x = crate::cuda::f32_view(s1, l1, "scale planes")?;
         let gate = crate::cuda::f32_view(s2, l2, "scale planes")?;
         let bias = crate::cuda::f32_view(s3, l3, "scale planes")?;
-        let out = crate::cuda::scale_planes(dev, &x, &gate, Some(&bias), n * c * hw, hw)?;
-        Ok((crate::cuda::wrap(out, dev), l1.shape().clone()))
+        let plan = crate::cuda_plan::scale_planes(n * c * hw, hw, true)?;
+        Ok((crate::cuda::run_op(dev, &plan, &[&x, &gate, &bias], 0)?, l1.shape().clone()))
     }
 }
 

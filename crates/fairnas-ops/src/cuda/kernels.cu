@@ -6,6 +6,12 @@
 
 #define FAIRNAS_CUDA_KERNELS_VERSION 1
 
+// Dynamic shared memory (emulator.cpp, which runs these kernels on the CPU in tests, defines
+// its own).
+#ifndef FAIRNAS_DYNAMIC_SHARED
+#define FAIRNAS_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 // Fills a buffer with one value (the GPU check poisons outputs with NaN before each run, so an
 // element a kernel fails to write cannot pass for a result).
 extern "C" __global__ void fill_f32(float* __restrict__ y, long long total, float value) {
@@ -401,7 +407,7 @@ extern "C" __global__ void plane_reduce(const float* __restrict__ x, const float
 extern "C" __global__ void se_gates(const float* __restrict__ pooled, const float* __restrict__ reduce,
                                     const float* __restrict__ expand, float* __restrict__ gates,
                                     int c, int r, int act) {
-    extern __shared__ float smem[];
+    FAIRNAS_DYNAMIC_SHARED(float, smem);
     float* p = smem;
     float* hidden = smem + c;
     const long long n = blockIdx.x;

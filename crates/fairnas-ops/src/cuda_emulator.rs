@@ -1,0 +1,281 @@
+//! CUDA launch plans ([`crate::cuda_plan`]) run on the CPU: kernels.cu compiled for the host
+//! (src/cuda/emulator.cpp) under a small emulation of threads, blocks, barriers and shuffles.
+//!
+//! Why: CI has no GPU, and a kernel's indexing, halo and bounds logic is where CUDA bugs live.
+//! With [`set_enabled`] on, the f32 CPU path of every op that has a CUDA kernel runs that kernel's
+//! plan here instead of the CPU kernel, so the GPU check's correctness harness (`fairnas gpu-check
+//! --device cpu --emulate-cuda`) compares the CUDA source against the CPU ops in f64, exactly as
+//! it does on a GPU. Built with the `cuda-emulator` feature (test builds turn it on); slow by
+//! design (one block at a time), so only for small shapes.
+
+#[cfg(feature = "cuda-emulator")]
+pub use emulated::*;
+
+/// Whether this build carries the emulator (the `cuda-emulator` feature, on in test builds).
+pub const AVAILABLE: bool = cfg!(feature = "cuda-emulator");
+
+/// Routes the f32 CPU path of the ops with CUDA kernels through the emulated kernels (process
+/// wide; for the GPU check's harness and tests), or says that this build has no emulator.
+pub fn set_enabled(on: bool) -> candle_core::Result<()> {
+    #[cfg(feature = "cuda-emulator")]
+    emulated::ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+    if on && !AVAILABLE {
+        candle_core::bail!(
+            "this build has no CUDA emulator: it is compiled into test builds (`cargo test`) or with \
+             `--features fairnas-ops/cuda-emulator`"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda-emulator")]
+mod emulated {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use candle_core::Result;
+
+    use crate::cuda_plan::{KernelArg, LaunchPlan};
+
+    pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    /// Whether ops should run their emulated CUDA kernels.
+    pub fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    mod ffi {
+        use std::ffi::{c_char, c_int, c_uint, c_void};
+
+        extern "C" {
+            pub fn fairnas_emu_launch(
+                name: *const c_char,
+                grid: *const c_uint,
+                block: *const c_uint,
+                shared_bytes: c_uint,
+                params: *mut *mut c_void,
+                param_sizes: *const usize,
+                param_count: usize,
+                bad_param: *mut usize,
+            ) -> c_int;
+        }
+    }
+
+    /// A 16-byte aligned f32 buffer, as `cudaMalloc` returns them (so the emulated kernels take the
+    /// same vector-load paths a GPU run would).
+    struct DeviceBuffer {
+        chunks: Vec<Aligned>,
+        len: usize,
+    }
+
+    #[repr(C, align(16))]
+    #[derive(Clone, Copy)]
+    struct Aligned([f32; 4]);
+
+    impl DeviceBuffer {
+        fn new(len: usize, fill: f32) -> Self {
+            Self { chunks: vec![Aligned([fill; 4]); len.max(1).div_ceil(4)], len }
+        }
+
+        fn from_slice(data: &[f32]) -> Self {
+            let mut b = Self::new(data.len(), 0.0);
+            b.as_mut_slice()[..data.len()].copy_from_slice(data);
+            b
+        }
+
+        fn as_mut_slice(&mut self) -> &mut [f32] {
+            let len = self.chunks.len() * 4;
+            // SAFETY: `Aligned` is `repr(C)` around `[f32; 4]` (16 bytes, no padding: checked
+            // below), so the chunks are `len` consecutive, initialised f32s borrowed mutably here.
+            unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr().cast::<f32>(), len) }
+        }
+
+        fn ptr(&mut self) -> *mut f32 {
+            self.chunks.as_mut_ptr().cast()
+        }
+    }
+
+    const _: () = assert!(std::mem::align_of::<Aligned>() == 16 && std::mem::size_of::<Aligned>() == 16);
+
+    /// Runs `plan` with `inputs`; returns its allocated buffers (each `outputs[i]` long), which start
+    /// as NaN (the GPU check's poisoning), so an element no launch writes stays NaN.
+    pub(crate) fn execute(plan: &LaunchPlan, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        if inputs.len() != plan.inputs {
+            candle_core::bail!("emulated CUDA: the plan takes {} inputs, got {}", plan.inputs, inputs.len());
+        }
+        let mut buffers: Vec<DeviceBuffer> = inputs.iter().map(|d| DeviceBuffer::from_slice(d)).collect();
+        buffers.extend(plan.outputs.iter().map(|&len| DeviceBuffer::new(len, f32::NAN)));
+        for launch in &plan.launches {
+            let mut pointers: Vec<*mut f32> = Vec::with_capacity(launch.args.len());
+            for arg in &launch.args {
+                pointers.push(match *arg {
+                    KernelArg::Buffer { index, offset } => {
+                        let b = buffers.get_mut(index).ok_or_else(|| {
+                            candle_core::Error::msg(format!(
+                                "{}: buffer {index} does not exist",
+                                launch.kernel
+                            ))
+                        })?;
+                        if offset > b.len {
+                            candle_core::bail!(
+                                "{}: offset {offset} past buffer {index} ({})",
+                                launch.kernel,
+                                b.len
+                            );
+                        }
+                        // SAFETY: `offset <= len` and the allocation holds at least `len` elements.
+                        unsafe { b.ptr().add(offset) }
+                    }
+                    _ => std::ptr::null_mut(),
+                });
+            }
+            // One pointer per parameter to its value, as cuLaunchKernel takes them; `pointers` and
+            // `launch.args` are not touched again until the launch returns.
+            let mut params: Vec<*mut std::ffi::c_void> = launch
+                .args
+                .iter()
+                .zip(&pointers)
+                .map(|(arg, pointer)| match arg {
+                    KernelArg::Buffer { .. } | KernelArg::Null => {
+                        (pointer as *const *mut f32).cast_mut().cast()
+                    }
+                    KernelArg::I32(v) => (v as *const i32).cast_mut().cast(),
+                    KernelArg::I64(v) => (v as *const i64).cast_mut().cast(),
+                    KernelArg::F32(v) => (v as *const f32).cast_mut().cast(),
+                })
+                .collect();
+            let sizes: Vec<usize> = launch.args.iter().map(KernelArg::size).collect();
+            let name = std::ffi::CString::new(launch.kernel.as_str())
+                .map_err(|_| candle_core::Error::msg("kernel name with a NUL byte"))?;
+            let mut bad = 0usize;
+            // SAFETY: every parameter pointer points at a live value of the size passed in `sizes`,
+            // which the emulator checks against the kernel's C signature before calling it; buffer
+            // arguments point into live allocations; the plan's constructors guarantee the kernels'
+            // index ranges stay inside the buffers (which the tests, under sanitizers on the GPU
+            // check, confirm).
+            let status = unsafe {
+                ffi::fairnas_emu_launch(
+                    name.as_ptr(),
+                    launch.grid.as_ptr(),
+                    launch.block.as_ptr(),
+                    launch.shared_bytes,
+                    params.as_mut_ptr(),
+                    sizes.as_ptr(),
+                    sizes.len(),
+                    &mut bad,
+                )
+            };
+            match status {
+            0 => {}
+            1 => candle_core::bail!("emulated CUDA: no kernel named {}", launch.kernel),
+            2 => candle_core::bail!("emulated CUDA: {} takes a different number of parameters than {}", launch.kernel, sizes.len()),
+            3 => candle_core::bail!(
+                "emulated CUDA: parameter {bad} of {} is {} bytes in the plan but not in the kernel's signature",
+                launch.kernel,
+                sizes[bad]
+            ),
+            4 => candle_core::bail!("emulated CUDA: {} asks for {} bytes of shared memory", launch.kernel, launch.shared_bytes),
+            _ => candle_core::bail!("emulated CUDA: {} has an invalid block {:?}", launch.kernel, launch.block),
+        }
+        }
+        Ok(buffers
+            .into_iter()
+            .skip(plan.inputs)
+            .map(|mut b| {
+                let len = b.len;
+                b.as_mut_slice()[..len].to_vec()
+            })
+            .collect())
+    }
+
+    /// Runs `plan` on the f32 contents of an op's CPU inputs and returns its allocated buffer
+    /// `output` (the op's result).
+    pub(crate) fn run_op(
+        plan: &LaunchPlan,
+        inputs: &[(&candle_core::CpuStorage, &candle_core::Layout)],
+        output: usize,
+    ) -> Result<candle_core::CpuStorage> {
+        let data = inputs
+            .iter()
+            .map(|(s, l)| crate::layout::contiguous_slice::<f32>(s, l))
+            .collect::<Result<Vec<_>>>()?;
+        let slices: Vec<&[f32]> = data.iter().map(|d| d.as_ref()).collect();
+        let mut outputs = execute(plan, &slices)?;
+        if output >= outputs.len() {
+            candle_core::bail!("emulated CUDA: the plan has no output {output}");
+        }
+        Ok(candle_core::CpuStorage::F32(outputs.swap_remove(output)))
+    }
+
+    /// Whether the emulator should run an op whose inputs have these dtypes: it is on, and they are
+    /// all f32 (the CUDA kernels' type; f64 stays on the CPU kernels, the GPU check's reference).
+    pub(crate) fn takes(dtypes: &[candle_core::DType]) -> bool {
+        enabled() && dtypes.iter().all(|&d| d == candle_core::DType::F32)
+    }
+
+    /// Emulated buffers are 16-byte aligned, as `cudaMalloc`'s are.
+    pub(crate) fn vector_rows(width: usize) -> bool {
+        crate::cuda_plan::vector_rows(0, width)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::cuda_plan::KernelLaunch;
+
+        fn fill_plan(len: usize, args: Vec<KernelArg>) -> LaunchPlan {
+            LaunchPlan {
+                inputs: 0,
+                outputs: vec![len],
+                launches: vec![KernelLaunch {
+                    kernel: "fill_f32".into(),
+                    grid: [2, 1, 1],
+                    block: [64, 1, 1],
+                    shared_bytes: 0,
+                    args,
+                }],
+            }
+        }
+
+        #[test]
+        fn a_grid_stride_kernel_writes_every_element() {
+            let args =
+                vec![KernelArg::Buffer { index: 0, offset: 0 }, KernelArg::I64(1000), KernelArg::F32(2.5)];
+            let out = execute(&fill_plan(1000, args), &[]).unwrap();
+            assert!(out[0].iter().all(|&v| v == 2.5));
+        }
+
+        #[test]
+        fn an_argument_of_the_wrong_size_is_refused_by_name() {
+            // fill_f32 takes (float*, long long, float): an i32 total would read garbage on a GPU.
+            let args =
+                vec![KernelArg::Buffer { index: 0, offset: 0 }, KernelArg::I32(10), KernelArg::F32(1.0)];
+            let err = execute(&fill_plan(10, args), &[]).unwrap_err().to_string();
+            assert!(err.contains("parameter 1 of fill_f32"), "{err}");
+        }
+
+        #[test]
+        fn unknown_kernels_and_missing_buffers_are_errors() {
+            let mut plan = fill_plan(
+                4,
+                vec![KernelArg::Buffer { index: 0, offset: 0 }, KernelArg::I64(4), KernelArg::F32(1.0)],
+            );
+            plan.launches[0].kernel = "no_such_kernel".into();
+            assert!(execute(&plan, &[]).unwrap_err().to_string().contains("no kernel named no_such_kernel"));
+            let plan = fill_plan(
+                4,
+                vec![KernelArg::Buffer { index: 3, offset: 0 }, KernelArg::I64(4), KernelArg::F32(1.0)],
+            );
+            assert!(execute(&plan, &[]).unwrap_err().to_string().contains("buffer 3 does not exist"));
+        }
+
+        #[test]
+        fn unwritten_elements_stay_nan() {
+            // Only the first 10 of 16 elements are filled.
+            let args =
+                vec![KernelArg::Buffer { index: 0, offset: 0 }, KernelArg::I64(10), KernelArg::F32(0.0)];
+            let out = execute(&fill_plan(16, args), &[]).unwrap();
+            assert!(out[0][..10].iter().all(|&v| v == 0.0));
+            assert!(out[0][10..].iter().all(|v| v.is_nan()));
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! What each CUDA op launches, as data: kernel names, grids, blocks and argument lists.
+//!
+//! Why a plan instead of launching directly: the same plan is executed by two runners, the real
+//! one (`cuda.rs`, on a GPU) and the CPU emulator (`cuda_emulator.rs`, which runs the kernels'
+//! own source compiled for the host). So CI, which has no GPU, tests the kernel selection, the
+//! tiling arithmetic and every argument list against the CPU ops, and the GPU machine only has
+//! to confirm the device agrees. Compiled in every build: it needs nothing from CUDA.
+//!
+//! Buffers are numbered: the op's inputs first, then the buffers the plan allocates (`outputs`,
+//! in order; the op's result is among them, temporaries too). Every allocated element that an op
+//! exposes is written by one of the plan's launches (each constructor says which).
+
+use candle_core::Result;
+
+use crate::depthwise::DwShape;
+use crate::Activation;
+
+/// Threads per block of the element-wise (grid-stride) kernels.
+const THREADS: u32 = 256;
+/// Output columns of a tiled depthwise block (`TILE_W` in kernels.cu).
+const TILE_W: usize = 32;
+/// Thread rows of a tiled depthwise block (`BLOCK_Y` in kernels.cu).
+const BLOCK_Y: usize = 8;
+/// Threads of a weight-gradient block (`WG_THREADS` in kernels.cu).
+const WG_THREADS: u32 = 256;
+/// Grid-stride kernels never launch more blocks than this (32 per multiprocessor of an H100/H200).
+const MAX_GRID_BLOCKS: usize = 132 * 32;
+
+/// One kernel argument, as the kernel's C signature takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelArg {
+    /// A pointer `offset` elements into buffer `index` (inputs first, then the plan's outputs).
+    Buffer {
+        index: usize,
+        offset: usize,
+    },
+    /// A null pointer (an optional operand the kernel skips).
+    Null,
+    I32(i32),
+    I64(i64),
+    /// (Only the GPU's poisoning fill and the emulator's tests pass one.)
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    F32(f32),
+}
+
+impl KernelArg {
+    /// Bytes of the parameter in the kernel's signature (the emulator checks them).
+    pub fn size(&self) -> usize {
+        match self {
+            KernelArg::Buffer { .. } | KernelArg::Null | KernelArg::I64(_) => 8,
+            KernelArg::I32(_) | KernelArg::F32(_) => 4,
+        }
+    }
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelLaunch {
+    pub kernel: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+    pub args: Vec<KernelArg>,
+}
+
+/// The launches of one op, in order, and the buffers they need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchPlan {
+    /// How many input buffers the op passes (numbered `0..inputs`).
+    pub inputs: usize,
+    /// Element counts of the buffers the plan allocates (numbered from `inputs` on). Each is
+    /// allocated with at least one element, so an empty op still has a valid pointer.
+    pub outputs: Vec<usize>,
+    pub launches: Vec<KernelLaunch>,
+}
+
+fn buffer(index: usize) -> KernelArg {
+    KernelArg::Buffer { index, offset: 0 }
+}
+
+fn int(v: usize, what: &str) -> Result<KernelArg> {
+    Ok(KernelArg::I32(int_value(v, what)?))
+}
+
+fn int_value(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| candle_core::Error::msg(format!("{what} = {v} exceeds the CUDA kernels' i32 range")))
+}
+
+fn long(v: usize) -> KernelArg {
+    KernelArg::I64(v as i64)
+}
+
+/// The kernels' activation codes (`activate` in kernels.cu).
+fn code(activation: Activation) -> KernelArg {
+    KernelArg::I32(match activation {
+        Activation::Identity => 0,
+        Activation::Relu => 1,
+        Activation::Relu6 => 2,
+        Activation::Swish => 3,
+        Activation::Sigmoid => 4,
+    })
+}
+
+/// A grid-stride launch over `total` elements: enough blocks of `THREADS` to give each thread a
+/// few elements.
+fn grid_stride(kernel: &str, total: usize, args: Vec<KernelArg>) -> KernelLaunch {
+    let blocks = total.div_ceil(THREADS as usize).clamp(1, MAX_GRID_BLOCKS) as u32;
+    KernelLaunch {
+        kernel: kernel.into(),
+        grid: [blocks, 1, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+        args,
+    }
+}
+
+/// Which forward kernel a shape runs on: the shared-memory tiled one for the sizes it is built
+/// for when the plane is at least a tile wide, else one thread per output.
+pub fn depthwise_forward_variant(kernel: usize, stride: usize, out_width: usize) -> &'static str {
+    if matches!(kernel, 3 | 5 | 7) && matches!(stride, 1 | 2) && out_width >= 16 {
+        "tiled"
+    } else {
+        "direct"
+    }
+}
+
+/// Whether rows of `width` floats starting at `address` may be read with 16-byte vector loads
+/// (the `_v4` kernels): the start is 16-byte aligned and every row keeps that alignment.
+pub fn vector_rows(address: u64, width: usize) -> bool {
+    width.is_multiple_of(4) && address.is_multiple_of(16)
+}
+
+/// Output rows per thread of the tiled kernels (a tile is `BLOCK_Y` times that tall): tall tiles
+/// amortise the halo and keep more loads in flight; short planes take short tiles so few threads
+/// idle.
+fn rows_per_thread(out_height: usize) -> usize {
+    match out_height {
+        48.. => 8,
+        24.. => 4,
+        _ => 2,
+    }
+}
+
+/// A tiled kernel's launch over `planes` planes of `h` x `w` outputs; its last two arguments are
+/// the tile counts across and down, which the caller appends.
+fn tiled(
+    kernel: String,
+    planes: usize,
+    h: usize,
+    w: usize,
+    rows: usize,
+    mut args: Vec<KernelArg>,
+) -> Result<KernelLaunch> {
+    let (tiles_x, tiles_y) = (w.div_ceil(TILE_W), h.div_ceil(BLOCK_Y * rows));
+    let blocks = u32::try_from(planes * tiles_x * tiles_y)
+        .map_err(|_| candle_core::Error::msg("depthwise: too many tiles for one CUDA launch"))?;
+    args.push(int(tiles_x, "tiles")?);
+    args.push(int(tiles_y, "tiles")?);
+    Ok(KernelLaunch {
+        kernel,
+        grid: [blocks, 1, 1],
+        block: [TILE_W as u32, BLOCK_Y as u32, 1],
+        shared_bytes: 0,
+        args,
+    })
+}
+
+/// Depthwise forward, `act(conv * scale[c] + shift[c])` or the bare convolution.
+///
+/// Inputs: 0 x `[N, C, H, W]`, 1 weight `[C, 1, k, k]`, and with `affine` 2 `[2, C]` (scale;
+/// shift). Output 0 (buffer `inputs`): y, every element written once.
+pub fn depthwise_forward(
+    s: DwShape,
+    affine: bool,
+    activation: Activation,
+    force_direct: bool,
+    input_vector_rows: bool,
+) -> Result<LaunchPlan> {
+    let inputs = if affine { 3 } else { 2 };
+    let total = s.batch * s.channels * s.out_height * s.out_width;
+    let mut plan = LaunchPlan { inputs, outputs: vec![total], launches: Vec::new() };
+    if total == 0 {
+        return Ok(plan);
+    }
+    let mut args = vec![buffer(0), buffer(1)];
+    if affine {
+        args.push(buffer(2));
+        args.push(KernelArg::Buffer { index: 2, offset: s.channels });
+    } else {
+        args.extend([KernelArg::Null, KernelArg::Null]);
+    }
+    args.push(buffer(inputs));
+    let shape = [
+        int(s.channels, "channels")?,
+        int(s.height, "height")?,
+        int(s.width, "width")?,
+        int(s.out_height, "output height")?,
+        int(s.out_width, "output width")?,
+    ];
+    let (pad_top, pad_left) = (int(s.padding.top, "padding")?, int(s.padding.left, "padding")?);
+    let launch = if !force_direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled" {
+        let rows = rows_per_thread(s.out_height);
+        let vec = if input_vector_rows { "_v4" } else { "" };
+        args.extend(shape);
+        args.extend([pad_top, pad_left, code(activation)]);
+        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
+        tiled(name, s.batch * s.channels, s.out_height, s.out_width, rows, args)?
+    } else {
+        args.push(long(total));
+        args.extend(shape);
+        args.extend([
+            int(s.kernel, "kernel")?,
+            int(s.stride, "stride")?,
+            pad_top,
+            pad_left,
+            code(activation),
+        ]);
+        grid_stride("dw_forward_direct", total, args)
+    };
+    plan.launches.push(launch);
+    Ok(plan)
+}
+
+/// d(loss)/d(input) of the depthwise convolution. Stride 1: the tiled forward kernel on the
+/// output gradient with the flipped filter and padding `k - 1 - p`. Otherwise a gather, one
+/// thread per input element.
+///
+/// Inputs: 0 the output gradient `[N, C, Ho, Wo]`, 1 the weight. Output 0: dx, every element
+/// written once.
+pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<LaunchPlan> {
+    let total = s.batch * s.channels * s.height * s.width;
+    let mut plan = LaunchPlan { inputs: 2, outputs: vec![total], launches: Vec::new() };
+    if total == 0 {
+        return Ok(plan);
+    }
+    let flip_pads = (s.kernel.checked_sub(1 + s.padding.top), s.kernel.checked_sub(1 + s.padding.left));
+    let launch =
+        if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) = (s.stride, s.kernel, s.width >= 16, flip_pads) {
+            let rows = rows_per_thread(s.height);
+            let vec = if grad_vector_rows { "_v4" } else { "" };
+            let args = vec![
+                buffer(0),
+                buffer(1),
+                buffer(2),
+                int(s.channels, "channels")?,
+                int(s.out_height, "output height")?,
+                int(s.out_width, "output width")?,
+                int(s.height, "height")?,
+                int(s.width, "width")?,
+                int(pt, "padding")?,
+                int(pl, "padding")?,
+            ];
+            let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
+            tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
+        } else {
+            let args = vec![
+                buffer(0),
+                buffer(1),
+                buffer(2),
+                long(total),
+                int(s.channels, "channels")?,
+                int(s.height, "height")?,
+                int(s.width, "width")?,
+                int(s.out_height, "output height")?,
+                int(s.out_width, "output width")?,
+                int(s.kernel, "kernel")?,
+                int(s.stride, "stride")?,
+                int(s.padding.top, "padding")?,
+                int(s.padding.left, "padding")?,
+            ];
+            grid_stride("dw_input_grad", total, args)
+        };
+    plan.launches.push(launch);
+    Ok(plan)
+}
+
+/// d(loss)/d(weight) `[C, 1, k, k]`: per-(channel, batch chunk) partial sums, then the chunks
+/// summed in order (deterministic).
+///
+/// Inputs: 0 x, 1 the output gradient. Outputs: 0 (buffer 2) the weight gradient, written by the
+/// second launch; 1 (buffer 3) the partial sums, every (chunk, channel, tap) written by the first.
+pub fn depthwise_weight_grad(s: DwShape) -> Result<LaunchPlan> {
+    if !matches!(s.kernel, 3 | 5 | 7) {
+        candle_core::bail!("depthwise weight grad on CUDA: kernel {} (supported: 3, 5, 7)", s.kernel);
+    }
+    let len = s.channels * s.kernel * s.kernel;
+    // About four blocks per multiprocessor of an H100/H200, never more chunks than samples.
+    let chunks = 528usize.div_ceil(s.channels.max(1)).clamp(1, s.batch.max(1));
+    let mut plan = LaunchPlan { inputs: 2, outputs: vec![len, chunks * len], launches: Vec::new() };
+    if len == 0 {
+        return Ok(plan);
+    }
+    let blocks = u32::try_from(chunks * s.channels).map_err(|_| {
+        candle_core::Error::msg("depthwise weight grad: too many channels for one CUDA launch")
+    })?;
+    plan.launches.push(KernelLaunch {
+        kernel: format!("dw_weight_grad_partial_k{}", s.kernel),
+        grid: [blocks, 1, 1],
+        block: [WG_THREADS, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            buffer(0),
+            buffer(1),
+            buffer(3),
+            int(s.batch, "batch")?,
+            int(s.channels, "channels")?,
+            int(s.height, "height")?,
+            int(s.width, "width")?,
+            int(s.out_height, "output height")?,
+            int(s.out_width, "output width")?,
+            int(s.stride, "stride")?,
+            int(s.padding.top, "padding")?,
+            int(s.padding.left, "padding")?,
+            int(chunks, "chunks")?,
+        ],
+    });
+    plan.launches.push(KernelLaunch {
+        kernel: "sum_chunks".into(),
+        grid: [len.div_ceil(THREADS as usize) as u32, 1, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+        args: vec![buffer(3), buffer(2), int(len, "weight size")?, int(chunks, "chunks")?],
+    });
+    Ok(plan)
+}
+
+/// One warp per plane: the mean of each of `planes` planes of `hw` elements of buffer `x`
+/// into buffer `mean`, and with `other` the per-plane sum of `x * other` into `dot`.
+fn plane_reduce(
+    x: usize,
+    other: Option<usize>,
+    mean: KernelArg,
+    dot: KernelArg,
+    planes: usize,
+    hw: usize,
+) -> Result<KernelLaunch> {
+    let blocks = u32::try_from((planes * 32).div_ceil(THREADS as usize))
+        .map_err(|_| candle_core::Error::msg("plane reduce: too many planes for one CUDA launch"))?;
+    Ok(KernelLaunch {
+        kernel: "plane_reduce".into(),
+        grid: [blocks, 1, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            buffer(x),
+            other.map_or(KernelArg::Null, buffer),
+            mean,
+            dot,
+            long(planes),
+            int(hw, "plane size")?,
+        ],
+    })
+}
+
+/// Fused squeeze-excite forward: pool (a warp per plane), the two FCs (a block per sample),
+/// scale: x is read twice and written once.
+///
+/// Inputs: 0 x `[N, C, H, W]`, 1 reduce `[R, C + 1]`, 2 expand `[C, R + 1]` (packed FCs).
+/// Outputs: 0 (buffer 3) y, 1 the pooled means `[N, C]`, 2 the gates `[N, C]`; each written
+/// whole by its launch.
+pub fn squeeze_excite((n, c, hw, r): (usize, usize, usize, usize), inner: Activation) -> Result<LaunchPlan> {
+    let (planes, total) = (n * c, n * c * hw);
+    let mut plan = LaunchPlan { inputs: 3, outputs: vec![total, planes, planes], launches: Vec::new() };
+    if total == 0 {
+        return Ok(plan);
+    }
+    let shared = ((c + r) * 4) as u32;
+    if shared > 48 * 1024 {
+        candle_core::bail!("squeeze-excite on CUDA: {c} + {r} channels exceed the 48 KiB of shared memory");
+    }
+    plan.launches.push(plane_reduce(0, None, buffer(4), KernelArg::Null, planes, hw)?);
+    plan.launches.push(KernelLaunch {
+        kernel: "se_gates".into(),
+        grid: [
+            u32::try_from(n).map_err(|_| candle_core::Error::msg("squeeze-excite: batch too large"))?,
+            1,
+            1,
+        ],
+        block: [THREADS, 1, 1],
+        shared_bytes: shared,
+        args: vec![
+            buffer(4),
+            buffer(1),
+            buffer(2),
+            buffer(5),
+            int(c, "channels")?,
+            int(r, "reduced channels")?,
+            code(inner),
+        ],
+    });
+    plan.launches.push(scale_planes_launch(0, 5, None, 3, total, hw)?);
+    Ok(plan)
+}
+
+/// Per-plane mean of x and sum of `x * y` (the SE backward's one read of both).
+///
+/// Inputs: 0 x, 1 y, `planes` planes of `hw`. Output 0 (buffer 2): `[2, planes]`, means then
+/// dot products, both halves written.
+pub fn plane_stats(planes: usize, hw: usize) -> Result<LaunchPlan> {
+    let mut plan = LaunchPlan { inputs: 2, outputs: vec![2 * planes], launches: Vec::new() };
+    if planes == 0 {
+        return Ok(plan);
+    }
+    let dot = KernelArg::Buffer { index: 2, offset: planes };
+    plan.launches.push(plane_reduce(0, Some(1), buffer(2), dot, planes, hw)?);
+    Ok(plan)
+}
+
+fn scale_planes_launch(
+    x: usize,
+    gate: usize,
+    bias: Option<usize>,
+    y: usize,
+    total: usize,
+    hw: usize,
+) -> Result<KernelLaunch> {
+    let args = vec![
+        buffer(x),
+        buffer(gate),
+        bias.map_or(KernelArg::Null, buffer),
+        buffer(y),
+        long(total),
+        int(hw, "plane size")?,
+    ];
+    Ok(grid_stride("scale_planes", total, args))
+}
+
+/// `x * gate[plane] (+ bias[plane])` over `total` elements in planes of `hw`.
+///
+/// Inputs: 0 x, 1 gate, and with `bias` 2 bias. Output 0: y, every element written once.
+pub fn scale_planes(total: usize, hw: usize, bias: bool) -> Result<LaunchPlan> {
+    let inputs = if bias { 3 } else { 2 };
+    let mut plan = LaunchPlan { inputs, outputs: vec![total], launches: Vec::new() };
+    if total == 0 {
+        return Ok(plan);
+    }
+    plan.launches.push(scale_planes_launch(0, 1, bias.then_some(2), inputs, total, hw)?);
+    Ok(plan)
+}
+
+/// `act(x * scale[c] + shift[c])` over `[N, C, HW]`.
+///
+/// Inputs: 0 x, 1 scale `[C]`, 2 shift `[C]`. Output 0: y, every element written once.
+pub fn channel_affine_act((n, c, hw): (usize, usize, usize), activation: Activation) -> Result<LaunchPlan> {
+    let total = n * c * hw;
+    let mut plan = LaunchPlan { inputs: 3, outputs: vec![total], launches: Vec::new() };
+    if total == 0 {
+        return Ok(plan);
+    }
+    let args = vec![
+        buffer(0),
+        buffer(1),
+        buffer(2),
+        buffer(3),
+        long(total),
+        int(c, "channels")?,
+        int(hw, "plane size")?,
+        code(activation),
+    ];
+    plan.launches.push(grid_stride("channel_affine_act", total, args));
+    Ok(plan)
+}
+
+/// The NaN fill of a poisoned output buffer (`fill_f32`): buffer `index` of `len` elements.
+#[cfg(feature = "cuda")]
+pub fn fill_nan(index: usize, len: usize) -> KernelLaunch {
+    grid_stride("fill_f32", len, vec![buffer(index), long(len), KernelArg::F32(f32::NAN)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Padding2d;
+
+    fn shape(k: usize, s: usize, h: usize, w: usize) -> DwShape {
+        let padding = Padding2d::symmetric(k);
+        let out = |v: usize| (v + 2 * (k / 2) - k) / s + 1;
+        DwShape {
+            batch: 2,
+            channels: 3,
+            height: h,
+            width: w,
+            kernel: k,
+            stride: s,
+            padding,
+            out_height: out(h),
+            out_width: out(w),
+        }
+    }
+
+    #[test]
+    fn tiled_forward_covers_every_output_with_its_tiles() {
+        // 112x112, k7 s2 -> 56x56: rows per thread 8, tiles 64 tall and 32 wide.
+        let plan = depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, false, true).unwrap();
+        let launch = &plan.launches[0];
+        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4");
+        assert_eq!(launch.block, [32, 8, 1]);
+        let tiles = |i: usize| match launch.args[launch.args.len() - i] {
+            KernelArg::I32(v) => v as u32,
+            ref a => panic!("{a:?}"),
+        };
+        let (tiles_x, tiles_y) = (tiles(2), tiles(1));
+        assert_eq!((tiles_x, tiles_y), (2, 1));
+        assert_eq!(launch.grid[0], 2 * 3 * tiles_x * tiles_y);
+        assert_eq!(plan.outputs, vec![2 * 3 * 56 * 56]);
+        // The affine's shift is the second row of the [2, C] operand.
+        assert_eq!(launch.args[3], KernelArg::Buffer { index: 2, offset: 3 });
+        assert_eq!(launch.args[4], KernelArg::Buffer { index: 3, offset: 0 });
+    }
+
+    #[test]
+    fn narrow_planes_and_other_kernel_sizes_take_the_direct_kernel() {
+        let narrow = depthwise_forward(shape(3, 1, 7, 7), false, Activation::Identity, false, false).unwrap();
+        assert_eq!(narrow.launches[0].kernel, "dw_forward_direct");
+        let k9 = depthwise_forward(shape(9, 1, 40, 40), false, Activation::Identity, false, false).unwrap();
+        assert_eq!(k9.launches[0].kernel, "dw_forward_direct");
+        let forced =
+            depthwise_forward(shape(3, 1, 40, 40), false, Activation::Identity, true, false).unwrap();
+        assert_eq!(forced.launches[0].kernel, "dw_forward_direct");
+    }
+
+    #[test]
+    fn empty_ops_launch_nothing_but_still_own_an_output() {
+        let mut s = shape(3, 1, 8, 8);
+        s.batch = 0;
+        let plan = depthwise_forward(s, false, Activation::Identity, false, false).unwrap();
+        assert!(plan.launches.is_empty());
+        assert_eq!(plan.outputs, vec![0]);
+    }
+
+    #[test]
+    fn vector_rows_need_alignment_and_a_width_multiple_of_four() {
+        assert!(vector_rows(64, 40));
+        assert!(!vector_rows(68, 40));
+        assert!(!vector_rows(64, 41));
+    }
+}

@@ -8,6 +8,9 @@ mod common;
 
 use common::{ok, scratch};
 
+/// How many checks the GPU check runs (see the count in the first test).
+const CHECKS: usize = 3 * 3 * 2 * 2 * 6 + 3 * 3 * 2 + 2 + 2 * 6 + 2 + 1;
+
 #[test]
 fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
     let dir = scratch("gpu-check", "cpu");
@@ -18,10 +21,10 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
     assert_eq!(report["all_pass"], true);
     let checks = report["checks"].as_array().unwrap();
-    // 2 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 2 gradients),
-    // 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
+    // 3 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 2 gradients),
+    // at stride 2 a fourth fused one (the plain-rows tiled kernel), 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
     // 2 depthwise autograd gradients, and the FairNAS-A logits.
-    assert_eq!(checks.len(), 2 * 3 * 2 * 2 * 6 + 2 + 2 * 6 + 2 + 1, "{checks:?}");
+    assert_eq!(checks.len(), CHECKS, "{checks:?}");
     for c in checks {
         assert!(c["rel_l2"].as_f64().unwrap() <= c["limit_rel_l2"].as_f64().unwrap(), "{c}");
         assert_eq!(c["nan"], 0, "{c}");
@@ -34,7 +37,7 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
 }
 
 /// The CUDA kernels' own source (kernels.cu compiled for the host, run under the emulator that
-/// test builds carry), through the same 161 checks against the CPU ops in f64: CI's test of the
+/// test builds carry), through the same checks against the CPU ops in f64: CI's test of the
 /// kernels' indexing, tiling, halos, barriers and launch plans, with no GPU.
 #[test]
 fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
@@ -51,7 +54,7 @@ fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
         "--out",
         &out,
     ]);
-    assert!(stdout.contains("161 checks, 0 failed"), "{stdout}");
+    assert!(stdout.contains(&format!("{CHECKS} checks, 0 failed")), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
     assert!(report["device"].as_str().unwrap().starts_with("CUDA kernels emulated"), "{}", report["device"]);

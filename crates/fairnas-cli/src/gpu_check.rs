@@ -30,7 +30,8 @@ use fairnas_model::synthetic::synthetic_network;
 use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use fairnas_ops::squeeze_excite::{PlaneStats, ScalePlanes};
 use fairnas_ops::{
-    pack_fc, squeeze_excite_packed, Activation, DepthwiseAffineAct, DepthwiseConv2d, Padding2d,
+    pack_fc, squeeze_excite_packed, Activation, CudaDepthwiseKernel, DepthwiseAffineAct, DepthwiseConv2d,
+    Padding2d,
 };
 
 #[derive(Args, Debug)]
@@ -255,8 +256,9 @@ fn paddings(h: usize, w: usize, k: usize, s: usize) -> [(&'static str, Padding2d
 
 fn correctness(device: &Device) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    // Odd sizes exercise every edge; width 40 (a multiple of 4) takes the vector-load kernels.
-    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40)] {
+    // Odd sizes exercise every edge; width 40 (a multiple of 4) takes the vector-load kernels;
+    // width 136 puts several tiles across a plane at stride 2 too (a partial last one).
+    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 18, 136)] {
         for k in [3usize, 5, 7] {
             for s in [1usize, 2] {
                 for (pname, pad) in paddings(h, w, k, s) {
@@ -270,16 +272,22 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                         &[x.clone(), wt.clone()],
                         |t| t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: s, padding: pad }),
                     )?;
-                    for (act, direct) in
-                        [(Activation::Relu6, false), (Activation::Swish, true), (Activation::Relu, false)]
-                    {
+                    let mut fused = vec![
+                        (Activation::Relu6, CudaDepthwiseKernel::Auto),
+                        (Activation::Swish, CudaDepthwiseKernel::Direct),
+                        (Activation::Relu, CudaDepthwiseKernel::Auto),
+                    ];
+                    if s == 2 {
+                        fused.push((Activation::Relu6, CudaDepthwiseKernel::TiledPlainRows));
+                    }
+                    for (act, kernel) in fused {
                         let affine = randn(&[2, c])?;
-                        let variant = if direct { "direct" } else { "tiled" };
+                        let variant = variant_name(kernel);
                         let op = DepthwiseAffineAct {
                             stride: s,
                             padding: pad,
                             activation: act,
-                            force_direct: direct,
+                            cuda_kernel: kernel,
                         };
                         check_op(
                             &mut checks,
@@ -467,6 +475,23 @@ fn pad_for(spec: &ArchSpec, l: &DwLayer) -> Padding2d {
 
 const ROTATE: usize = 3;
 
+/// The CUDA forward kernels worth timing side by side at `stride`.
+fn kernel_variants(stride: usize) -> Vec<CudaDepthwiseKernel> {
+    let mut v = vec![CudaDepthwiseKernel::Auto, CudaDepthwiseKernel::Direct];
+    if stride == 2 {
+        v.push(CudaDepthwiseKernel::TiledPlainRows);
+    }
+    v
+}
+
+fn variant_name(kernel: CudaDepthwiseKernel) -> &'static str {
+    match kernel {
+        CudaDepthwiseKernel::Auto => "tiled",
+        CudaDepthwiseKernel::Direct => "direct",
+        CudaDepthwiseKernel::TiledPlainRows => "tiled, plain rows",
+    }
+}
+
 fn timings(
     device: &Device,
     clock: &Clock,
@@ -511,17 +536,16 @@ fn timings(
         let wt = rand_on(&[c, 1, k, k])?;
         let affine = rand_on(&[2, c])?;
         let moved = f32_bytes(b * c * (h * w + ho * wo));
-        for direct in [false, true] {
+        for kernel in kernel_variants(s) {
             let op = DepthwiseAffineAct {
                 stride: s,
                 padding: pad,
                 activation: Activation::Relu6,
-                force_direct: direct,
+                cuda_kernel: kernel,
             };
             let stats = clock
                 .stats(3, args.repeats, |i| Ok(vec![xs[i % ROTATE].apply_op3_no_bwd(&wt, &affine, &op)?]))?;
-            let variant = if direct { "direct" } else { "tiled" };
-            push(format!("depthwise+bn+relu6 fwd ({variant})"), shape.clone(), stats, moved);
+            push(format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel)), shape.clone(), stats, moved);
         }
         let input_grad = DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w };
         let stats =

@@ -12,7 +12,7 @@
 
 use candle_core::Result;
 
-use crate::depthwise::DwShape;
+use crate::depthwise::{CudaDepthwiseKernel, DwShape};
 use crate::Activation;
 
 /// Threads per block of the element-wise (grid-stride) kernels.
@@ -174,7 +174,7 @@ pub fn depthwise_forward(
     s: DwShape,
     affine: bool,
     activation: Activation,
-    force_direct: bool,
+    kernel: CudaDepthwiseKernel,
     input_vector_rows: bool,
 ) -> Result<LaunchPlan> {
     let inputs = if affine { 3 } else { 2 };
@@ -199,9 +199,15 @@ pub fn depthwise_forward(
         int(s.out_width, "output width")?,
     ];
     let (pad_top, pad_left) = (int(s.padding.top, "padding")?, int(s.padding.left, "padding")?);
-    let launch = if !force_direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled" {
+    let direct = kernel == CudaDepthwiseKernel::Direct;
+    let launch = if !direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled" {
         let rows = rows_per_thread(s.out_height);
-        let vec = if input_vector_rows { "_v4" } else { "" };
+        let split = s.stride == 2 && kernel == CudaDepthwiseKernel::Auto;
+        let vec = match (input_vector_rows, split) {
+            (true, true) => "_v4s",
+            (true, false) => "_v4",
+            (false, _) => "",
+        };
         args.extend(shape);
         args.extend([pad_top, pad_left, code(activation)]);
         let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
@@ -472,6 +478,7 @@ pub fn fill_nan(index: usize, len: usize) -> KernelLaunch {
 mod tests {
     use super::*;
     use crate::Padding2d;
+    use CudaDepthwiseKernel::{Auto, Direct, TiledPlainRows};
 
     fn shape(k: usize, s: usize, h: usize, w: usize) -> DwShape {
         let padding = Padding2d::symmetric(k);
@@ -492,9 +499,9 @@ mod tests {
     #[test]
     fn tiled_forward_covers_every_output_with_its_tiles() {
         // 112x112, k7 s2 -> 56x56: rows per thread 8, tiles 64 tall and 32 wide.
-        let plan = depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, false, true).unwrap();
+        let plan = depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, Auto, true).unwrap();
         let launch = &plan.launches[0];
-        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4");
+        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4s");
         assert_eq!(launch.block, [32, 8, 1]);
         let tiles = |i: usize| match launch.args[launch.args.len() - i] {
             KernelArg::I32(v) => v as u32,
@@ -511,20 +518,35 @@ mod tests {
 
     #[test]
     fn narrow_planes_and_other_kernel_sizes_take_the_direct_kernel() {
-        let narrow = depthwise_forward(shape(3, 1, 7, 7), false, Activation::Identity, false, false).unwrap();
+        let narrow = depthwise_forward(shape(3, 1, 7, 7), false, Activation::Identity, Auto, false).unwrap();
         assert_eq!(narrow.launches[0].kernel, "dw_forward_direct");
-        let k9 = depthwise_forward(shape(9, 1, 40, 40), false, Activation::Identity, false, false).unwrap();
+        let k9 = depthwise_forward(shape(9, 1, 40, 40), false, Activation::Identity, Auto, false).unwrap();
         assert_eq!(k9.launches[0].kernel, "dw_forward_direct");
         let forced =
-            depthwise_forward(shape(3, 1, 40, 40), false, Activation::Identity, true, false).unwrap();
+            depthwise_forward(shape(3, 1, 40, 40), false, Activation::Identity, Direct, false).unwrap();
         assert_eq!(forced.launches[0].kernel, "dw_forward_direct");
+    }
+
+    #[test]
+    fn stride_two_rows_are_de_interleaved_unless_asked_for_the_plain_layout() {
+        let name = |kernel, vec| {
+            let plan =
+                depthwise_forward(shape(5, 2, 40, 40), false, Activation::Identity, kernel, vec).unwrap();
+            plan.launches[0].kernel.clone()
+        };
+        assert_eq!(name(Auto, true), "dw_forward_tiled_k5_s2_r2_v4s");
+        assert_eq!(name(TiledPlainRows, true), "dw_forward_tiled_k5_s2_r2_v4");
+        // Scalar staging has one layout; stride 1 never splits.
+        assert_eq!(name(Auto, false), "dw_forward_tiled_k5_s2_r2");
+        let s1 = depthwise_forward(shape(5, 1, 40, 40), false, Activation::Identity, Auto, true).unwrap();
+        assert_eq!(s1.launches[0].kernel, "dw_forward_tiled_k5_s1_r4_v4");
     }
 
     #[test]
     fn empty_ops_launch_nothing_but_still_own_an_output() {
         let mut s = shape(3, 1, 8, 8);
         s.batch = 0;
-        let plan = depthwise_forward(s, false, Activation::Identity, false, false).unwrap();
+        let plan = depthwise_forward(s, false, Activation::Identity, Auto, false).unwrap();
         assert!(plan.launches.is_empty());
         assert_eq!(plan.outputs, vec![0]);
     }

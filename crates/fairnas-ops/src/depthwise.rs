@@ -492,7 +492,13 @@ impl CustomOp2 for DepthwiseConv2d {
         let x = crate::cuda::f32_view(s1, l1, "depthwise conv")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise conv")?;
         let vec = crate::cuda::vector_rows(dev, &x, g.width);
-        let plan = crate::cuda_plan::depthwise_forward(g, false, crate::Activation::Identity, false, vec)?;
+        let plan = crate::cuda_plan::depthwise_forward(
+            g,
+            false,
+            crate::Activation::Identity,
+            CudaDepthwiseKernel::Auto,
+            vec,
+        )?;
         Ok((crate::cuda::run_op(dev, &plan, &[&x, &w], 0)?, g.output_shape()))
     }
 
@@ -510,8 +516,13 @@ impl CustomOp2 for DepthwiseConv2d {
         if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
             let g = self.geometry(l1, l2)?;
             let vec = crate::cuda_emulator::vector_rows(g.width);
-            let plan =
-                crate::cuda_plan::depthwise_forward(g, false, crate::Activation::Identity, false, vec)?;
+            let plan = crate::cuda_plan::depthwise_forward(
+                g,
+                false,
+                crate::Activation::Identity,
+                CudaDepthwiseKernel::Auto,
+                vec,
+            )?;
             return Ok((crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?, g.output_shape()));
         }
         dispatch_f32_f64(
@@ -555,9 +566,22 @@ pub struct DepthwiseAffineAct {
     pub stride: usize,
     pub padding: Padding2d,
     pub activation: crate::Activation,
-    /// Run the one-thread-per-output CUDA kernel even where the tiled one applies (for the GPU
-    /// check, which compares and times both); ignored on the CPU.
-    pub force_direct: bool,
+    /// Which CUDA kernel runs (the GPU check compares and times them all); ignored by the CPU
+    /// kernels.
+    pub cuda_kernel: CudaDepthwiseKernel,
+}
+
+/// The CUDA depthwise forward kernels a shape can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CudaDepthwiseKernel {
+    /// The tiled kernel where it applies (de-interleaved rows at stride 2), else the direct one.
+    #[default]
+    Auto,
+    /// One thread per output, whatever the shape.
+    Direct,
+    /// The tiled kernel with stride-2 rows staged as they are in memory (the layout before the
+    /// de-interleaved one; kept so that the GPU check times both in one run).
+    TiledPlainRows,
 }
 
 fn check_affine(affine: &Layout, channels: usize) -> Result<()> {
@@ -667,7 +691,7 @@ impl DepthwiseAffineAct {
         let g = conv.geometry(l1, l2)?;
         check_affine(l3, g.channels)?;
         let vec = vector_rows(g.width);
-        Ok((g, crate::cuda_plan::depthwise_forward(g, true, self.activation, self.force_direct, vec)?))
+        Ok((g, crate::cuda_plan::depthwise_forward(g, true, self.activation, self.cuda_kernel, vec)?))
     }
 }
 
@@ -681,7 +705,7 @@ pub fn depthwise_affine_act(
     padding: Padding2d,
     activation: crate::Activation,
 ) -> Result<Tensor> {
-    let op = DepthwiseAffineAct { stride, padding, activation, force_direct: false };
+    let op = DepthwiseAffineAct { stride, padding, activation, cuda_kernel: CudaDepthwiseKernel::Auto };
     on_device(input)?.apply_op3_no_bwd(&on_device(weight)?, &on_device(affine)?, &op)
 }
 

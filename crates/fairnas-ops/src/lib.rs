@@ -37,7 +37,10 @@ pub use activation::Activation;
 pub use batch_norm::{batch_norm_act, channel_affine_act, channel_moments, BatchNormAct};
 pub use conv_bn::{conv_bn_act, BnConv};
 pub use dense_conv::{dense_conv2d, folded_dense_conv2d, DenseConv, FoldedDenseConv};
-pub use depthwise::{depthwise_affine_act, depthwise_conv2d, DepthwiseAffineAct, DepthwiseConv2d, Padding2d};
+pub use depthwise::{
+    depthwise_affine_act, depthwise_conv2d, CudaDepthwiseKernel, DepthwiseAffineAct, DepthwiseConv2d,
+    Padding2d,
+};
 pub use folded_pointwise::{fold_batch_norm, folded_pointwise, folded_pointwise_gated, FoldedPointwise};
 pub use linear::linear;
 pub use pointwise::{pointwise_conv, PointwiseConv};

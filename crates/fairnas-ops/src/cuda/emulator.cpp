@@ -40,7 +40,12 @@ struct float4 {
     alignas(16) float x;
     float y, z, w;
 };
+struct float2 {
+    alignas(8) float x;
+    float y;
+};
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 uint3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -200,6 +205,8 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
 #define K(name) kernel(#name, &name)
 #define TILED(KS, S, R) K(dw_forward_tiled_k##KS##_s##S##_r##R), K(dw_forward_tiled_k##KS##_s##S##_r##R##_v4)
 #define TILED_R(KS, S) TILED(KS, S, 2), TILED(KS, S, 4), TILED(KS, S, 8)
+#define SPLIT_R(KS) \
+    K(dw_forward_tiled_k##KS##_s2_r2_v4s), K(dw_forward_tiled_k##KS##_s2_r4_v4s), K(dw_forward_tiled_k##KS##_s2_r8_v4s)
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
 #define FLIP_R(KS) FLIP(KS, 2), FLIP(KS, 4), FLIP(KS, 8)
 
@@ -208,6 +215,7 @@ static const std::vector<Kernel>& kernels() {
         K(fill_f32),           TILED_R(3, 1),    TILED_R(3, 2),   TILED_R(5, 1),
         TILED_R(5, 2),         TILED_R(7, 1),    TILED_R(7, 2),   FLIP_R(3),
         FLIP_R(5),             FLIP_R(7),        K(dw_forward_direct), K(channel_affine_act),
+        SPLIT_R(3),            SPLIT_R(5),       SPLIT_R(7),
         K(dw_input_grad),      K(dw_weight_grad_partial_k3), K(dw_weight_grad_partial_k5),
         K(dw_weight_grad_partial_k7), K(sum_chunks), K(plane_reduce), K(se_gates), K(scale_planes),
     };

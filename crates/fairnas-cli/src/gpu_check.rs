@@ -257,8 +257,9 @@ fn paddings(h: usize, w: usize, k: usize, s: usize) -> [(&'static str, Padding2d
 fn correctness(device: &Device) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     // Odd sizes exercise every edge; width 40 (a multiple of 4) takes the vector-load kernels;
-    // width 136 puts several tiles across a plane at stride 2 too (a partial last one).
-    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 18, 136)] {
+    // width 136 puts several tiles across a plane at stride 2 too (a partial last one), and with
+    // height 19 the TF-SAME pads differ in parity between rows and columns.
+    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 19, 136)] {
         for k in [3usize, 5, 7] {
             for s in [1usize, 2] {
                 for (pname, pad) in paddings(h, w, k, s) {

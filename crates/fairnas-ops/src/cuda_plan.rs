@@ -228,8 +228,12 @@ pub fn depthwise_forward(
     Ok(plan)
 }
 
+/// Row pairs per thread of the stride-2 input gradient (`RP` of `dw_input_grad_s2`).
+const INPUT_GRAD_S2_ROW_PAIRS: usize = 2;
+
 /// d(loss)/d(input) of the depthwise convolution. Stride 1: the tiled forward kernel on the
-/// output gradient with the flipped filter and padding `k - 1 - p`. Otherwise a gather, one
+/// output gradient with the flipped filter and padding `k - 1 - p`. Stride 2: 2x2 blocks per
+/// thread, one parity class of taps per output (`dw_input_grad_s2`). Otherwise a gather, one
 /// thread per input element.
 ///
 /// Inputs: 0 the output gradient `[N, C, Ho, Wo]`, 1 the weight. Output 0: dx, every element
@@ -241,42 +245,71 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
         return Ok(plan);
     }
     let flip_pads = (s.kernel.checked_sub(1 + s.padding.top), s.kernel.checked_sub(1 + s.padding.left));
-    let launch =
-        if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) = (s.stride, s.kernel, s.width >= 16, flip_pads) {
-            let rows = rows_per_thread(s.height);
-            let vec = if grad_vector_rows { "_v4" } else { "" };
-            let args = vec![
-                buffer(0),
-                buffer(1),
-                buffer(2),
-                int(s.channels, "channels")?,
-                int(s.out_height, "output height")?,
-                int(s.out_width, "output width")?,
-                int(s.height, "height")?,
-                int(s.width, "width")?,
-                int(pt, "padding")?,
-                int(pl, "padding")?,
-            ];
-            let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
-            tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
-        } else {
-            let args = vec![
-                buffer(0),
-                buffer(1),
-                buffer(2),
-                long(total),
-                int(s.channels, "channels")?,
-                int(s.height, "height")?,
-                int(s.width, "width")?,
-                int(s.out_height, "output height")?,
-                int(s.out_width, "output width")?,
-                int(s.kernel, "kernel")?,
-                int(s.stride, "stride")?,
-                int(s.padding.top, "padding")?,
-                int(s.padding.left, "padding")?,
-            ];
-            grid_stride("dw_input_grad", total, args)
-        };
+    let launch = if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) =
+        (s.stride, s.kernel, s.width >= 16, flip_pads)
+    {
+        let rows = rows_per_thread(s.height);
+        let vec = if grad_vector_rows { "_v4" } else { "" };
+        let args = vec![
+            buffer(0),
+            buffer(1),
+            buffer(2),
+            int(s.channels, "channels")?,
+            int(s.out_height, "output height")?,
+            int(s.out_width, "output width")?,
+            int(s.height, "height")?,
+            int(s.width, "width")?,
+            int(pt, "padding")?,
+            int(pl, "padding")?,
+        ];
+        let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
+        tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
+    } else if let (2, 3 | 5 | 7) = (s.stride, s.kernel) {
+        // A block covers 2 TILE_W columns and 2 INPUT_GRAD_S2_ROW_PAIRS BLOCK_Y rows of dx.
+        let tiles_x = s.width.div_ceil(2 * TILE_W);
+        let tiles_y = s.height.div_ceil(2 * INPUT_GRAD_S2_ROW_PAIRS * BLOCK_Y);
+        let blocks = u32::try_from(s.batch * s.channels * tiles_x * tiles_y).map_err(|_| {
+            candle_core::Error::msg("depthwise input grad: too many tiles for one CUDA launch")
+        })?;
+        let args = vec![
+            buffer(0),
+            buffer(1),
+            buffer(2),
+            int(s.channels, "channels")?,
+            int(s.out_height, "output height")?,
+            int(s.out_width, "output width")?,
+            int(s.height, "height")?,
+            int(s.width, "width")?,
+            int(s.padding.top, "padding")?,
+            int(s.padding.left, "padding")?,
+            int(tiles_x, "tiles")?,
+            int(tiles_y, "tiles")?,
+        ];
+        KernelLaunch {
+            kernel: format!("dw_input_grad_s2_k{}_p{}{}", s.kernel, s.padding.top % 2, s.padding.left % 2),
+            grid: [blocks, 1, 1],
+            block: [TILE_W as u32, BLOCK_Y as u32, 1],
+            shared_bytes: 0,
+            args,
+        }
+    } else {
+        let args = vec![
+            buffer(0),
+            buffer(1),
+            buffer(2),
+            long(total),
+            int(s.channels, "channels")?,
+            int(s.height, "height")?,
+            int(s.width, "width")?,
+            int(s.out_height, "output height")?,
+            int(s.out_width, "output width")?,
+            int(s.kernel, "kernel")?,
+            int(s.stride, "stride")?,
+            int(s.padding.top, "padding")?,
+            int(s.padding.left, "padding")?,
+        ];
+        grid_stride("dw_input_grad", total, args)
+    };
     plan.launches.push(launch);
     Ok(plan)
 }
@@ -540,6 +573,21 @@ mod tests {
         assert_eq!(name(Auto, false), "dw_forward_tiled_k5_s2_r2");
         let s1 = depthwise_forward(shape(5, 1, 40, 40), false, Activation::Identity, Auto, true).unwrap();
         assert_eq!(s1.launches[0].kernel, "dw_forward_tiled_k5_s1_r4_v4");
+    }
+
+    #[test]
+    fn stride_two_input_gradients_pick_the_kernel_of_their_pad_parities() {
+        let mut s = shape(7, 2, 112, 112);
+        s.padding = Padding2d { top: 2, bottom: 3, left: 3, right: 2 };
+        let plan = depthwise_input_grad(s, true).unwrap();
+        let launch = &plan.launches[0];
+        assert_eq!(launch.kernel, "dw_input_grad_s2_k7_p01");
+        // 64 columns and 32 rows of dx per block: 2 x 4 tiles per plane.
+        assert_eq!(launch.grid[0], 2 * 3 * 2 * 4);
+        assert_eq!(plan.outputs, vec![2 * 3 * 112 * 112]);
+        // Stride 3 has no blocked kernel: the gather.
+        let plan = depthwise_input_grad(shape(3, 3, 30, 30), true).unwrap();
+        assert_eq!(plan.launches[0].kernel, "dw_input_grad");
     }
 
     #[test]

@@ -205,6 +205,9 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
 #define K(name) kernel(#name, &name)
 #define TILED(KS, S, R) K(dw_forward_tiled_k##KS##_s##S##_r##R), K(dw_forward_tiled_k##KS##_s##S##_r##R##_v4)
 #define TILED_R(KS, S) TILED(KS, S, 2), TILED(KS, S, 4), TILED(KS, S, 8)
+#define S2_GRAD(KS)                                                                                 \
+    K(dw_input_grad_s2_k##KS##_p00), K(dw_input_grad_s2_k##KS##_p01), K(dw_input_grad_s2_k##KS##_p10), \
+        K(dw_input_grad_s2_k##KS##_p11)
 #define SPLIT_R(KS) \
     K(dw_forward_tiled_k##KS##_s2_r2_v4s), K(dw_forward_tiled_k##KS##_s2_r4_v4s), K(dw_forward_tiled_k##KS##_s2_r8_v4s)
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
@@ -216,6 +219,7 @@ static const std::vector<Kernel>& kernels() {
         TILED_R(5, 2),         TILED_R(7, 1),    TILED_R(7, 2),   FLIP_R(3),
         FLIP_R(5),             FLIP_R(7),        K(dw_forward_direct), K(channel_affine_act),
         SPLIT_R(3),            SPLIT_R(5),       SPLIT_R(7),
+        S2_GRAD(3),            S2_GRAD(5),       S2_GRAD(7),
         K(dw_input_grad),      K(dw_weight_grad_partial_k3), K(dw_weight_grad_partial_k5),
         K(dw_weight_grad_partial_k7), K(sum_chunks), K(plane_reduce), K(se_gates), K(scale_planes),
     };

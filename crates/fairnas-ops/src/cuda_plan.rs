@@ -314,8 +314,9 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
     Ok(plan)
 }
 
-/// d(loss)/d(weight) `[C, 1, k, k]`: per-(channel, batch chunk) partial sums, then the chunks
-/// summed in order (deterministic).
+/// d(loss)/d(weight) `[C, 1, k, k]`: per-(channel, batch chunk) partial sums (stride 1 and 2:
+/// `dw_weight_grad_columns`, a sliding window down each output column; else
+/// `dw_weight_grad_partial`), then the chunks summed in order (deterministic).
 ///
 /// Inputs: 0 x, 1 the output gradient. Outputs: 0 (buffer 2) the weight gradient, written by the
 /// second launch; 1 (buffer 3) the partial sums, every (chunk, channel, tap) written by the first.
@@ -324,8 +325,12 @@ pub fn depthwise_weight_grad(s: DwShape) -> Result<LaunchPlan> {
         candle_core::bail!("depthwise weight grad on CUDA: kernel {} (supported: 3, 5, 7)", s.kernel);
     }
     let len = s.channels * s.kernel * s.kernel;
-    // About four blocks per multiprocessor of an H100/H200, never more chunks than samples.
-    let chunks = 528usize.div_ceil(s.channels.max(1)).clamp(1, s.batch.max(1));
+    // Stride 1 and 2: the by-columns kernel, one wave of 8 blocks (of 256 threads) per
+    // multiprocessor of an H100/H200; otherwise about four blocks per multiprocessor. Never more
+    // chunks than samples.
+    let columns = matches!(s.stride, 1 | 2);
+    let blocks_wanted: usize = if columns { 132 * 8 } else { 528 };
+    let chunks = blocks_wanted.div_ceil(s.channels.max(1)).clamp(1, s.batch.max(1));
     let mut plan = LaunchPlan { inputs: 2, outputs: vec![len, chunks * len], launches: Vec::new() };
     if len == 0 {
         return Ok(plan);
@@ -333,26 +338,37 @@ pub fn depthwise_weight_grad(s: DwShape) -> Result<LaunchPlan> {
     let blocks = u32::try_from(chunks * s.channels).map_err(|_| {
         candle_core::Error::msg("depthwise weight grad: too many channels for one CUDA launch")
     })?;
-    plan.launches.push(KernelLaunch {
-        kernel: format!("dw_weight_grad_partial_k{}", s.kernel),
-        grid: [blocks, 1, 1],
-        block: [WG_THREADS, 1, 1],
-        shared_bytes: 0,
-        args: vec![
-            buffer(0),
-            buffer(1),
-            buffer(3),
-            int(s.batch, "batch")?,
-            int(s.channels, "channels")?,
-            int(s.height, "height")?,
-            int(s.width, "width")?,
-            int(s.out_height, "output height")?,
-            int(s.out_width, "output width")?,
-            int(s.stride, "stride")?,
-            int(s.padding.top, "padding")?,
-            int(s.padding.left, "padding")?,
-            int(chunks, "chunks")?,
-        ],
+    let mut args = vec![
+        buffer(0),
+        buffer(1),
+        buffer(3),
+        int(s.batch, "batch")?,
+        int(s.channels, "channels")?,
+        int(s.height, "height")?,
+        int(s.width, "width")?,
+        int(s.out_height, "output height")?,
+        int(s.out_width, "output width")?,
+    ];
+    if !columns {
+        args.push(int(s.stride, "stride")?);
+    }
+    args.extend([int(s.padding.top, "padding")?, int(s.padding.left, "padding")?, int(chunks, "chunks")?]);
+    plan.launches.push(if columns {
+        KernelLaunch {
+            kernel: format!("dw_weight_grad_columns_k{}_s{}", s.kernel, s.stride),
+            grid: [blocks, 1, 1],
+            block: [TILE_W as u32, BLOCK_Y as u32, 1],
+            shared_bytes: 0,
+            args,
+        }
+    } else {
+        KernelLaunch {
+            kernel: format!("dw_weight_grad_partial_k{}", s.kernel),
+            grid: [blocks, 1, 1],
+            block: [WG_THREADS, 1, 1],
+            shared_bytes: 0,
+            args,
+        }
     });
     plan.launches.push(KernelLaunch {
         kernel: "sum_chunks".into(),
@@ -588,6 +604,19 @@ mod tests {
         // Stride 3 has no blocked kernel: the gather.
         let plan = depthwise_input_grad(shape(3, 3, 30, 30), true).unwrap();
         assert_eq!(plan.launches[0].kernel, "dw_input_grad");
+    }
+
+    #[test]
+    fn weight_gradients_walk_columns_at_strides_one_and_two() {
+        let plan = depthwise_weight_grad(shape(7, 2, 112, 112)).unwrap();
+        assert_eq!(plan.launches[0].kernel, "dw_weight_grad_columns_k7_s2");
+        assert_eq!(plan.launches[0].block, [32, 8, 1]);
+        // 2 samples: 2 chunks of 3 channels; the partials are (chunk, channel, tap).
+        assert_eq!(plan.launches[0].grid[0], 2 * 3);
+        assert_eq!(plan.outputs, vec![3 * 49, 2 * 3 * 49]);
+        assert_eq!(plan.launches[1].kernel, "sum_chunks");
+        let plan = depthwise_weight_grad(shape(3, 3, 30, 30)).unwrap();
+        assert_eq!(plan.launches[0].kernel, "dw_weight_grad_partial_k3");
     }
 
     #[test]

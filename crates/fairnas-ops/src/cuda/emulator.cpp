@@ -221,7 +221,9 @@ static const std::vector<Kernel>& kernels() {
         SPLIT_R(3),            SPLIT_R(5),       SPLIT_R(7),
         S2_GRAD(3),            S2_GRAD(5),       S2_GRAD(7),
         K(dw_input_grad),      K(dw_weight_grad_partial_k3), K(dw_weight_grad_partial_k5),
-        K(dw_weight_grad_partial_k7), K(sum_chunks), K(plane_reduce), K(se_gates), K(scale_planes),
+        K(dw_weight_grad_partial_k7), K(dw_weight_grad_columns_k3_s1), K(dw_weight_grad_columns_k3_s2),
+        K(dw_weight_grad_columns_k5_s1), K(dw_weight_grad_columns_k5_s2), K(dw_weight_grad_columns_k7_s1),
+        K(dw_weight_grad_columns_k7_s2), K(sum_chunks), K(plane_reduce), K(se_gates), K(scale_planes),
     };
     return all;
 }

@@ -30,6 +30,13 @@ __device__ __forceinline__ float activate(float x, int act) {
     }
 }
 
+// Sum over a warp's 32 lanes (lane 0 holds the total), in a fixed order.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Depthwise forward.
 //
@@ -478,6 +485,123 @@ DW_WGRAD(3)
 DW_WGRAD(5)
 DW_WGRAD(7)
 
+// Weight gradient, stage 1, by columns (stride 1 and 2): block (c, chunk) of 32 x 8 threads;
+// a thread owns one output column ox of one sample at a time and walks down the input rows that
+// column reads. Tap (ky, kx) sums g[oy][ox] * x[oy S + ky - pad_top][ox S + kx - pad_left], so an
+// input row iy meets, for each ky, the one g row oy = (iy + pad_top - ky) / S (when divisible):
+// the thread keeps those few g values in a register ring and loads each x row once (k values)
+// and each g value once, where `dw_weight_grad_partial` loads k * k + 1 values per output position
+// (9-20% of the copy bandwidth). Registers: k * k sums, the ring and one x row (a k x k window of
+// x would need 49 more for k = 7 and leave one block per multiprocessor). A warp's 32 threads hold
+// 32 adjacent columns (coalesced). Units (sample, group of 32 columns) go to the 8 thread rows in
+// a fixed order; the sums are reduced per warp with shuffles and across warps in order:
+// deterministic.
+template <int K>
+__device__ __forceinline__ void load_row(float (&xr)[K], const float* row, int ix0, const bool (&col_ok)[K]) {
+#pragma unroll
+    for (int kx = 0; kx < K; ++kx) xr[kx] = col_ok[kx] ? __ldg(row + ix0 + kx) : 0.f;
+}
+
+template <int K, int S>
+__device__ void dw_weight_grad_columns(const float* __restrict__ x, const float* __restrict__ g,
+                                       float* __restrict__ partial, int batch, int channels, int h,
+                                       int wd, int ho, int wo, int pad_top, int pad_left, int chunks) {
+    static_assert(S == 1 || S == 2, "strides 1 and 2");
+    // Ring length: g rows an input row meets (one per tap row at stride 1, per tap-row pair at 2).
+    constexpr int G = S == 1 ? K : (K + 1) / 2;
+    const int c = blockIdx.x % channels;
+    const int chunk = blockIdx.x / channels;
+    const int per = (batch + chunks - 1) / chunks;
+    const int n0 = chunk * per, n1 = min(batch, n0 + per);
+    const int groups = (wo + TILE_W - 1) / TILE_W;
+    const int units = n1 > n0 ? (n1 - n0) * groups : 0;
+    float acc[K * K];
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) acc[t] = 0.f;
+    for (int u = threadIdx.y; u < units; u += BLOCK_Y) {
+        const int n = n0 + u / groups;
+        const int ox = (u - (u / groups) * groups) * TILE_W + (int)threadIdx.x;
+        if (ox >= wo) continue;
+        const long long plane = (long long)n * channels + c;
+        const float* xp = x + plane * h * wd;
+        const float* gp = g + plane * ho * wo + ox;
+        const int ix0 = ox * S - pad_left;
+        bool col_ok[K];
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) col_ok[kx] = (unsigned)(ix0 + kx) < (unsigned)wd;
+        auto g_at = [&](int oy) { return (unsigned)oy < (unsigned)ho ? __ldg(gp + oy * wo) : 0.f; };
+        float ring[G], xr[K];
+        if constexpr (S == 1) {
+            // Row iy: ring[ky] = g[iy + pad_top - ky].
+#pragma unroll
+            for (int m = 0; m < G; ++m) ring[m] = g_at(pad_top - m);
+            const int rows = min(h, ho + K - 1 - pad_top);
+            for (int iy = 0; iy < rows; ++iy) {
+                load_row<K>(xr, xp + iy * wd, ix0, col_ok);
+#pragma unroll
+                for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+                    for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += ring[ky] * xr[kx];
+#pragma unroll
+                for (int m = G - 1; m > 0; --m) ring[m] = ring[m - 1];
+                ring[0] = g_at(iy + 1 + pad_top);
+            }
+        } else {
+            // Rows in pairs (iy, iy + 1) with iy + pad_top = q even: ring[m] = g[q / 2 - m] serves
+            // the even taps ky = 2m of row iy and the odd taps ky = 2m + 1 of row iy + 1. Row -1
+            // (when pad_top is odd) is padding: skipped.
+            int iy = -(pad_top & 1);
+#pragma unroll
+            for (int m = 0; m < G; ++m) ring[m] = g_at((iy + pad_top) / 2 - m);
+            const int rows = min(h, 2 * (ho - 1) + K - pad_top);
+            for (; iy < rows; iy += 2) {
+                if (iy >= 0) {
+                    load_row<K>(xr, xp + iy * wd, ix0, col_ok);
+#pragma unroll
+                    for (int m = 0; m < G; ++m)
+#pragma unroll
+                        for (int kx = 0; kx < K; ++kx) acc[2 * m * K + kx] += ring[m] * xr[kx];
+                }
+                if (iy + 1 < rows) {
+                    load_row<K>(xr, xp + (iy + 1) * wd, ix0, col_ok);
+#pragma unroll
+                    for (int m = 0; m + 1 < G; ++m)
+#pragma unroll
+                        for (int kx = 0; kx < K; ++kx) acc[(2 * m + 1) * K + kx] += ring[m] * xr[kx];
+                }
+#pragma unroll
+                for (int m = G - 1; m > 0; --m) ring[m] = ring[m - 1];
+                ring[0] = g_at((iy + 2 + pad_top) / 2);
+            }
+        }
+    }
+    __shared__ float red[K * K][BLOCK_Y];
+    const int lane = threadIdx.x, warp = threadIdx.y;
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0) red[t][warp] = v;
+    }
+    __syncthreads();
+    for (int t = warp * TILE_W + lane; t < K * K; t += TILE_W * BLOCK_Y) {
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < BLOCK_Y; ++i) sum += red[t][i];
+        partial[((long long)chunk * channels + c) * K * K + t] = sum;
+    }
+}
+
+#define DW_WGRAD_COLUMNS(K, S)                                                                     \
+    extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y) dw_weight_grad_columns_k##K##_s##S( \
+        const float* x, const float* g, float* partial, int batch, int channels, int h, int wd,   \
+        int ho, int wo, int pad_top, int pad_left, int chunks) {                                  \
+        dw_weight_grad_columns<K, S>(x, g, partial, batch, channels, h, wd, ho, wo, pad_top,       \
+                                     pad_left, chunks);                                           \
+    }
+DW_WGRAD_COLUMNS(3, 1) DW_WGRAD_COLUMNS(3, 2)
+DW_WGRAD_COLUMNS(5, 1) DW_WGRAD_COLUMNS(5, 2)
+DW_WGRAD_COLUMNS(7, 1) DW_WGRAD_COLUMNS(7, 2)
+
 extern "C" __global__ void sum_chunks(const float* __restrict__ partial, float* __restrict__ out,
                                       int len, int chunks) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -490,12 +614,6 @@ extern "C" __global__ void sum_chunks(const float* __restrict__ partial, float* 
 // ---------------------------------------------------------------------------------------------
 // Squeeze-excite forward: pool -> FCs -> scale (three launches, [N, C] temporaries only).
 // ---------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // One warp per (n, c) plane: mean of x (and, with `other`, the sum of x * other: the gate
 // gradient of the backward pass). Lanes stride the plane, so loads are coalesced.

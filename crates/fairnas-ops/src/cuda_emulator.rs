@@ -60,8 +60,9 @@ mod emulated {
         }
     }
 
-    /// A 16-byte aligned f32 buffer, as `cudaMalloc` returns them (so the emulated kernels take the
-    /// same vector-load paths a GPU run would).
+    /// A 16-byte aligned f32 buffer, as `cudaMalloc` returns them (so the emulated kernels take
+    /// the same vector-load paths a GPU run would), between guard zones: a kernel that writes
+    /// outside its buffer is caught after the launch, and one that reads outside gets NaN.
     struct DeviceBuffer {
         chunks: Vec<Aligned>,
         len: usize,
@@ -71,26 +72,50 @@ mod emulated {
     #[derive(Clone, Copy)]
     struct Aligned([f32; 4]);
 
+    /// Guard floats before a buffer (a multiple of 4, so the data stays 16-byte aligned); at
+    /// least as many follow it.
+    const GUARD: usize = 64;
+
+    /// The guard zones' bit pattern: a NaN no kernel computes.
+    const GUARD_BITS: u32 = 0x7fa5_a5a5;
+
     impl DeviceBuffer {
         fn new(len: usize, fill: f32) -> Self {
-            Self { chunks: vec![Aligned([fill; 4]); len.max(1).div_ceil(4)], len }
+            let chunks = (GUARD + len + GUARD).div_ceil(4);
+            let mut b = Self { chunks: vec![Aligned([f32::from_bits(GUARD_BITS); 4]); chunks], len };
+            b.data_mut().fill(fill);
+            b
         }
 
         fn from_slice(data: &[f32]) -> Self {
             let mut b = Self::new(data.len(), 0.0);
-            b.as_mut_slice()[..data.len()].copy_from_slice(data);
+            b.data_mut().copy_from_slice(data);
             b
         }
 
-        fn as_mut_slice(&mut self) -> &mut [f32] {
+        fn all_mut(&mut self) -> &mut [f32] {
             let len = self.chunks.len() * 4;
             // SAFETY: `Aligned` is `repr(C)` around `[f32; 4]` (16 bytes, no padding: checked
             // below), so the chunks are `len` consecutive, initialised f32s borrowed mutably here.
             unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr().cast::<f32>(), len) }
         }
 
+        fn data_mut(&mut self) -> &mut [f32] {
+            let len = self.len;
+            &mut self.all_mut()[GUARD..GUARD + len]
+        }
+
+        /// The device pointer the kernels get: the first data element.
         fn ptr(&mut self) -> *mut f32 {
-            self.chunks.as_mut_ptr().cast()
+            self.data_mut().as_mut_ptr()
+        }
+
+        /// Whether every guard element still holds the guard pattern.
+        fn guards_intact(&mut self) -> bool {
+            let len = self.len;
+            let all = self.all_mut();
+            let intact = |v: &f32| v.to_bits() == GUARD_BITS;
+            all[..GUARD].iter().all(intact) && all[GUARD + len..].iter().all(intact)
         }
     }
 
@@ -164,6 +189,11 @@ mod emulated {
                     &mut bad,
                 )
             };
+            if status == 0 {
+                if let Some(i) = buffers.iter_mut().position(|b| !b.guards_intact()) {
+                    candle_core::bail!("emulated CUDA: {} wrote outside buffer {i}", launch.kernel);
+                }
+            }
             match status {
             0 => {}
             1 => candle_core::bail!("emulated CUDA: no kernel named {}", launch.kernel),
@@ -177,14 +207,7 @@ mod emulated {
             _ => candle_core::bail!("emulated CUDA: {} has an invalid block {:?}", launch.kernel, launch.block),
         }
         }
-        Ok(buffers
-            .into_iter()
-            .skip(plan.inputs)
-            .map(|mut b| {
-                let len = b.len;
-                b.as_mut_slice()[..len].to_vec()
-            })
-            .collect())
+        Ok(buffers.into_iter().skip(plan.inputs).map(|mut b| b.data_mut().to_vec()).collect())
     }
 
     /// Runs `plan` on the f32 contents of an op's CPU inputs and returns its allocated buffer
@@ -266,6 +289,17 @@ mod emulated {
                 vec![KernelArg::Buffer { index: 3, offset: 0 }, KernelArg::I64(4), KernelArg::F32(1.0)],
             );
             assert!(execute(&plan, &[]).unwrap_err().to_string().contains("buffer 3 does not exist"));
+        }
+
+        #[test]
+        fn a_write_past_the_end_of_a_buffer_is_caught() {
+            // 12 elements filled into a buffer of 10, and 3 from element 8 on.
+            for (offset, count) in [(0, 12), (8, 3)] {
+                let args =
+                    vec![KernelArg::Buffer { index: 0, offset }, KernelArg::I64(count), KernelArg::F32(0.0)];
+                let err = execute(&fill_plan(10, args), &[]).unwrap_err().to_string();
+                assert!(err.contains("fill_f32 wrote outside buffer 0"), "{err}");
+            }
         }
 
         #[test]

@@ -245,23 +245,23 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
         return Ok(plan);
     }
     let flip_pads = (s.kernel.checked_sub(1 + s.padding.top), s.kernel.checked_sub(1 + s.padding.left));
+    // (g, w, dx, channels, ho, wo, h, w): how both blocked kernels start.
+    let mut args = vec![
+        buffer(0),
+        buffer(1),
+        buffer(2),
+        int(s.channels, "channels")?,
+        int(s.out_height, "output height")?,
+        int(s.out_width, "output width")?,
+        int(s.height, "height")?,
+        int(s.width, "width")?,
+    ];
     let launch = if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) =
         (s.stride, s.kernel, s.width >= 16, flip_pads)
     {
         let rows = rows_per_thread(s.height);
         let vec = if grad_vector_rows { "_v4" } else { "" };
-        let args = vec![
-            buffer(0),
-            buffer(1),
-            buffer(2),
-            int(s.channels, "channels")?,
-            int(s.out_height, "output height")?,
-            int(s.out_width, "output width")?,
-            int(s.height, "height")?,
-            int(s.width, "width")?,
-            int(pt, "padding")?,
-            int(pl, "padding")?,
-        ];
+        args.extend([int(pt, "padding")?, int(pl, "padding")?]);
         let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
         tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
     } else if let (2, 3 | 5 | 7) = (s.stride, s.kernel) {
@@ -271,20 +271,12 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
         let blocks = u32::try_from(s.batch * s.channels * tiles_x * tiles_y).map_err(|_| {
             candle_core::Error::msg("depthwise input grad: too many tiles for one CUDA launch")
         })?;
-        let args = vec![
-            buffer(0),
-            buffer(1),
-            buffer(2),
-            int(s.channels, "channels")?,
-            int(s.out_height, "output height")?,
-            int(s.out_width, "output width")?,
-            int(s.height, "height")?,
-            int(s.width, "width")?,
+        args.extend([
             int(s.padding.top, "padding")?,
             int(s.padding.left, "padding")?,
             int(tiles_x, "tiles")?,
             int(tiles_y, "tiles")?,
-        ];
+        ]);
         KernelLaunch {
             kernel: format!("dw_input_grad_s2_k{}_p{}{}", s.kernel, s.padding.top % 2, s.padding.left % 2),
             grid: [blocks, 1, 1],

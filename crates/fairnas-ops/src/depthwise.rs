@@ -93,6 +93,26 @@ impl DwShape {
 }
 
 impl DepthwiseConv2d {
+    /// The CUDA launches (`vector_rows(width)`: whether the input's rows allow 16-byte loads).
+    #[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
+    fn cuda_plan(
+        &self,
+        input: &Layout,
+        weight: &Layout,
+        vector_rows: impl FnOnce(usize) -> bool,
+    ) -> Result<(DwShape, crate::cuda_plan::LaunchPlan)> {
+        let g = self.geometry(input, weight)?;
+        let vec = vector_rows(g.width);
+        let plan = crate::cuda_plan::depthwise_forward(
+            g,
+            false,
+            crate::Activation::Identity,
+            CudaDepthwiseKernel::Auto,
+            vec,
+        )?;
+        Ok((g, plan))
+    }
+
     fn geometry(&self, input: &Layout, weight: &Layout) -> Result<DwShape> {
         let (batch, channels, height, width) = match input.dims() {
             &[n, c, h, w] => (n, c, h, w),
@@ -487,18 +507,10 @@ impl CustomOp2 for DepthwiseConv2d {
         if self.stride == 0 {
             candle_core::bail!("depthwise conv: stride must be positive");
         }
-        let g = self.geometry(l1, l2)?;
         let dev = s1.device();
         let x = crate::cuda::f32_view(s1, l1, "depthwise conv")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise conv")?;
-        let vec = crate::cuda::vector_rows(dev, &x, g.width);
-        let plan = crate::cuda_plan::depthwise_forward(
-            g,
-            false,
-            crate::Activation::Identity,
-            CudaDepthwiseKernel::Auto,
-            vec,
-        )?;
+        let (g, plan) = self.cuda_plan(l1, l2, |width| crate::cuda::vector_rows(dev, &x, width))?;
         Ok((crate::cuda::run_op(dev, &plan, &[&x, &w], 0)?, g.output_shape()))
     }
 
@@ -514,15 +526,7 @@ impl CustomOp2 for DepthwiseConv2d {
         }
         #[cfg(feature = "cuda-emulator")]
         if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
-            let g = self.geometry(l1, l2)?;
-            let vec = crate::cuda_emulator::vector_rows(g.width);
-            let plan = crate::cuda_plan::depthwise_forward(
-                g,
-                false,
-                crate::Activation::Identity,
-                CudaDepthwiseKernel::Auto,
-                vec,
-            )?;
+            let (g, plan) = self.cuda_plan(l1, l2, crate::cuda_emulator::vector_rows)?;
             return Ok((crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?, g.output_shape()));
         }
         dispatch_f32_f64(
@@ -641,7 +645,7 @@ impl CustomOp3 for DepthwiseAffineAct {
         }
         #[cfg(feature = "cuda-emulator")]
         if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype(), s3.dtype()]) {
-            let (g, plan) = self.plan(l1, l2, l3, crate::cuda_emulator::vector_rows)?;
+            let (g, plan) = self.cuda_plan(l1, l2, l3, crate::cuda_emulator::vector_rows)?;
             return Ok((
                 crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2), (s3, l3)], 0)?,
                 g.output_shape(),
@@ -672,7 +676,7 @@ impl CustomOp3 for DepthwiseAffineAct {
         let x = crate::cuda::f32_view(s1, l1, "depthwise + affine")?;
         let w = crate::cuda::f32_view(s2, l2, "depthwise + affine")?;
         let affine = crate::cuda::f32_view(s3, l3, "depthwise + affine")?;
-        let (g, plan) = self.plan(l1, l2, l3, |width| crate::cuda::vector_rows(dev, &x, width))?;
+        let (g, plan) = self.cuda_plan(l1, l2, l3, |width| crate::cuda::vector_rows(dev, &x, width))?;
         Ok((crate::cuda::run_op(dev, &plan, &[&x, &w, &affine], 0)?, g.output_shape()))
     }
 }
@@ -680,7 +684,7 @@ impl CustomOp3 for DepthwiseAffineAct {
 #[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 impl DepthwiseAffineAct {
     /// The CUDA launches (`vector_rows(width)`: whether the input's rows allow 16-byte loads).
-    fn plan(
+    fn cuda_plan(
         &self,
         l1: &Layout,
         l2: &Layout,

@@ -56,6 +56,7 @@ mod emulated {
                 param_sizes: *const usize,
                 param_count: usize,
                 bad_param: *mut usize,
+                reverse: c_int,
             ) -> c_int;
         }
     }
@@ -121,9 +122,31 @@ mod emulated {
 
     const _: () = assert!(std::mem::align_of::<Aligned>() == 16 && std::mem::size_of::<Aligned>() == 16);
 
-    /// Runs `plan` with `inputs`; returns its allocated buffers (each `outputs[i]` long), which start
-    /// as NaN (the GPU check's poisoning), so an element no launch writes stays NaN.
+    /// Runs `plan` with `inputs`; returns its allocated buffers (each `outputs[i]` long), which
+    /// start as NaN (the GPU check's poisoning), so an element no launch writes stays NaN.
+    ///
+    /// The plan runs twice, resuming each block's threads first to last and then last to first;
+    /// the two results must agree bit for bit, or threads of one block race on shared memory
+    /// between barriers (on a GPU the winner of such a race varies from run to run).
     pub(crate) fn execute(plan: &LaunchPlan, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        let forward = execute_in_order(plan, inputs, false)?;
+        let reverse = execute_in_order(plan, inputs, true)?;
+        for (index, (a, b)) in forward.iter().zip(&reverse).enumerate() {
+            if let Some(at) = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()) {
+                let kernels: Vec<&str> = plan.launches.iter().map(|l| l.kernel.as_str()).collect();
+                candle_core::bail!(
+                    "emulated CUDA: {} gives different results when threads run in another order \
+                     (output {index}, element {at}: {} vs {}): threads of a block race on shared memory",
+                    kernels.join(" + "),
+                    a[at],
+                    b[at]
+                );
+            }
+        }
+        Ok(forward)
+    }
+
+    fn execute_in_order(plan: &LaunchPlan, inputs: &[&[f32]], reverse: bool) -> Result<Vec<Vec<f32>>> {
         if inputs.len() != plan.inputs {
             candle_core::bail!("emulated CUDA: the plan takes {} inputs, got {}", plan.inputs, inputs.len());
         }
@@ -187,6 +210,7 @@ mod emulated {
                     sizes.as_ptr(),
                     sizes.len(),
                     &mut bad,
+                    i32::from(reverse),
                 )
             };
             if status == 0 {
@@ -300,6 +324,23 @@ mod emulated {
                 let err = execute(&fill_plan(10, args), &[]).unwrap_err().to_string();
                 assert!(err.contains("fill_f32 wrote outside buffer 0"), "{err}");
             }
+        }
+
+        #[test]
+        fn threads_racing_on_shared_memory_are_caught() {
+            let plan = LaunchPlan {
+                inputs: 0,
+                outputs: vec![64],
+                launches: vec![KernelLaunch {
+                    kernel: "emu_test_unsynchronised_neighbour".into(),
+                    grid: [1, 1, 1],
+                    block: [64, 1, 1],
+                    shared_bytes: 0,
+                    args: vec![KernelArg::Buffer { index: 0, offset: 0 }],
+                }],
+            };
+            let err = execute(&plan, &[]).unwrap_err().to_string();
+            assert!(err.contains("threads of a block race"), "{err}");
         }
 
         #[test]

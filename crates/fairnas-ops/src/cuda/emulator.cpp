@@ -146,6 +146,9 @@ __attribute__((noinline)) static void resume(Thread& th) {
     }
 }
 
+// Whether rounds resume threads last to first (see `fairnas_emu_launch`).
+static bool reverse_order = false;
+
 static void run_block(int threads_per_block) {
     std::fill(std::begin(block.shared), std::end(block.shared), std::numeric_limits<float>::quiet_NaN());
     block.count = threads_per_block;
@@ -161,7 +164,8 @@ static void run_block(int threads_per_block) {
         makecontext(&th.context, thread_main, 0);
     }
     while (block.live > 0) {
-        for (int t = 0; t < threads_per_block; ++t) {
+        for (int i = 0; i < threads_per_block; ++i) {
+            const int t = reverse_order ? threads_per_block - 1 - i : i;
             Thread& th = block.threads[t];
             if (th.done) continue;
             block.current = t;
@@ -213,9 +217,18 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
 #define FLIP_R(KS) FLIP(KS, 2), FLIP(KS, 4), FLIP(KS, 8)
 
+// Test-only (never in kernels.cu): thread t reads what thread t + 1 wrote with no barrier
+// between, so its result depends on the order threads run in: the race the two-order run finds.
+extern "C" void emu_test_unsynchronised_neighbour(float* y) {
+    static float cell[1024];
+    const unsigned t = threadIdx.x;
+    cell[t] = (float)t;
+    y[t] = cell[(t + 1) % blockDim.x];
+}
+
 static const std::vector<Kernel>& kernels() {
     static const std::vector<Kernel> all = {
-        K(fill_f32),           TILED_R(3, 1),    TILED_R(3, 2),   TILED_R(5, 1),
+        K(fill_f32),           K(emu_test_unsynchronised_neighbour),           TILED_R(3, 1),    TILED_R(3, 2),   TILED_R(5, 1),
         TILED_R(5, 2),         TILED_R(7, 1),    TILED_R(7, 2),   FLIP_R(3),
         FLIP_R(5),             FLIP_R(7),        K(dw_forward_direct), K(channel_affine_act),
         SPLIT_R(3),            SPLIT_R(5),       SPLIT_R(7),
@@ -232,14 +245,17 @@ static std::mutex launch_lock;
 
 }  // namespace emu
 
-// Runs kernel `name` over the grid like cuLaunchKernel. Returns 0, or: 1 unknown kernel, 2 wrong
-// parameter count, 3 a parameter's size differs from the kernel's (its index in *bad_param),
-// 4 dynamic shared memory over 48 KiB, 5 an empty or oversized block.
+// Runs kernel `name` over the grid like cuLaunchKernel, each round resuming a block's threads
+// first to last, or last to first with `reverse` (a correct kernel gives the same bits either
+// way; one whose threads race on shared memory between barriers does not). Returns 0, or:
+// 1 unknown kernel, 2 wrong parameter count, 3 a parameter's size differs from the kernel's (its
+// index in *bad_param), 4 dynamic shared memory over 48 KiB, 5 an empty or oversized block.
 extern "C" int fairnas_emu_launch(const char* name, const unsigned grid[3], const unsigned block_dim[3],
                                   unsigned shared_bytes, void** params, const size_t* param_sizes,
-                                  size_t param_count, size_t* bad_param) {
+                                  size_t param_count, size_t* bad_param, int reverse) {
     using namespace emu;
     std::lock_guard<std::mutex> guard(launch_lock);
+    reverse_order = reverse != 0;
     const Kernel* k = nullptr;
     for (const Kernel& candidate : kernels())
         if (std::strcmp(candidate.name, name) == 0) k = &candidate;

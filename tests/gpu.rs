@@ -9,7 +9,7 @@ mod common;
 use common::{ok, scratch};
 
 /// How many checks the GPU check runs (see the count in the first test).
-const CHECKS: usize = 3 * 3 * 2 * 2 * 6 + 3 * 3 * 2 + 2 + 2 * 6 + 2 + 1;
+const CHECKS: usize = 3 * 3 * 2 * 2 * 6 + 3 * 3 * 2 * 3 + 2 + 2 * 6 + 2 + 1;
 
 #[test]
 fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
@@ -22,7 +22,8 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
     assert_eq!(report["all_pass"], true);
     let checks = report["checks"].as_array().unwrap();
     // 3 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 2 gradients),
-    // at stride 2 a fourth fused one (the plain-rows tiled kernel), 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
+    // at stride 2 a fourth fused one (the plain-rows tiled kernel) and the 2 gradients again
+    // (the simple kernels), 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
     // 2 depthwise autograd gradients, and the FairNAS-A logits.
     assert_eq!(checks.len(), CHECKS, "{checks:?}");
     for c in checks {

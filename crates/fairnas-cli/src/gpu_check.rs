@@ -301,18 +301,37 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                     let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
                     let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
                     let g = randn(&[n, c, ho, wo])?;
-                    let input_grad = DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w };
-                    check_op(
-                        &mut checks,
-                        format!("depthwise d/dx {tag}"),
-                        device,
-                        &[g.clone(), wt.clone()],
-                        |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
-                    )?;
-                    let weight_grad = DepthwiseWeightGrad { stride: s, padding: pad, kernel: k };
-                    check_op(&mut checks, format!("depthwise d/dw {tag}"), device, &[x.clone(), g], |t| {
-                        t[0].apply_op2_no_bwd(&t[1], &weight_grad)
-                    })?;
+                    // At stride 2 the simple kernels too (the blocked ones replaced them there).
+                    for simple in if s == 2 { vec![false, true] } else { vec![false] } {
+                        let variant = if simple { " (simple)" } else { "" };
+                        let input_grad = DepthwiseInputGrad {
+                            stride: s,
+                            padding: pad,
+                            height: h,
+                            width: w,
+                            simple_cuda_kernel: simple,
+                        };
+                        check_op(
+                            &mut checks,
+                            format!("depthwise d/dx{variant} {tag}"),
+                            device,
+                            &[g.clone(), wt.clone()],
+                            |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
+                        )?;
+                        let weight_grad = DepthwiseWeightGrad {
+                            stride: s,
+                            padding: pad,
+                            kernel: k,
+                            simple_cuda_kernel: simple,
+                        };
+                        check_op(
+                            &mut checks,
+                            format!("depthwise d/dw{variant} {tag}"),
+                            device,
+                            &[x.clone(), g.clone()],
+                            |t| t[0].apply_op2_no_bwd(&t[1], &weight_grad),
+                        )?;
+                    }
                 }
             }
         }
@@ -324,7 +343,13 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
         t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: 1, padding: Padding2d::symmetric(5) })
     })?;
     let g = randn(&[4, 64, 7, 7])?;
-    let small_grad = DepthwiseInputGrad { stride: 1, padding: Padding2d::symmetric(5), height: 7, width: 7 };
+    let small_grad = DepthwiseInputGrad {
+        stride: 1,
+        padding: Padding2d::symmetric(5),
+        height: 7,
+        width: 7,
+        simple_cuda_kernel: false,
+    };
     check_op(&mut checks, "depthwise d/dx k5 s1 sym 4x64x7x7".into(), device, &[g, wt], |t| {
         t[0].apply_op2_no_bwd(&t[1], &small_grad)
     })?;
@@ -548,15 +573,30 @@ fn timings(
                 .stats(3, args.repeats, |i| Ok(vec![xs[i % ROTATE].apply_op3_no_bwd(&wt, &affine, &op)?]))?;
             push(format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel)), shape.clone(), stats, moved);
         }
-        let input_grad = DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w };
-        let stats =
-            clock.stats(3, args.repeats, |i| Ok(vec![gs[i % ROTATE].apply_op2_no_bwd(&wt, &input_grad)?]))?;
-        push("depthwise d/dx".into(), shape.clone(), stats, moved);
-        let weight_grad = DepthwiseWeightGrad { stride: s, padding: pad, kernel: k };
-        let stats = clock.stats(3, args.repeats, |i| {
-            Ok(vec![xs[i % ROTATE].apply_op2_no_bwd(&gs[i % ROTATE], &weight_grad)?])
-        })?;
-        push("depthwise d/dw".into(), shape.clone(), stats, moved);
+        // The simple kernels beside the blocked ones where those replaced them (stride 2, and
+        // the weight gradient at stride 1), same run.
+        for simple in [false, true] {
+            let variant = if simple { " (simple)" } else { "" };
+            if !simple || s == 2 {
+                let input_grad = DepthwiseInputGrad {
+                    stride: s,
+                    padding: pad,
+                    height: h,
+                    width: w,
+                    simple_cuda_kernel: simple,
+                };
+                let stats = clock.stats(3, args.repeats, |i| {
+                    Ok(vec![gs[i % ROTATE].apply_op2_no_bwd(&wt, &input_grad)?])
+                })?;
+                push(format!("depthwise d/dx{variant}"), shape.clone(), stats, moved);
+            }
+            let weight_grad =
+                DepthwiseWeightGrad { stride: s, padding: pad, kernel: k, simple_cuda_kernel: simple };
+            let stats = clock.stats(3, args.repeats, |i| {
+                Ok(vec![xs[i % ROTATE].apply_op2_no_bwd(&gs[i % ROTATE], &weight_grad)?])
+            })?;
+            push(format!("depthwise d/dw{variant}"), shape.clone(), stats, moved);
+        }
     }
     // Squeeze-excite on FairNAS-A-SE's first SE layers (after the depthwise: output size).
     let se_spec = ModelSelection { se_ratio: Some(1.0), ..ModelSelection::named("fairnas-a") }

@@ -121,11 +121,12 @@ fn mbconv(c: &mut Criterion) {
         b.iter(|| depthwise_conv2d(hidden.as_tensor(), block.dw.as_tensor(), 1, pad).unwrap())
     });
     group.bench_function("depthwise_kernel_input_grad", |b| {
-        let op = DepthwiseInputGrad { stride: 1, padding: pad, height: S, width: S };
+        let op =
+            DepthwiseInputGrad { stride: 1, padding: pad, height: S, width: S, simple_cuda_kernel: false };
         b.iter(|| probe.apply_op2_no_bwd(block.dw.as_tensor(), &op).unwrap())
     });
     group.bench_function("depthwise_kernel_weight_grad", |b| {
-        let op = DepthwiseWeightGrad { stride: 1, padding: pad, kernel: K };
+        let op = DepthwiseWeightGrad { stride: 1, padding: pad, kernel: K, simple_cuda_kernel: false };
         b.iter(|| hidden.as_tensor().apply_op2_no_bwd(&probe, &op).unwrap())
     });
     group.bench_function("depthwise_fwd_bwd_candle_conv2d_groups", |b| {

@@ -91,30 +91,34 @@ impl CustomOp3 for ConvBnAct {
         let sums = c.apply_op3_no_bwd(grad_output, &params, &BnGradSums(self.bn.clone()))?;
         let packed = Tensor::cat(&[&params, &sums], 0)?;
         let grad_c = c.apply_op3_no_bwd(grad_output, &packed, &BnGradInput(self.bn.clone()))?;
-        let (grad_x, grad_w) =
-            match self.conv {
-                BnConv::Pointwise => (
-                    Some(grad_c.apply_op2_no_bwd(weight, &PointwiseInputGrad)?),
-                    x.apply_op2_no_bwd(&grad_c, &PointwiseWeightGrad)?.reshape(weight.shape())?,
-                ),
-                BnConv::Dense { stride, padding } => {
-                    let (grad_x, grad_w) = dense_conv_grads(x, weight, &grad_c, stride, padding)?;
-                    (grad_x, grad_w.expect("a dense conv always has a weight gradient"))
-                }
-                BnConv::Depthwise { stride, padding } => {
-                    let (_, _, height, width) = x.dims4()?;
-                    (
-                        Some(grad_c.apply_op2_no_bwd(
-                            weight,
-                            &DepthwiseInputGrad { stride, padding, height, width },
-                        )?),
-                        x.apply_op2_no_bwd(
-                            &grad_c,
-                            &DepthwiseWeightGrad { stride, padding, kernel: weight.dim(2)? },
-                        )?,
-                    )
-                }
-            };
+        let (grad_x, grad_w) = match self.conv {
+            BnConv::Pointwise => (
+                Some(grad_c.apply_op2_no_bwd(weight, &PointwiseInputGrad)?),
+                x.apply_op2_no_bwd(&grad_c, &PointwiseWeightGrad)?.reshape(weight.shape())?,
+            ),
+            BnConv::Dense { stride, padding } => {
+                let (grad_x, grad_w) = dense_conv_grads(x, weight, &grad_c, stride, padding)?;
+                (grad_x, grad_w.expect("a dense conv always has a weight gradient"))
+            }
+            BnConv::Depthwise { stride, padding } => {
+                let (_, _, height, width) = x.dims4()?;
+                (
+                    Some(grad_c.apply_op2_no_bwd(
+                        weight,
+                        &DepthwiseInputGrad { stride, padding, height, width, simple_cuda_kernel: false },
+                    )?),
+                    x.apply_op2_no_bwd(
+                        &grad_c,
+                        &DepthwiseWeightGrad {
+                            stride,
+                            padding,
+                            kernel: weight.dim(2)?,
+                            simple_cuda_kernel: false,
+                        },
+                    )?,
+                )
+            }
+        };
         // sums = [sum dz, sum dz * xhat] = [d bias, d weight]; params are [weight; bias].
         let grad_params = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
         Ok((grad_x, Some(grad_w), Some(grad_params)))

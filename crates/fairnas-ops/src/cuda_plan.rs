@@ -233,12 +233,12 @@ const INPUT_GRAD_S2_ROW_PAIRS: usize = 2;
 
 /// d(loss)/d(input) of the depthwise convolution. Stride 1: the tiled forward kernel on the
 /// output gradient with the flipped filter and padding `k - 1 - p`. Stride 2: 2x2 blocks per
-/// thread, one parity class of taps per output (`dw_input_grad_s2`). Otherwise a gather, one
-/// thread per input element.
+/// thread, one parity class of taps per output (`dw_input_grad_s2`). Otherwise, or when
+/// `simple`, a gather, one thread per input element.
 ///
 /// Inputs: 0 the output gradient `[N, C, Ho, Wo]`, 1 the weight. Output 0: dx, every element
 /// written once.
-pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<LaunchPlan> {
+pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool, simple: bool) -> Result<LaunchPlan> {
     let total = s.batch * s.channels * s.height * s.width;
     let mut plan = LaunchPlan { inputs: 2, outputs: vec![total], launches: Vec::new() };
     if total == 0 {
@@ -256,15 +256,15 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
         int(s.height, "height")?,
         int(s.width, "width")?,
     ];
-    let launch = if let (1, 3 | 5 | 7, true, (Some(pt), Some(pl))) =
-        (s.stride, s.kernel, s.width >= 16, flip_pads)
+    let launch = if let (false, 1, 3 | 5 | 7, true, (Some(pt), Some(pl))) =
+        (simple, s.stride, s.kernel, s.width >= 16, flip_pads)
     {
         let rows = rows_per_thread(s.height);
         let vec = if grad_vector_rows { "_v4" } else { "" };
         args.extend([int(pt, "padding")?, int(pl, "padding")?]);
         let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
         tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
-    } else if let (2, 3 | 5 | 7) = (s.stride, s.kernel) {
+    } else if let (false, 2, 3 | 5 | 7) = (simple, s.stride, s.kernel) {
         // A block covers 2 TILE_W columns and 2 INPUT_GRAD_S2_ROW_PAIRS BLOCK_Y rows of dx.
         let tiles_x = s.width.div_ceil(2 * TILE_W);
         let tiles_y = s.height.div_ceil(2 * INPUT_GRAD_S2_ROW_PAIRS * BLOCK_Y);
@@ -307,12 +307,12 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool) -> Result<Launch
 }
 
 /// d(loss)/d(weight) `[C, 1, k, k]`: per-(channel, batch chunk) partial sums (stride 1 and 2:
-/// `dw_weight_grad_columns`, a sliding window down each output column; else
+/// `dw_weight_grad_columns`, walking each output column's input rows; else, or when `simple`,
 /// `dw_weight_grad_partial`), then the chunks summed in order (deterministic).
 ///
 /// Inputs: 0 x, 1 the output gradient. Outputs: 0 (buffer 2) the weight gradient, written by the
 /// second launch; 1 (buffer 3) the partial sums, every (chunk, channel, tap) written by the first.
-pub fn depthwise_weight_grad(s: DwShape) -> Result<LaunchPlan> {
+pub fn depthwise_weight_grad(s: DwShape, simple: bool) -> Result<LaunchPlan> {
     if !matches!(s.kernel, 3 | 5 | 7) {
         candle_core::bail!("depthwise weight grad on CUDA: kernel {} (supported: 3, 5, 7)", s.kernel);
     }
@@ -320,7 +320,7 @@ pub fn depthwise_weight_grad(s: DwShape) -> Result<LaunchPlan> {
     // Stride 1 and 2: the by-columns kernel, one wave of 8 blocks (of 256 threads) per
     // multiprocessor of an H100/H200; otherwise about four blocks per multiprocessor. Never more
     // chunks than samples.
-    let columns = matches!(s.stride, 1 | 2);
+    let columns = !simple && matches!(s.stride, 1 | 2);
     let blocks_wanted: usize = if columns { 132 * 8 } else { 528 };
     let chunks = blocks_wanted.div_ceil(s.channels.max(1)).clamp(1, s.batch.max(1));
     let mut plan = LaunchPlan { inputs: 2, outputs: vec![len, chunks * len], launches: Vec::new() };
@@ -587,27 +587,27 @@ mod tests {
     fn stride_two_input_gradients_pick_the_kernel_of_their_pad_parities() {
         let mut s = shape(7, 2, 112, 112);
         s.padding = Padding2d { top: 2, bottom: 3, left: 3, right: 2 };
-        let plan = depthwise_input_grad(s, true).unwrap();
+        let plan = depthwise_input_grad(s, true, false).unwrap();
         let launch = &plan.launches[0];
         assert_eq!(launch.kernel, "dw_input_grad_s2_k7_p01");
         // 64 columns and 32 rows of dx per block: 2 x 4 tiles per plane.
         assert_eq!(launch.grid[0], 2 * 3 * 2 * 4);
         assert_eq!(plan.outputs, vec![2 * 3 * 112 * 112]);
         // Stride 3 has no blocked kernel: the gather.
-        let plan = depthwise_input_grad(shape(3, 3, 30, 30), true).unwrap();
+        let plan = depthwise_input_grad(shape(3, 3, 30, 30), true, false).unwrap();
         assert_eq!(plan.launches[0].kernel, "dw_input_grad");
     }
 
     #[test]
     fn weight_gradients_walk_columns_at_strides_one_and_two() {
-        let plan = depthwise_weight_grad(shape(7, 2, 112, 112)).unwrap();
+        let plan = depthwise_weight_grad(shape(7, 2, 112, 112), false).unwrap();
         assert_eq!(plan.launches[0].kernel, "dw_weight_grad_columns_k7_s2");
         assert_eq!(plan.launches[0].block, [32, 8, 1]);
         // 2 samples: 2 chunks of 3 channels; the partials are (chunk, channel, tap).
         assert_eq!(plan.launches[0].grid[0], 2 * 3);
         assert_eq!(plan.outputs, vec![3 * 49, 2 * 3 * 49]);
         assert_eq!(plan.launches[1].kernel, "sum_chunks");
-        let plan = depthwise_weight_grad(shape(3, 3, 30, 30)).unwrap();
+        let plan = depthwise_weight_grad(shape(3, 3, 30, 30), false).unwrap();
         assert_eq!(plan.launches[0].kernel, "dw_weight_grad_partial_k3");
     }
 

@@ -550,11 +550,22 @@ impl CustomOp2 for DepthwiseConv2d {
         let grad_output = &on_device(grad_output)?;
         let grad_input = grad_output.apply_op2_no_bwd(
             weight,
-            &DepthwiseInputGrad { stride: self.stride, padding: self.padding, height, width },
+            &DepthwiseInputGrad {
+                stride: self.stride,
+                padding: self.padding,
+                height,
+                width,
+                simple_cuda_kernel: false,
+            },
         )?;
         let grad_weight = input.apply_op2_no_bwd(
             grad_output,
-            &DepthwiseWeightGrad { stride: self.stride, padding: self.padding, kernel: weight.dim(2)? },
+            &DepthwiseWeightGrad {
+                stride: self.stride,
+                padding: self.padding,
+                kernel: weight.dim(2)?,
+                simple_cuda_kernel: false,
+            },
         )?;
         Ok((Some(grad_input), Some(grad_weight)))
     }

@@ -23,6 +23,9 @@ pub struct DepthwiseInputGrad {
     /// Spatial size of the forward input (several input sizes map to one output size).
     pub height: usize,
     pub width: usize,
+    /// On CUDA, the one-thread-per-input gather instead of the blocked kernels (the GPU check
+    /// times both; the gather is what other strides and kernel sizes run). Ignored on the CPU.
+    pub simple_cuda_kernel: bool,
 }
 
 /// d(loss)/d(weight) `[C, 1, k, k]` from the forward input `[N, C, H, W]` and d(loss)/d(output).
@@ -31,6 +34,9 @@ pub struct DepthwiseWeightGrad {
     pub stride: usize,
     pub padding: Padding2d,
     pub kernel: usize,
+    /// On CUDA, the per-position kernel (each thread re-reads its k x k window) instead of the
+    /// by-columns one (the GPU check times both; strides above 2 run it). Ignored on the CPU.
+    pub simple_cuda_kernel: bool,
 }
 
 fn check_output(
@@ -312,7 +318,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         let g = crate::cuda::f32_view(gs, gl, "depthwise input grad")?;
         let wt = crate::cuda::f32_view(ws, wl, "depthwise input grad")?;
         let vec = crate::cuda::vector_rows(dev, &g, shape.out_width);
-        let plan = crate::cuda_plan::depthwise_input_grad(shape, vec)?;
+        let plan = crate::cuda_plan::depthwise_input_grad(shape, vec, self.simple_cuda_kernel)?;
         Ok((crate::cuda::run_op(dev, &plan, &[&g, &wt], 0)?, shape.input_shape()))
     }
 
@@ -327,7 +333,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
             let shape = self.shape(l1, l2)?;
             let vec = crate::cuda_emulator::vector_rows(shape.out_width);
-            let plan = crate::cuda_plan::depthwise_input_grad(shape, vec)?;
+            let plan = crate::cuda_plan::depthwise_input_grad(shape, vec, self.simple_cuda_kernel)?;
             return Ok((crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?, shape.input_shape()));
         }
         dispatch_f32_f64(
@@ -356,7 +362,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let dev = xs.device();
         let x = crate::cuda::f32_view(xs, xl, "depthwise weight grad")?;
         let g = crate::cuda::f32_view(gs, gl, "depthwise weight grad")?;
-        let plan = crate::cuda_plan::depthwise_weight_grad(shape)?;
+        let plan = crate::cuda_plan::depthwise_weight_grad(shape, self.simple_cuda_kernel)?;
         let k = shape.kernel;
         Ok((crate::cuda::run_op(dev, &plan, &[&x, &g], 0)?, Shape::from((shape.channels, 1, k, k))))
     }
@@ -371,7 +377,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
         #[cfg(feature = "cuda-emulator")]
         if crate::cuda_emulator::takes(&[s1.dtype(), s2.dtype()]) {
             let shape = self.shape(l1, l2)?;
-            let plan = crate::cuda_plan::depthwise_weight_grad(shape)?;
+            let plan = crate::cuda_plan::depthwise_weight_grad(shape, self.simple_cuda_kernel)?;
             let k = shape.kernel;
             let out = crate::cuda_emulator::run_op(&plan, &[(s1, l1), (s2, l2)], 0)?;
             return Ok((out, Shape::from((shape.channels, 1, k, k))));

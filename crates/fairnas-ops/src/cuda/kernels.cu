@@ -50,9 +50,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 // columns then its odd ones (counted from the patch's first column), so that the 32 threads of
 // a warp, which read columns 2 tx + kx, read consecutive words. Stored as is, the patch starts
 // at a runtime column offset (0-3, for the 16-byte alignment), the compiler cannot pair the
-// reads into conflict-free 64-bit loads, and each read hits every bank twice: the shared-memory
-// traffic of the tap loop doubled (k7 s2 reached 40-49% of the copy bandwidth against 70% for
-// k3 s1). A float4 chunk goes out as two float2 stores and the tap loop reads from two base
+// reads into conflict-free 64-bit loads, and each read hits every bank twice: twice the
+// shared-memory wavefronts in the tap loop (k7 s2 reached 40-49% of the copy bandwidth against
+// 70% for k3 s1 on 2026-11-28; the split is untimed). A float4 chunk goes out as two float2
+// stores and the tap loop reads from two base
 // addresses with compile-time offsets. Scalar staging starts at offset 0 and keeps the plain
 // layout, whose even column pairs the compiler already reads as 64-bit loads.
 // Optional epilogue: y = act(acc * scale[c] + shift[c]) (eval-mode BN folded into an affine).

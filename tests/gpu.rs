@@ -65,6 +65,52 @@ fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Real weights on real photos through the CUDA kernels' source: the released EfficientNet-Lite0
+/// checkpoint (TF-SAME, i.e. asymmetric, padding at every stride-2 depthwise layer) on three
+/// shared ImageNet photos gives the CPU kernels' classes and probabilities.
+#[test]
+fn emulated_cuda_kernels_classify_real_photos_with_the_real_checkpoint_as_the_cpu_does() {
+    let Some(shared) = fairnas_data::shared_data::for_test(&common::repo()) else { return };
+    let pth = shared.join("data/weights/efficientnet-lite0-57934424.pth");
+    let images = ["n02123045_tabby.JPEG", "n07920052_espresso.JPEG", "n01443537_goldfish.JPEG"]
+        .map(|n| shared.join("data/imagenet-sample").join(n).display().to_string());
+    let predict = |emulate: bool| {
+        let mut args = vec!["--threads", "2"];
+        if emulate {
+            args.push("--emulate-cuda");
+        }
+        args.extend([
+            "predict",
+            "--model",
+            "efficientnet-lite0",
+            "--weights",
+            pth.to_str().unwrap(),
+            "--json",
+        ]);
+        args.extend(images.iter().map(String::as_str));
+        serde_json::from_str::<serde_json::Value>(&ok(&args)).unwrap()
+    };
+    let (cpu, emulated) = (predict(false), predict(true));
+    let top = |j: &serde_json::Value| -> Vec<(u64, f64)> {
+        j["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["top"].as_array().unwrap().iter())
+            .map(|t| (t["index"].as_u64().unwrap(), t["probability"].as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (top(&cpu), top(&emulated));
+    assert_eq!(a.len(), 3 * 5, "{cpu}");
+    // Egyptian cat, espresso, goldfish (as the CPU test of this checkpoint finds).
+    assert_eq!([a[0].0, a[5].0, a[10].0], [285, 967, 1], "{cpu}");
+    for ((ca, pa), (cb, pb)) in a.iter().zip(&b) {
+        assert_eq!(ca, cb, "cpu {cpu}\nemulated {emulated}");
+        // f32 rounding of differently ordered sums, not a different result.
+        assert!((pa - pb).abs() <= 1e-5, "probability {pa} vs {pb}: cpu {cpu}\nemulated {emulated}");
+    }
+}
+
 #[test]
 fn the_emulator_is_for_the_cpu_device_only() {
     use common::failure;

@@ -54,10 +54,6 @@ pub struct GpuCheckArgs {
     /// Skip the timings (correctness only).
     #[arg(long)]
     pub no_timing: bool,
-    /// With `--device cpu`: run the CUDA kernels' own source on the CPU under the emulator
-    /// instead of the CPU kernels (correctness only; test builds carry the emulator).
-    #[arg(long, hide = true)]
-    pub emulate_cuda: bool,
 }
 
 /// Relative error limits (stated in the report). f32 kernels against an f64 reference: the
@@ -646,7 +642,10 @@ fn throughput(device: &Device, clock: &Clock, batch: usize) -> Result<(f64, f64)
 }
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
-    if args.emulate_cuda && args.device != "cpu" {
+    // `fairnas --emulate-cuda gpu-check --device cpu`: the CUDA kernels' source on the CPU
+    // (correctness only).
+    let emulate_cuda = fairnas_ops::cuda_emulator::is_enabled();
+    if emulate_cuda && args.device != "cpu" {
         bail!(
             "--emulate-cuda runs the CUDA kernels on the CPU: use it with --device cpu, not {}",
             args.device
@@ -655,8 +654,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     let device = fairnas_cli::device::parse_device(&args.device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut device_name = describe(&device)?;
-    if args.emulate_cuda {
-        fairnas_ops::cuda_emulator::set_enabled(true)?;
+    if emulate_cuda {
         device_name = format!("CUDA kernels emulated on the {device_name}");
     }
     eprintln!("gpu-check on {device_name}");
@@ -670,7 +668,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     fairnas_ops::cuda::set_poison_outputs(false);
     let clock = Clock::for_device(&device)?;
     let (mut copy, mut timing, mut ips, mut batch_ms) = (None, Vec::new(), None, None);
-    if !args.no_timing && !args.emulate_cuda {
+    if !args.no_timing && !emulate_cuda {
         eprintln!("timings (median of {} after warm-up, batch {}):", args.repeats, args.batch);
         copy = Some(copy_bandwidth(&device, &clock, args.repeats)?);
         timing = timings(&device, &clock, &args, copy)?;

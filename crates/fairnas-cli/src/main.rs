@@ -34,6 +34,10 @@ struct Cli {
     /// Log level filter (error, warn, info, debug, trace), or RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
+    /// Run the CUDA kernels' own source on the CPU, under the emulator that test builds carry,
+    /// wherever an op has a CUDA kernel (f32, `--device cpu`): how CI checks those kernels.
+    #[arg(long, global = true, hide = true)]
+    emulate_cuda: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,6 +98,9 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    if cli.emulate_cuda {
+        fairnas_ops::cuda_emulator::set_enabled(true)?;
     }
     match cli.command {
         Command::Info(args) => info::run(args),

@@ -28,6 +28,14 @@ pub fn set_enabled(on: bool) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Whether ops run their emulated CUDA kernels now (always false without the emulator).
+pub fn is_enabled() -> bool {
+    #[cfg(feature = "cuda-emulator")]
+    return emulated::enabled();
+    #[cfg(not(feature = "cuda-emulator"))]
+    false
+}
+
 #[cfg(feature = "cuda-emulator")]
 mod emulated {
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,7 +9,7 @@
 //! design (one block at a time), so only for small shapes.
 
 #[cfg(feature = "cuda-emulator")]
-pub use emulated::*;
+pub(crate) use emulated::*;
 
 /// Whether this build carries the emulator (the `cuda-emulator` feature, on in test builds).
 pub const AVAILABLE: bool = cfg!(feature = "cuda-emulator");
@@ -47,7 +47,7 @@ mod emulated {
     pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
 
     /// Whether ops should run their emulated CUDA kernels.
-    pub fn enabled() -> bool {
+    pub(super) fn enabled() -> bool {
         ENABLED.load(Ordering::Relaxed)
     }
 

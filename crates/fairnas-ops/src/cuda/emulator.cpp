@@ -97,7 +97,10 @@ struct Block {
 };
 
 static Block block;
-static void (*entry)(void**) = nullptr;
+// The kernel every thread of the current launch runs: its type-erased caller, the kernel, and
+// cuLaunchKernel-style parameters.
+static void (*entry_invoke)(void*, void**) = nullptr;
+static void* entry_kernel = nullptr;
 static void** entry_params = nullptr;
 
 static void set_thread_index(int t) {
@@ -107,7 +110,7 @@ static void set_thread_index(int t) {
 }
 
 [[noreturn]] static void thread_main() {
-    entry(entry_params);
+    entry_invoke(entry_kernel, entry_params);
     block.threads[block.current].done = true;
     --block.live;
     _longjmp(block.scheduler, 1);
@@ -277,13 +280,8 @@ extern "C" int fairnas_emu_launch(const char* name, const unsigned grid[3], cons
             if (th.stack.empty()) th.stack.resize(STACK_BYTES);
     }
     emu::block.shuffle.assign(threads, 0.f);
-    struct Target {
-        const Kernel* k;
-        void** params;
-    };
-    static Target target;
-    target = Target{k, params};
-    entry = [](void**) { target.k->invoke(target.k->f, target.params); };
+    entry_invoke = k->invoke;
+    entry_kernel = k->f;
     entry_params = params;
     for (unsigned z = 0; z < grid[2]; ++z)
         for (unsigned y = 0; y < grid[1]; ++y)

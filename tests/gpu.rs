@@ -9,7 +9,7 @@ mod common;
 use common::{ok, scratch};
 
 /// How many checks the GPU check runs (see the count in the first test).
-const CHECKS: usize = 3 * 3 * 2 * 2 * 6 + 3 * 3 * 2 * 3 + 2 + 2 * 6 + 2 + 1;
+const CHECKS: usize = 3 * 3 * 2 * 2 * 8 + 3 * 3 * 2 * 3 + 2 + 2 * 6 + 2 + 1;
 
 #[test]
 fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
@@ -21,7 +21,8 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
     assert_eq!(report["all_pass"], true);
     let checks = report["checks"].as_array().unwrap();
-    // 3 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 2 gradients),
+    // 3 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + the tiled kernel
+    // at the 2 strip heights `Auto` does not pick + 2 gradients),
     // at stride 2 a fourth fused one (the plain-rows tiled kernel) and the 2 gradients again
     // (the simple kernels), 2 small-plane cases, 2 SE shapes x (forward, plane stats, scale planes, 3 gradients),
     // 2 depthwise autograd gradients, and the FairNAS-A logits.
@@ -39,30 +40,98 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
 
 /// The CUDA kernels' own source (kernels.cu compiled for the host, run under the emulator that
 /// test builds carry), through the same checks against the CPU ops in f64: CI's test of the
-/// kernels' indexing, tiling, halos, barriers and launch plans, with no GPU.
+/// kernels' indexing, tiling, halos, barriers and launch plans, with no GPU. It runs as the GPU
+/// machine runs it: the bundle's `gpu-check.sh` (beside a `fairnas` binary and the real-data
+/// folder `cargo xtask cuda-build` packs), so the script's wiring is tested too, including the
+/// real EfficientNet-Lite0 checkpoint's logits on real photos.
 #[test]
 fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
     let dir = scratch("gpu-check", "emulated");
-    let out = dir.display().to_string();
-    let stdout = ok(&[
-        "--threads",
-        "2",
-        "gpu-check",
-        "--device",
-        "cpu",
-        "--emulate-cuda",
-        "--no-timing",
-        "--out",
-        &out,
-    ]);
-    assert!(stdout.contains(&format!("{CHECKS} checks, 0 failed")), "{stdout}");
+    let bundle = dir.join("fairnas-cuda");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::copy(common::repo().join("benches/gpu/gpu-check.sh"), bundle.join("gpu-check.sh")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fairnas"), bundle.join("fairnas")).unwrap();
+    // The bundle's layout (xtask/src/cuda_build.rs, `stage_real_data`), with links for copies.
+    let shared = fairnas_data::shared_data::for_test(&common::repo());
+    if let Some(shared) = &shared {
+        let real = bundle.join("real-data");
+        std::fs::create_dir_all(real.join("photos")).unwrap();
+        for name in ["n01440764_tench.JPEG", "n02123045_tabby.JPEG"] {
+            let photo = shared.join("data/imagenet-sample").join(name);
+            std::os::unix::fs::symlink(photo, real.join("photos").join(name)).unwrap();
+        }
+        let pth = shared.join("data/weights/efficientnet-lite0-57934424.pth");
+        std::os::unix::fs::symlink(pth, real.join("efficientnet-lite0.pth")).unwrap();
+    }
+    let out = dir.join("out");
+    let run = std::process::Command::new("sh")
+        .arg(bundle.join("gpu-check.sh"))
+        .arg(&out)
+        .args(["--device", "cpu", "--emulate-cuda", "--no-timing", "--threads", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "gpu-check.sh failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let real_checks = usize::from(shared.is_some());
+    assert!(stdout.contains(&format!("{} checks, 0 failed", CHECKS + real_checks)), "{stdout}");
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("gpu-check.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("gpu-check.json")).unwrap()).unwrap();
     assert!(report["device"].as_str().unwrap().starts_with("CUDA kernels emulated"), "{}", report["device"]);
     assert_eq!(report["all_pass"], true);
+    if shared.is_some() {
+        let real = report["checks"].as_array().unwrap().last().unwrap();
+        assert_eq!(real["name"], "efficientnet-lite0 logits, 2 real photos (real checkpoint)", "{real}");
+        assert!(real["max_rel"].as_f64().unwrap() < 1e-4, "{real}");
+        assert!(stdout.contains("top-1 class the same as the CPU's for 2 of 2 photos"), "{stdout}");
+    }
     // Correctness only: the emulator's speed means nothing.
     assert_eq!(report["timings"].as_array().unwrap().len(), 0);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A bundle built without the shared folder carries no real data: the script says so and the
+/// check runs without it; a wrong real-data path fails before any check runs, naming it.
+#[test]
+fn gpu_check_names_missing_real_data_before_running_anything() {
+    let err = common::failure(&[
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--no-timing",
+        "--out",
+        "/nonexistent-never-created",
+        "--real-weights",
+        "/nonexistent/lite0.pth",
+        "--real-images",
+        ".",
+    ]);
+    assert!(err.contains("--real-weights /nonexistent/lite0.pth: no such file"), "{err}");
+    assert!(!err.contains("depthwise"), "checks ran before the path was checked: {err}");
+    let (cargo_toml, photos) = (common::repo().join("Cargo.toml"), common::repo().join("data/images"));
+    let (cargo_toml, photos) = (cargo_toml.display().to_string(), photos.display().to_string());
+    let err = common::failure(&[
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--out",
+        "/nonexistent-never-created",
+        "--real-weights",
+        &cargo_toml,
+        "--real-images",
+        &photos,
+    ]);
+    assert!(err.contains("not a PyTorch checkpoint"), "{err}");
+    assert!(!err.contains("depthwise"), "checks ran before the checkpoint was read: {err}");
+    let err = common::failure(&[
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--out",
+        "/nonexistent-never-created",
+        "--real-images",
+        ".",
+    ]);
+    assert!(err.contains("--real-weights"), "{err}");
 }
 
 /// Real weights on real photos through the CUDA kernels' source: the released EfficientNet-Lite0

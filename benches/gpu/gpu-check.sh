@@ -3,8 +3,9 @@
 # `cargo xtask cuda-build`:
 #   tar -xJf dist/cuda/fairnas-cuda.tar.xz -C /tmp && /tmp/fairnas-cuda/gpu-check.sh "$OUT" [extra gpu-check args]
 # 1. finds the CUDA libraries the binary links (the toolkit's folder first, then PyTorch's wheels)
-#    and says where; 2. runs `fairnas gpu-check` (ops vs CPU, kernel timings, FairNAS-A);
-# 3. runs the PyTorch peer on the same device and prints the combined table.
+#    and says where; 2. runs `fairnas gpu-check` (ops vs CPU, kernel timings, FairNAS-A, and
+#    the real EfficientNet-Lite0 checkpoint on real photos when the bundle carries them in
+#    real-data/); 3. runs the PyTorch peer on the same device and prints the combined table.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-$HERE/out}
@@ -38,8 +39,15 @@ echo "$LD_LIBRARY_PATH" > "$HERE/ld_library_path"
 
 # Large intermediate files stay in WORK; the reports and logs go to OUT.
 WORK=$(mktemp -d)
+REAL=""
+if [ -d "$HERE/real-data/photos" ]; then
+  REAL="--real-weights $HERE/real-data/efficientnet-lite0.pth --real-images $HERE/real-data/photos"
+else
+  echo "no real-data/ in the bundle: the real-checkpoint check does not run"
+fi
 echo "== fairnas gpu-check"
-"$BIN" gpu-check --out "$WORK" "$@" > "$OUT/fairnas-gpu-check.log" 2>&1
+# shellcheck disable=SC2086 # REAL is a list of arguments (bundle paths have no spaces)
+"$BIN" gpu-check --out "$WORK" $REAL "$@" > "$OUT/fairnas-gpu-check.log" 2>&1
 status=$?
 cat "$OUT/fairnas-gpu-check.log"
 echo "== PyTorch peer"

@@ -62,6 +62,52 @@ pub struct CudaBuildArgs {
     /// the CPU feature set only).
     #[arg(long)]
     pub clippy: bool,
+    /// Real photos the bundle carries (the first N of the shared ImageNet sample, with the shared
+    /// EfficientNet-Lite0 checkpoint) for the GPU check's real-checkpoint logits check; 0 leaves
+    /// them out. Without the shared folder the bundle goes without them, saying so.
+    #[arg(long, default_value_t = 32)]
+    pub real_photos: usize,
+}
+
+/// Where the shared real data lies, relative to the shared folder.
+const SHARED_PHOTOS: &str = "data/imagenet-sample";
+const SHARED_LITE0: &str = "data/weights/efficientnet-lite0-57934424.pth";
+
+/// Copies the first `count` shared photos (sorted by name) and the Lite0 checkpoint into
+/// `dest` (`photos/`, `efficientnet-lite0.pth`), where gpu-check.sh looks for them. False, after
+/// saying why, when there is nothing to copy.
+fn stage_real_data(shared: Option<&Path>, count: usize, dest: &Path) -> Result<bool> {
+    if count == 0 {
+        return Ok(false);
+    }
+    let Some(shared) = shared else {
+        eprintln!("no shared folder (set FAIRNAS_SHARED): the bundle carries no real photos");
+        return Ok(false);
+    };
+    let mut photos: Vec<PathBuf> = fs::read_dir(shared.join(SHARED_PHOTOS))
+        .with_context(|| format!("cannot read {}", shared.join(SHARED_PHOTOS).display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    photos.retain(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpeg")));
+    photos.sort();
+    if photos.len() < count {
+        bail!("--real-photos {count}: the shared sample has only {} photos", photos.len());
+    }
+    fs::create_dir_all(dest.join("photos"))?;
+    for p in &photos[..count] {
+        let name = p.file_name().context("photo path has a file name")?;
+        fs::copy(p, dest.join("photos").join(name))
+            .with_context(|| format!("cannot copy {}", p.display()))?;
+    }
+    let lite0 = shared.join(SHARED_LITE0);
+    fs::copy(&lite0, dest.join("efficientnet-lite0.pth"))
+        .with_context(|| format!("cannot copy {}", lite0.display()))?;
+    eprintln!(
+        "real data: {count} photos from {} and {}",
+        shared.join(SHARED_PHOTOS).display(),
+        lite0.display()
+    );
+    Ok(true)
 }
 
 /// The toolkit paths every CUDA step needs.
@@ -285,6 +331,8 @@ pub fn cuda_build(args: CudaBuildArgs) -> Result<()> {
         fs::copy(script, stage.join("fairnas-cuda").join(name))
             .with_context(|| format!("cannot copy {script}"))?;
     }
+    let shared = fairnas_data::shared_data::locate(&std::env::current_dir()?);
+    stage_real_data(shared.as_deref(), args.real_photos, &stage.join("fairnas-cuda/real-data"))?;
     let needed = Command::new("readelf").arg("-d").arg(&binary).output()?;
     let needed: Vec<String> = String::from_utf8_lossy(&needed.stdout)
         .lines()
@@ -337,5 +385,33 @@ extern "C" {
 pub type CUcallback = ::core::option::Option<unsafe extern "C" fn(userData: *mut c_void)>;
 "#;
         assert_eq!(extern_function_names(text), vec!["cuInit".to_string(), "cuMemAlloc_v2".to_string()]);
+    }
+
+    #[test]
+    fn the_bundle_carries_the_first_shared_photos_and_the_lite0_checkpoint() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let Some(shared) = fairnas_data::shared_data::for_test(&root) else { return };
+        let dest = std::env::temp_dir().join(format!("fairnas-real-data-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dest);
+        assert!(stage_real_data(Some(&shared), 3, &dest).unwrap());
+        let mut names: Vec<String> = fs::read_dir(dest.join("photos"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["n01440764_tench.JPEG", "n01443537_goldfish.JPEG", "n01484850_great_white_shark.JPEG"]
+        );
+        let lite0 = fs::metadata(dest.join("efficientnet-lite0.pth")).unwrap().len();
+        assert_eq!(lite0, fs::metadata(shared.join(SHARED_LITE0)).unwrap().len());
+        // Nothing asked for, or nothing there: no folder, and the build goes on.
+        let none = dest.join("none");
+        assert!(!stage_real_data(Some(&shared), 0, &none).unwrap());
+        assert!(!stage_real_data(None, 3, &none).unwrap());
+        assert!(!none.exists());
+        let err = stage_real_data(Some(&shared), 1_000_000, &none).unwrap_err().to_string();
+        assert!(err.contains("the shared sample has only 1000 photos"), "{err}");
+        fs::remove_dir_all(&dest).unwrap();
     }
 }

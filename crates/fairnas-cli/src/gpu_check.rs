@@ -23,6 +23,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use serde::Serialize;
 
+use fairnas_data::{EvalLoader, OnBadImage, Sample, Source};
 use fairnas_model::network::Network;
 use fairnas_model::selection::ModelSelection;
 use fairnas_model::spec::{ArchSpec, BlockKind, Padding};
@@ -54,6 +55,19 @@ pub struct GpuCheckArgs {
     /// Skip the timings (correctness only).
     #[arg(long)]
     pub no_timing: bool,
+    /// A real checkpoint of --real-model (a .pth or .safetensors file): its logits on
+    /// --real-images on the device are checked against the CPU in f64, like FairNAS-A's.
+    #[arg(long, value_name = "FILE", requires = "real_images")]
+    pub real_weights: Option<PathBuf>,
+    /// Photos for --real-weights (a folder of JPEG/PNG files, taken in sorted order).
+    #[arg(long, value_name = "DIR", requires = "real_weights")]
+    pub real_images: Option<PathBuf>,
+    /// The model --real-weights holds.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub real_model: String,
+    /// How many of the --real-images photos to run.
+    #[arg(long, default_value_t = 32)]
+    pub real_limit: usize,
 }
 
 /// Relative error limits (stated in the report). f32 kernels against an f64 reference: the
@@ -277,6 +291,11 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                     if s == 2 {
                         fused.push((Activation::Relu6, CudaDepthwiseKernel::TiledPlainRows));
                     }
+                    // Every strip height the timings try, beside the one `Auto` picks here.
+                    let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
+                    for rows in other_strip_heights(ho) {
+                        fused.push((Activation::Relu6, CudaDepthwiseKernel::TiledRows(rows)));
+                    }
                     for (act, kernel) in fused {
                         let affine = randn(&[2, c])?;
                         let variant = variant_name(kernel);
@@ -294,7 +313,6 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                             |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
                         )?;
                     }
-                    let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
                     let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
                     let g = randn(&[n, c, ho, wo])?;
                     // At stride 2 the simple kernels too (the blocked ones replaced them there).
@@ -463,6 +481,84 @@ fn end_to_end(device: &Device, out: &std::path::Path) -> Result<Check> {
     Ok(check)
 }
 
+/// The photos of `dir` (JPEG or PNG), sorted by name, at most `limit`.
+fn photos(dir: &std::path::Path, limit: usize) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the --real-images folder {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    found.retain(|p| {
+        let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
+    });
+    found.sort();
+    found.truncate(limit);
+    if found.is_empty() {
+        bail!("--real-images {}: no JPEG or PNG photos there", dir.display());
+    }
+    Ok(found)
+}
+
+/// What the real-checkpoint check runs on, read before any check runs (a wrong path or a bad
+/// checkpoint fails at once, not after the whole suite).
+struct RealData {
+    spec: ArchSpec,
+    /// The checkpoint's tensors (CPU, f32) under the network's names.
+    tensors: std::collections::HashMap<String, Tensor>,
+    files: Vec<PathBuf>,
+}
+
+impl RealData {
+    fn from_args(args: &GpuCheckArgs) -> Result<Option<Self>> {
+        let (Some(weights), Some(images)) = (&args.real_weights, &args.real_images) else {
+            return Ok(None);
+        };
+        if !weights.is_file() {
+            bail!("--real-weights {}: no such file", weights.display());
+        }
+        let spec = ModelSelection::named(&args.real_model).resolve().map_err(anyhow::Error::msg)?;
+        let files = photos(images, args.real_limit)?;
+        let source = fairnas_cli::weights::WeightsArgs {
+            weights: weights.display().to_string(),
+            source: fairnas_cli::weights::CheckpointSource { layout: "auto".into(), key: None },
+        };
+        let tensors = fairnas_cli::weights::load_tensors(&source, &spec, &Device::Cpu)
+            .with_context(|| format!("--real-weights {}", weights.display()))?;
+        Ok(Some(Self { spec, tensors, files }))
+    }
+}
+
+/// A real checkpoint on real photos (decoded and preprocessed as `fairnas verify` does): its
+/// logits on the device in f32 against the same weights on the CPU in f64. The synthetic
+/// FairNAS-A check cannot see a kernel path only trained weights reach (e.g. large BN scales,
+/// TF-SAME pads at every stride-2 depthwise in the Lite family).
+fn real_checkpoint(device: &Device, real: &RealData) -> Result<Check> {
+    let RealData { spec, tensors, files } = real;
+    let load = |dtype, on: &Device| -> Result<Network> {
+        Ok(Network::load(spec, candle_nn::VarBuilder::from_tensors(tensors.clone(), dtype, on))?)
+    };
+    let (on_device, reference) = (load(DType::F32, device)?, load(DType::F64, &Device::Cpu)?);
+    let transform = crate::verify::eval_transform(spec, None, None);
+    let crop = transform.crop as usize;
+    let samples = files.iter().map(|p| Sample { source: Source::File(p.clone()), label: 0 }).collect();
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for batch in EvalLoader::new(samples, transform, 16, 2, OnBadImage::Fail) {
+        let batch = batch?;
+        let x = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, crop, crop), &Device::Cpu)?;
+        got.push(on_device.forward(&x.to_device(device)?)?.to_device(&Device::Cpu)?);
+        want.push(reference.forward(&x.to_dtype(DType::F64)?)?);
+    }
+    let (got, want) = (Tensor::cat(&got, 0)?, Tensor::cat(&want, 0)?);
+    let name = format!("{} logits, {} real photos (real checkpoint)", spec.name, files.len());
+    let check = compare(name, &got, &want, (LOGITS_MAX_REL_LIMIT, LOGITS_MAX_REL_LIMIT))?;
+    let classes = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.argmax(1)?.to_vec1::<u32>()?) };
+    let same_top1 = classes(&got)?.iter().zip(classes(&want)?).filter(|(a, b)| **a == *b).count();
+    report_check(&check);
+    eprintln!("       top-1 class the same as the CPU's for {same_top1} of {} photos", files.len());
+    Ok(check)
+}
+
 /// One depthwise layer of a network, as the kernels see it.
 #[derive(Debug, Clone, Copy)]
 struct DwLayer {
@@ -497,20 +593,29 @@ fn pad_for(spec: &ArchSpec, l: &DwLayer) -> Padding2d {
 
 const ROTATE: usize = 3;
 
-/// The CUDA forward kernels worth timing side by side at `stride`.
-fn kernel_variants(stride: usize) -> Vec<CudaDepthwiseKernel> {
+/// The tiled kernel's strip heights (output rows per thread) other than the one `Auto` takes
+/// for planes `out_height` tall.
+fn other_strip_heights(out_height: usize) -> Vec<u8> {
+    let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
+    [2u8, 4, 8].into_iter().filter(|&r| usize::from(r) != auto).collect()
+}
+
+/// The CUDA forward kernels worth timing side by side at `stride` on planes `out_height` tall.
+fn kernel_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
     let mut v = vec![CudaDepthwiseKernel::Auto, CudaDepthwiseKernel::Direct];
     if stride == 2 {
         v.push(CudaDepthwiseKernel::TiledPlainRows);
     }
+    v.extend(other_strip_heights(out_height).into_iter().map(CudaDepthwiseKernel::TiledRows));
     v
 }
 
-fn variant_name(kernel: CudaDepthwiseKernel) -> &'static str {
+fn variant_name(kernel: CudaDepthwiseKernel) -> String {
     match kernel {
-        CudaDepthwiseKernel::Auto => "tiled",
-        CudaDepthwiseKernel::Direct => "direct",
-        CudaDepthwiseKernel::TiledPlainRows => "tiled, plain rows",
+        CudaDepthwiseKernel::Auto => "tiled".into(),
+        CudaDepthwiseKernel::Direct => "direct".into(),
+        CudaDepthwiseKernel::TiledPlainRows => "tiled, plain rows".into(),
+        CudaDepthwiseKernel::TiledRows(r) => format!("tiled r{r}"),
     }
 }
 
@@ -536,7 +641,7 @@ fn timings(
             of_copy_bandwidth: copy_gbs.map(|c| gbs / c).unwrap_or(f64::NAN),
         };
         eprintln!(
-            "  {:34} {:26} {:9.3} ms  {:7.1} GB/s  {:5.1}% of copy",
+            "  {:40} {:26} {:9.3} ms  {:7.1} GB/s  {:5.1}% of copy",
             t.name,
             t.shape,
             t.median_ms,
@@ -558,7 +663,7 @@ fn timings(
         let wt = rand_on(&[c, 1, k, k])?;
         let affine = rand_on(&[2, c])?;
         let moved = f32_bytes(b * c * (h * w + ho * wo));
-        for kernel in kernel_variants(s) {
+        for kernel in kernel_variants(s, ho) {
             let op = DepthwiseAffineAct {
                 stride: s,
                 padding: pad,
@@ -567,7 +672,13 @@ fn timings(
             };
             let stats = clock
                 .stats(3, args.repeats, |i| Ok(vec![xs[i % ROTATE].apply_op3_no_bwd(&wt, &affine, &op)?]))?;
-            push(format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel)), shape.clone(), stats, moved);
+            let variant = match kernel {
+                CudaDepthwiseKernel::Auto => {
+                    format!("tiled r{}, auto", CudaDepthwiseKernel::auto_strip_height(ho))
+                }
+                other => variant_name(other),
+            };
+            push(format!("depthwise+bn+relu6 fwd ({variant})"), shape.clone(), stats, moved);
         }
         // The simple kernels beside the blocked ones where those replaced them (stride 2, and
         // the weight gradient at stride 1), same run.
@@ -652,6 +763,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         );
     }
     let device = fairnas_cli::device::parse_device(&args.device)?;
+    let real = RealData::from_args(&args)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut device_name = describe(&device)?;
     if emulate_cuda {
@@ -663,6 +775,9 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     eprintln!("correctness (f32 on the device vs the CPU op in f64, fresh random inputs, outputs poisoned):");
     let mut checks = correctness(&device)?;
     checks.push(end_to_end(&device, &args.out)?);
+    if let Some(real) = &real {
+        checks.push(real_checkpoint(&device, real)?);
+    }
     fairnas_ops::cuda_emulator::set_enabled(false)?;
     #[cfg(feature = "cuda")]
     fairnas_ops::cuda::set_poison_outputs(false);

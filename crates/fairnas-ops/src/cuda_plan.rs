@@ -131,17 +131,6 @@ pub fn vector_rows(address: u64, width: usize) -> bool {
     width.is_multiple_of(4) && address.is_multiple_of(16)
 }
 
-/// Output rows per thread of the tiled kernels (a tile is `BLOCK_Y` times that tall): tall tiles
-/// amortise the halo and keep more loads in flight; short planes take short tiles so few threads
-/// idle.
-fn rows_per_thread(out_height: usize) -> usize {
-    match out_height {
-        48.. => 8,
-        24.. => 4,
-        _ => 2,
-    }
-}
-
 /// A tiled kernel's launch over `planes` planes of `h` x `w` outputs; its last two arguments are
 /// the tile counts across and down, which the caller appends.
 fn tiled(
@@ -200,9 +189,16 @@ pub fn depthwise_forward(
     ];
     let (pad_top, pad_left) = (int(s.padding.top, "padding")?, int(s.padding.left, "padding")?);
     let direct = kernel == CudaDepthwiseKernel::Direct;
-    let launch = if !direct && depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled" {
-        let rows = rows_per_thread(s.out_height);
-        let split = s.stride == 2 && kernel == CudaDepthwiseKernel::Auto;
+    let tiled_shape = depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled";
+    let launch = if !direct && tiled_shape {
+        let rows = match kernel {
+            CudaDepthwiseKernel::TiledRows(r @ (2 | 4 | 8)) => usize::from(r),
+            CudaDepthwiseKernel::TiledRows(r) => candle_core::bail!(
+                "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
+            ),
+            _ => CudaDepthwiseKernel::auto_strip_height(s.out_height),
+        };
+        let split = s.stride == 2 && kernel != CudaDepthwiseKernel::TiledPlainRows;
         let vec = match (input_vector_rows, split) {
             (true, true) => "_v4s",
             (true, false) => "_v4",
@@ -212,6 +208,14 @@ pub fn depthwise_forward(
         args.extend([pad_top, pad_left, code(activation)]);
         let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
         tiled(name, s.batch * s.channels, s.out_height, s.out_width, rows, args)?
+    } else if let CudaDepthwiseKernel::TiledRows(_) = kernel {
+        candle_core::bail!(
+            "depthwise: the tiled CUDA kernel does not cover k{} s{} with {} output columns \
+             (it takes k 3/5/7, strides 1/2 and planes at least 16 outputs wide)",
+            s.kernel,
+            s.stride,
+            s.out_width
+        );
     } else {
         args.push(long(total));
         args.extend(shape);
@@ -259,7 +263,7 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool, simple: bool) ->
     let launch = if let (false, 1, 3 | 5 | 7, true, (Some(pt), Some(pl))) =
         (simple, s.stride, s.kernel, s.width >= 16, flip_pads)
     {
-        let rows = rows_per_thread(s.height);
+        let rows = CudaDepthwiseKernel::auto_strip_height(s.height);
         let vec = if grad_vector_rows { "_v4" } else { "" };
         args.extend([int(pt, "padding")?, int(pl, "padding")?]);
         let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
@@ -519,7 +523,7 @@ pub fn fill_nan(index: usize, len: usize) -> KernelLaunch {
 mod tests {
     use super::*;
     use crate::Padding2d;
-    use CudaDepthwiseKernel::{Auto, Direct, TiledPlainRows};
+    use CudaDepthwiseKernel::{Auto, Direct, TiledPlainRows, TiledRows};
 
     fn shape(k: usize, s: usize, h: usize, w: usize) -> DwShape {
         let padding = Padding2d::symmetric(k);
@@ -555,6 +559,32 @@ mod tests {
         // The affine's shift is the second row of the [2, C] operand.
         assert_eq!(launch.args[3], KernelArg::Buffer { index: 2, offset: 3 });
         assert_eq!(launch.args[4], KernelArg::Buffer { index: 3, offset: 0 });
+    }
+
+    #[test]
+    fn forced_rows_per_thread_keep_the_layout_and_retile_the_plane() {
+        let launch = |kernel| {
+            depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, kernel, true).unwrap().launches
+                [0]
+            .clone()
+        };
+        // 56 output rows: 4 tiles of 16 rows at r2, 2 of 32 at r4; 2 tiles across either way.
+        for (rows, tiles_y) in [(2u8, 4u32), (4, 2), (8, 1)] {
+            let l = launch(TiledRows(rows));
+            assert_eq!(l.kernel, format!("dw_forward_tiled_k7_s2_r{rows}_v4s"));
+            assert_eq!(l.grid[0], 2 * 3 * 2 * tiles_y);
+            assert_eq!(l.args[l.args.len() - 1], KernelArg::I32(tiles_y as i32));
+        }
+        assert_eq!(launch(TiledRows(8)), launch(Auto));
+        let err = |kernel, k, w| {
+            depthwise_forward(shape(k, 1, 40, w), false, Activation::Identity, kernel, false)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(TiledRows(3), 3, 40).contains("2, 4 or 8 output rows per thread, not 3"));
+        // No silent fall-back to the direct kernel: a timing would be labelled wrongly.
+        assert!(err(TiledRows(2), 3, 7).contains("does not cover k3 s1 with 7 output columns"));
+        assert!(err(TiledRows(2), 9, 40).contains("does not cover k9 s1"));
     }
 
     #[test]

@@ -597,6 +597,27 @@ pub enum CudaDepthwiseKernel {
     /// The tiled kernel with stride-2 rows staged as they are in memory (the layout before the
     /// de-interleaved one; kept so that the GPU check times both in one run).
     TiledPlainRows,
+    /// The tiled kernel in `Auto`'s layout with this many output rows per thread (2, 4 or 8)
+    /// whatever the plane's height. Taller strips read shared memory less per output but take
+    /// more registers (k7 s2: 32, 65 and 77), so fewer blocks fit on a multiprocessor; the GPU
+    /// check times every choice side by side so that the rule `Auto` follows
+    /// (`CudaDepthwiseKernel::auto_strip_height`) rests on measurements. An error for shapes the
+    /// tiled kernel does not cover.
+    TiledRows(u8),
+}
+
+impl CudaDepthwiseKernel {
+    /// Output rows per thread that `Auto` gives the tiled kernels on planes `out_height` tall (a
+    /// tile is 8 times that): tall tiles amortise the halo and keep more loads in flight; short
+    /// planes take short tiles so few threads idle. The GPU check times the other choices beside
+    /// this one (`TiledRows`).
+    pub fn auto_strip_height(out_height: usize) -> usize {
+        match out_height {
+            48.. => 8,
+            24.. => 4,
+            _ => 2,
+        }
+    }
 }
 
 fn check_affine(affine: &Layout, channels: usize) -> Result<()> {

@@ -32,7 +32,7 @@ use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use fairnas_ops::squeeze_excite::{PlaneStats, ScalePlanes};
 use fairnas_ops::{
     pack_fc, squeeze_excite_packed, Activation, CudaDepthwiseKernel, DepthwiseAffineAct, DepthwiseConv2d,
-    Padding2d,
+    Padding2d, TiledDepthwise,
 };
 
 #[derive(Args, Debug)]
@@ -288,17 +288,12 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                         (Activation::Swish, CudaDepthwiseKernel::Direct),
                         (Activation::Relu, CudaDepthwiseKernel::Auto),
                     ];
-                    if s == 2 {
-                        fused.push((Activation::Relu6, CudaDepthwiseKernel::TiledPlainRows));
-                    }
-                    // Every strip height the timings try, beside the one `Auto` picks here.
+                    // Every tiled variant the timings try.
                     let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
-                    for rows in other_strip_heights(ho) {
-                        fused.push((Activation::Relu6, CudaDepthwiseKernel::TiledRows(rows)));
-                    }
+                    fused.extend(tiled_variants(s, ho).into_iter().map(|v| (Activation::Relu6, v)));
                     for (act, kernel) in fused {
                         let affine = randn(&[2, c])?;
-                        let variant = variant_name(kernel);
+                        let variant = variant_name(kernel, ho);
                         let op = DepthwiseAffineAct {
                             stride: s,
                             padding: pad,
@@ -593,29 +588,52 @@ fn pad_for(spec: &ArchSpec, l: &DwLayer) -> Padding2d {
 
 const ROTATE: usize = 3;
 
-/// The tiled kernel's strip heights (output rows per thread) other than the one `Auto` takes
-/// for planes `out_height` tall.
-fn other_strip_heights(out_height: usize) -> Vec<u8> {
+/// The tiled-kernel variants the check runs beside `Auto` on planes `out_height` tall at
+/// `stride` (each is checked for correctness and timed): the other strip heights, the
+/// chunk-indexed staging it replaced and, at stride 2, the plain-row layouts (with both
+/// stagings: the chunk-staged one is the 2026-11-28 kernel).
+fn tiled_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
     let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
-    [2u8, 4, 8].into_iter().filter(|&r| usize::from(r) != auto).collect()
-}
-
-/// The CUDA forward kernels worth timing side by side at `stride` on planes `out_height` tall.
-fn kernel_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
-    let mut v = vec![CudaDepthwiseKernel::Auto, CudaDepthwiseKernel::Direct];
+    let tiled = |rows: Option<u8>, plain_rows, chunk_staging| {
+        CudaDepthwiseKernel::Tiled(TiledDepthwise { rows_per_thread: rows, plain_rows, chunk_staging })
+    };
+    let mut v: Vec<_> = [2u8, 4, 8]
+        .into_iter()
+        .filter(|&r| usize::from(r) != auto)
+        .map(|r| tiled(Some(r), false, false))
+        .collect();
+    v.push(tiled(None, false, true));
     if stride == 2 {
-        v.push(CudaDepthwiseKernel::TiledPlainRows);
+        v.push(tiled(None, true, false));
+        v.push(tiled(None, true, true));
     }
-    v.extend(other_strip_heights(out_height).into_iter().map(CudaDepthwiseKernel::TiledRows));
     v
 }
 
-fn variant_name(kernel: CudaDepthwiseKernel) -> String {
+/// The CUDA forward kernels timed side by side at `stride` on planes `out_height` tall.
+fn kernel_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
+    let mut v = vec![CudaDepthwiseKernel::Auto, CudaDepthwiseKernel::Direct];
+    v.extend(tiled_variants(stride, out_height));
+    v
+}
+
+/// A kernel's name in the report; `Auto` with the strip height it takes on planes `out_height`
+/// tall.
+fn variant_name(kernel: CudaDepthwiseKernel, out_height: usize) -> String {
+    let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
     match kernel {
-        CudaDepthwiseKernel::Auto => "tiled".into(),
+        CudaDepthwiseKernel::Auto => format!("tiled r{auto}, auto"),
         CudaDepthwiseKernel::Direct => "direct".into(),
-        CudaDepthwiseKernel::TiledPlainRows => "tiled, plain rows".into(),
-        CudaDepthwiseKernel::TiledRows(r) => format!("tiled r{r}"),
+        CudaDepthwiseKernel::Tiled(t) => {
+            let mut name = format!("tiled r{}", t.rows_per_thread.map_or(auto, usize::from));
+            if t.plain_rows {
+                name.push_str(", plain rows");
+            }
+            if t.chunk_staging {
+                name.push_str(", chunk staging");
+            }
+            name
+        }
     }
 }
 
@@ -672,13 +690,12 @@ fn timings(
             };
             let stats = clock
                 .stats(3, args.repeats, |i| Ok(vec![xs[i % ROTATE].apply_op3_no_bwd(&wt, &affine, &op)?]))?;
-            let variant = match kernel {
-                CudaDepthwiseKernel::Auto => {
-                    format!("tiled r{}, auto", CudaDepthwiseKernel::auto_strip_height(ho))
-                }
-                other => variant_name(other),
-            };
-            push(format!("depthwise+bn+relu6 fwd ({variant})"), shape.clone(), stats, moved);
+            push(
+                format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel, ho)),
+                shape.clone(),
+                stats,
+                moved,
+            );
         }
         // The simple kernels beside the blocked ones where those replaced them (stride 2, and
         // the weight gradient at stride 1), same run.

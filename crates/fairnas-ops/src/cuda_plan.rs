@@ -12,7 +12,7 @@
 
 use candle_core::Result;
 
-use crate::depthwise::{CudaDepthwiseKernel, DwShape};
+use crate::depthwise::{CudaDepthwiseKernel, DwShape, TiledDepthwise};
 use crate::Activation;
 
 /// Threads per block of the element-wise (grid-stride) kernels.
@@ -131,6 +131,9 @@ pub fn vector_rows(address: u64, width: usize) -> bool {
     width.is_multiple_of(4) && address.is_multiple_of(16)
 }
 
+/// The largest second and third grid dimension CUDA launches take.
+const MAX_GRID_YZ: usize = 65535;
+
 /// A tiled kernel's launch over `planes` planes of `h` x `w` outputs; its last two arguments are
 /// the tile counts across and down, which the caller appends.
 fn tiled(
@@ -188,34 +191,57 @@ pub fn depthwise_forward(
         int(s.out_width, "output width")?,
     ];
     let (pad_top, pad_left) = (int(s.padding.top, "padding")?, int(s.padding.left, "padding")?);
-    let direct = kernel == CudaDepthwiseKernel::Direct;
     let tiled_shape = depthwise_forward_variant(s.kernel, s.stride, s.out_width) == "tiled";
-    let launch = if !direct && tiled_shape {
-        let rows = match kernel {
-            CudaDepthwiseKernel::TiledRows(r @ (2 | 4 | 8)) => usize::from(r),
-            CudaDepthwiseKernel::TiledRows(r) => candle_core::bail!(
-                "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
-            ),
-            _ => CudaDepthwiseKernel::auto_strip_height(s.out_height),
-        };
-        let split = s.stride == 2 && kernel != CudaDepthwiseKernel::TiledPlainRows;
-        let vec = match (input_vector_rows, split) {
-            (true, true) => "_v4s",
-            (true, false) => "_v4",
-            (false, _) => "",
-        };
-        args.extend(shape);
-        args.extend([pad_top, pad_left, code(activation)]);
-        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
-        tiled(name, s.batch * s.channels, s.out_height, s.out_width, rows, args)?
-    } else if let CudaDepthwiseKernel::TiledRows(_) = kernel {
-        candle_core::bail!(
+    let tiled_variant = match kernel {
+        CudaDepthwiseKernel::Auto if tiled_shape => Some(TiledDepthwise::default()),
+        CudaDepthwiseKernel::Auto | CudaDepthwiseKernel::Direct => None,
+        CudaDepthwiseKernel::Tiled(t) if tiled_shape => Some(t),
+        CudaDepthwiseKernel::Tiled(_) => candle_core::bail!(
             "depthwise: the tiled CUDA kernel does not cover k{} s{} with {} output columns \
              (it takes k 3/5/7, strides 1/2 and planes at least 16 outputs wide)",
             s.kernel,
             s.stride,
             s.out_width
-        );
+        ),
+    };
+    let launch = if let Some(t) = tiled_variant {
+        let rows = match t.rows_per_thread {
+            Some(r @ (2 | 4 | 8)) => usize::from(r),
+            Some(r) => candle_core::bail!(
+                "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
+            ),
+            None => CudaDepthwiseKernel::auto_strip_height(s.out_height),
+        };
+        // The row-staged kernels' 3-D grid holds at most 65535 channels and samples; `Auto`
+        // takes the chunk-staged kernel (a 1-D grid) beyond.
+        let grid_fits = s.channels <= MAX_GRID_YZ && s.batch <= MAX_GRID_YZ;
+        if !grid_fits && !t.chunk_staging && kernel != CudaDepthwiseKernel::Auto {
+            candle_core::bail!(
+                "depthwise: the row-staged CUDA kernel takes at most {MAX_GRID_YZ} channels and \
+                 samples, not {} x {} (the chunk-staged one takes any)",
+                s.channels,
+                s.batch
+            );
+        }
+        let chunk_staging = t.chunk_staging || !grid_fits;
+        // Scalar staging (rows not 16-byte aligned) has one layout and one staging.
+        let vec = match (input_vector_rows, s.stride == 2 && !t.plain_rows, chunk_staging) {
+            (false, _, _) => "",
+            (true, false, true) => "_v4",
+            (true, false, false) => "_v4r",
+            (true, true, true) => "_v4s",
+            (true, true, false) => "_v4sr",
+        };
+        args.extend(shape);
+        args.extend([pad_top, pad_left, code(activation)]);
+        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
+        let mut launch = tiled(name, s.batch * s.channels, s.out_height, s.out_width, rows, args)?;
+        if vec.ends_with('r') {
+            // Row-staged kernels read their tile, channel and sample from a 3-D grid.
+            let tiles = s.out_width.div_ceil(TILE_W) * s.out_height.div_ceil(BLOCK_Y * rows);
+            launch.grid = [tiles as u32, s.channels as u32, s.batch as u32];
+        }
+        launch
     } else {
         args.push(long(total));
         args.extend(shape);
@@ -523,7 +549,7 @@ pub fn fill_nan(index: usize, len: usize) -> KernelLaunch {
 mod tests {
     use super::*;
     use crate::Padding2d;
-    use CudaDepthwiseKernel::{Auto, Direct, TiledPlainRows, TiledRows};
+    use CudaDepthwiseKernel::{Auto, Direct, Tiled};
 
     fn shape(k: usize, s: usize, h: usize, w: usize) -> DwShape {
         let padding = Padding2d::symmetric(k);
@@ -546,7 +572,7 @@ mod tests {
         // 112x112, k7 s2 -> 56x56: rows per thread 8, tiles 64 tall and 32 wide.
         let plan = depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, Auto, true).unwrap();
         let launch = &plan.launches[0];
-        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4s");
+        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4sr");
         assert_eq!(launch.block, [32, 8, 1]);
         let tiles = |i: usize| match launch.args[launch.args.len() - i] {
             KernelArg::I32(v) => v as u32,
@@ -554,11 +580,16 @@ mod tests {
         };
         let (tiles_x, tiles_y) = (tiles(2), tiles(1));
         assert_eq!((tiles_x, tiles_y), (2, 1));
-        assert_eq!(launch.grid[0], 2 * 3 * tiles_x * tiles_y);
+        // Row-staged: a 3-D grid of (tile, channel, sample).
+        assert_eq!(launch.grid, [tiles_x * tiles_y, 3, 2]);
         assert_eq!(plan.outputs, vec![2 * 3 * 56 * 56]);
         // The affine's shift is the second row of the [2, C] operand.
         assert_eq!(launch.args[3], KernelArg::Buffer { index: 2, offset: 3 });
         assert_eq!(launch.args[4], KernelArg::Buffer { index: 3, offset: 0 });
+    }
+
+    fn rows(r: u8) -> CudaDepthwiseKernel {
+        Tiled(TiledDepthwise { rows_per_thread: Some(r), ..Default::default() })
     }
 
     #[test]
@@ -569,22 +600,36 @@ mod tests {
             .clone()
         };
         // 56 output rows: 4 tiles of 16 rows at r2, 2 of 32 at r4; 2 tiles across either way.
-        for (rows, tiles_y) in [(2u8, 4u32), (4, 2), (8, 1)] {
-            let l = launch(TiledRows(rows));
-            assert_eq!(l.kernel, format!("dw_forward_tiled_k7_s2_r{rows}_v4s"));
-            assert_eq!(l.grid[0], 2 * 3 * 2 * tiles_y);
+        for (r, tiles_y) in [(2u8, 4u32), (4, 2), (8, 1)] {
+            let l = launch(rows(r));
+            assert_eq!(l.kernel, format!("dw_forward_tiled_k7_s2_r{r}_v4sr"));
+            assert_eq!(l.grid, [2 * tiles_y, 3, 2]);
             assert_eq!(l.args[l.args.len() - 1], KernelArg::I32(tiles_y as i32));
         }
-        assert_eq!(launch(TiledRows(8)), launch(Auto));
+        assert_eq!(launch(rows(8)), launch(Auto));
+        assert_eq!(launch(Tiled(TiledDepthwise::default())), launch(Auto));
         let err = |kernel, k, w| {
             depthwise_forward(shape(k, 1, 40, w), false, Activation::Identity, kernel, false)
                 .unwrap_err()
                 .to_string()
         };
-        assert!(err(TiledRows(3), 3, 40).contains("2, 4 or 8 output rows per thread, not 3"));
+        assert!(err(rows(3), 3, 40).contains("2, 4 or 8 output rows per thread, not 3"));
         // No silent fall-back to the direct kernel: a timing would be labelled wrongly.
-        assert!(err(TiledRows(2), 3, 7).contains("does not cover k3 s1 with 7 output columns"));
-        assert!(err(TiledRows(2), 9, 40).contains("does not cover k9 s1"));
+        assert!(err(rows(2), 3, 7).contains("does not cover k3 s1 with 7 output columns"));
+        assert!(err(Tiled(TiledDepthwise::default()), 9, 40).contains("does not cover k9 s1"));
+    }
+
+    #[test]
+    fn batches_past_the_grid_limit_take_the_chunk_staged_kernel_and_its_flat_grid() {
+        let big = DwShape { batch: 70_000, ..shape(3, 1, 40, 40) };
+        let plan = depthwise_forward(big, false, Activation::Identity, Auto, true).unwrap();
+        let launch = &plan.launches[0];
+        assert_eq!(launch.kernel, "dw_forward_tiled_k3_s1_r4_v4");
+        assert_eq!(launch.grid, [70_000 * 3 * 4, 1, 1]);
+        let err = depthwise_forward(big, false, Activation::Identity, Tiled(TiledDepthwise::default()), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 65535 channels and samples, not 3 x 70000"), "{err}");
     }
 
     #[test]
@@ -599,18 +644,26 @@ mod tests {
     }
 
     #[test]
-    fn stride_two_rows_are_de_interleaved_unless_asked_for_the_plain_layout() {
-        let name = |kernel, vec| {
+    fn rows_are_staged_row_by_row_and_de_interleaved_at_stride_two_unless_asked_otherwise() {
+        let name = |s, kernel, vec| {
             let plan =
-                depthwise_forward(shape(5, 2, 40, 40), false, Activation::Identity, kernel, vec).unwrap();
+                depthwise_forward(shape(5, s, 40, 40), false, Activation::Identity, kernel, vec).unwrap();
             plan.launches[0].kernel.clone()
         };
-        assert_eq!(name(Auto, true), "dw_forward_tiled_k5_s2_r2_v4s");
-        assert_eq!(name(TiledPlainRows, true), "dw_forward_tiled_k5_s2_r2_v4");
-        // Scalar staging has one layout; stride 1 never splits.
-        assert_eq!(name(Auto, false), "dw_forward_tiled_k5_s2_r2");
-        let s1 = depthwise_forward(shape(5, 1, 40, 40), false, Activation::Identity, Auto, true).unwrap();
-        assert_eq!(s1.launches[0].kernel, "dw_forward_tiled_k5_s1_r4_v4");
+        let tiled = |plain_rows, chunk_staging| {
+            Tiled(TiledDepthwise { rows_per_thread: None, plain_rows, chunk_staging })
+        };
+        assert_eq!(name(2, Auto, true), "dw_forward_tiled_k5_s2_r2_v4sr");
+        assert_eq!(name(2, tiled(false, true), true), "dw_forward_tiled_k5_s2_r2_v4s");
+        assert_eq!(name(2, tiled(true, false), true), "dw_forward_tiled_k5_s2_r2_v4r");
+        // The 2026-11-28 kernel.
+        assert_eq!(name(2, tiled(true, true), true), "dw_forward_tiled_k5_s2_r2_v4");
+        // Scalar staging has one layout and one staging; stride 1 never splits.
+        assert_eq!(name(2, Auto, false), "dw_forward_tiled_k5_s2_r2");
+        assert_eq!(name(2, tiled(true, true), false), "dw_forward_tiled_k5_s2_r2");
+        assert_eq!(name(1, Auto, true), "dw_forward_tiled_k5_s1_r4_v4r");
+        assert_eq!(name(1, tiled(false, true), true), "dw_forward_tiled_k5_s1_r4_v4");
+        assert_eq!(name(1, tiled(true, false), true), "dw_forward_tiled_k5_s1_r4_v4r");
     }
 
     #[test]

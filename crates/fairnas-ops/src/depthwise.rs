@@ -589,28 +589,38 @@ pub struct DepthwiseAffineAct {
 /// The CUDA depthwise forward kernels a shape can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CudaDepthwiseKernel {
-    /// The tiled kernel where it applies (de-interleaved rows at stride 2), else the direct one.
+    /// The tiled kernel (`TiledDepthwise::default()`) where it applies, else the direct one.
     #[default]
     Auto,
     /// One thread per output, whatever the shape.
     Direct,
-    /// The tiled kernel with stride-2 rows staged as they are in memory (the layout before the
-    /// de-interleaved one; kept so that the GPU check times both in one run).
-    TiledPlainRows,
-    /// The tiled kernel in `Auto`'s layout with this many output rows per thread (2, 4 or 8)
-    /// whatever the plane's height. Taller strips read shared memory less per output but take
-    /// more registers (k7 s2: 32, 65 and 77), so fewer blocks fit on a multiprocessor; the GPU
-    /// check times every choice side by side so that the rule `Auto` follows
-    /// (`CudaDepthwiseKernel::auto_strip_height`) rests on measurements. An error for shapes the
-    /// tiled kernel does not cover.
-    TiledRows(u8),
+    /// A variant of the tiled kernel, whatever it costs: the GPU check times several side by
+    /// side so that the choices `Auto` makes rest on measurements. An error for shapes the tiled
+    /// kernel does not cover.
+    Tiled(TiledDepthwise),
+}
+
+/// How the tiled CUDA depthwise kernel runs; the default is what `Auto` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TiledDepthwise {
+    /// Output rows per thread (2, 4 or 8); `None`: by the plane's height
+    /// (`CudaDepthwiseKernel::auto_strip_height`). Taller strips read shared memory less per
+    /// output but hold more accumulators (k7 s2: 32, 64 and 77 registers), so fewer blocks fit
+    /// on a multiprocessor.
+    pub rows_per_thread: Option<u8>,
+    /// Stride 2: stage rows as they lie in memory instead of de-interleaved (every tap read
+    /// then hits each bank twice; the layout the 2026-11-28 GPU run timed).
+    pub plain_rows: bool,
+    /// Stage the input patch chunk by chunk, re-deriving each chunk's row and column (the
+    /// 2026-11-28 kernels' staging) instead of row by row.
+    pub chunk_staging: bool,
 }
 
 impl CudaDepthwiseKernel {
     /// Output rows per thread that `Auto` gives the tiled kernels on planes `out_height` tall (a
     /// tile is 8 times that): tall tiles amortise the halo and keep more loads in flight; short
     /// planes take short tiles so few threads idle. The GPU check times the other choices beside
-    /// this one (`TiledRows`).
+    /// this one.
     pub fn auto_strip_height(out_height: usize) -> usize {
         match out_height {
             48.. => 8,

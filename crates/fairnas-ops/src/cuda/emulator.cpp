@@ -210,13 +210,15 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
 }
 
 #define K(name) kernel(#name, &name)
-#define TILED(KS, S, R) K(dw_forward_tiled_k##KS##_s##S##_r##R), K(dw_forward_tiled_k##KS##_s##S##_r##R##_v4)
+#define TILED(KS, S, R)                                                                              \
+    K(dw_forward_tiled_k##KS##_s##S##_r##R), K(dw_forward_tiled_k##KS##_s##S##_r##R##_v4),             \
+        K(dw_forward_tiled_k##KS##_s##S##_r##R##_v4r)
 #define TILED_R(KS, S) TILED(KS, S, 2), TILED(KS, S, 4), TILED(KS, S, 8)
 #define S2_GRAD(KS)                                                                                 \
     K(dw_input_grad_s2_k##KS##_p00), K(dw_input_grad_s2_k##KS##_p01), K(dw_input_grad_s2_k##KS##_p10), \
         K(dw_input_grad_s2_k##KS##_p11)
-#define SPLIT_R(KS) \
-    K(dw_forward_tiled_k##KS##_s2_r2_v4s), K(dw_forward_tiled_k##KS##_s2_r4_v4s), K(dw_forward_tiled_k##KS##_s2_r8_v4s)
+#define SPLIT(KS, R) K(dw_forward_tiled_k##KS##_s2_r##R##_v4s), K(dw_forward_tiled_k##KS##_s2_r##R##_v4sr)
+#define SPLIT_R(KS) SPLIT(KS, 2), SPLIT(KS, 4), SPLIT(KS, 8)
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
 #define FLIP_R(KS) FLIP(KS, 2), FLIP(KS, 4), FLIP(KS, 8)
 

@@ -73,7 +73,7 @@ __device__ __forceinline__ void store_rows(const float (&acc)[R], float* dst, in
         if (r < rows) dst[r * wo] = activate(acc[r] * sc + sh, ACT);
 }
 
-template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT>
+template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT, bool ROW_STAGING>
 __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ scale, const float* __restrict__ shift,
                                  float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
@@ -92,13 +92,24 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     __shared__ __align__(16) float patch[IN_H][PATCH_W];
     // 32-bit block arithmetic (the grid is below 2^32 blocks; a 64-bit division costs ~100
     // instructions); 64 bits only for the plane's base address.
-    const unsigned tile = blockIdx.x;
-    const unsigned tiles = (unsigned)(tiles_x * tiles_y);
-    const unsigned plane = tile / tiles;
-    const int t = (int)(tile - plane * tiles);
-    const int ty_tile = t / tiles_x;
+    unsigned plane;
+    int t, c;
+    if constexpr (ROW_STAGING) {
+        // A 3-D grid (tile, channel, sample): no runtime division for the plane and channel
+        // (each costs ~20 SASS instructions per thread; the launch keeps channels and the batch
+        // under 65536).
+        t = (int)blockIdx.x;
+        c = (int)blockIdx.y;
+        plane = blockIdx.z * (unsigned)channels + (unsigned)c;
+    } else {
+        const unsigned tile = blockIdx.x;
+        const unsigned tiles = (unsigned)(tiles_x * tiles_y);
+        plane = tile / tiles;
+        t = (int)(tile - plane * tiles);
+        c = (int)(plane % (unsigned)channels);
+    }
+    const int ty_tile = ROW_STAGING ? (int)((unsigned)t / (unsigned)tiles_x) : t / tiles_x;
     const int oy0 = ty_tile * TILE_H, ox0 = (t - ty_tile * tiles_x) * TILE_W;
-    const int c = (int)(plane % (unsigned)channels);
     const float* src = x + (long long)plane * h * wd;
     const int iy0 = oy0 * S - pad_top, ix0 = ox0 * S - pad_left;
     // Every load of the patch is issued before the first shared-memory store waits on one
@@ -112,6 +123,56 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         const int ix_a = ix0 >= 0 ? (ix0 & ~3) : -((-ix0 + 3) & ~3);
         shift_cols = ix0 - ix_a;
         constexpr int NQ = PATCH_W / 4;
+        if constexpr (ROW_STAGING) {
+            // Lane q of a warp stages float4 chunk q of a patch row (RPI rows per warp and pass
+            // when a row has at most 16 chunks); the 8 warps take rows in turn. Each thread's
+            // column, bounds and addresses are computed once and its later rows are constant
+            // strides away, so a chunk costs a bounds test, a load and a store (the chunk-indexed
+            // staging below divides and re-derives its row and column per chunk: ~40 SASS
+            // instructions each, about a third of all a k7 s2 thread issues). These kernels
+            // also take the 3-D grid above.
+            static_assert(NQ <= TILE_W, "a warp stages at least one patch row per pass");
+            constexpr int RPI = TILE_W / NQ;
+            constexpr int ROWS_PER_PASS = RPI * BLOCK_Y;
+            constexpr int PASSES = (IN_H + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
+            // At most 8 loads (32 registers) in flight per thread before their stores: with
+            // 256-thread blocks that is still far more bytes in flight than the memory needs.
+            constexpr int IN_FLIGHT = PASSES < 8 ? PASSES : 8;
+            const int sub = threadIdx.x / NQ, q = threadIdx.x - (threadIdx.x / NQ) * NQ;
+            const int py0 = threadIdx.y * RPI + sub;
+            const int ix = ix_a + 4 * q;
+            const bool lane_ok = sub < RPI;
+            const bool col_ok = lane_ok && (unsigned)ix < (unsigned)wd;
+            // The next row's address is one 64-bit add away (an int offset per row costs a sign
+            // extension and a scaled 64-bit add, and the compiler re-reads the base pointer).
+            const float* next = src + (iy0 + py0) * wd + ix;  // read only when valid
+            const long long pass_stride = (long long)ROWS_PER_PASS * wd;
+            const int iy_first = iy0 + py0;
+#pragma unroll
+            for (int b = 0; b < PASSES; b += IN_FLIGHT) {
+                float4 staged[IN_FLIGHT];
+#pragma unroll
+                for (int i = 0; i < IN_FLIGHT; ++i) {
+                    const int py = py0 + (b + i) * ROWS_PER_PASS;
+                    const bool ok = b + i < PASSES && col_ok && py < IN_H &&
+                                    (unsigned)(iy_first + (b + i) * ROWS_PER_PASS) < (unsigned)h;
+                    staged[i] = ok ? __ldg(reinterpret_cast<const float4*>(next)) : make_float4(0.f, 0.f, 0.f, 0.f);
+                    next += pass_stride;
+                }
+#pragma unroll
+                for (int i = 0; i < IN_FLIGHT; ++i) {
+                    const int py = py0 + (b + i) * ROWS_PER_PASS;
+                    if (b + i < PASSES && lane_ok && py < IN_H) {
+                        if constexpr (SPLIT) {
+                            *reinterpret_cast<float2*>(&patch[py][2 * q]) = make_float2(staged[i].x, staged[i].z);
+                            *reinterpret_cast<float2*>(&patch[py][HALF_W + 2 * q]) = make_float2(staged[i].y, staged[i].w);
+                        } else {
+                            *reinterpret_cast<float4*>(&patch[py][4 * q]) = staged[i];
+                        }
+                    }
+                }
+            }
+        } else {
         constexpr int CHUNKS = IN_H * NQ;
         constexpr int ROUNDS = (CHUNKS + TILE_W * BLOCK_Y - 1) / (TILE_W * BLOCK_Y);
         const int tid = threadIdx.y * TILE_W + threadIdx.x;
@@ -137,6 +198,7 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
                     *reinterpret_cast<float4*>(&patch[py][4 * q]) = staged[k];
                 }
             }
+        }
         }
     } else {
         // Column bounds are the same for every row: computed once.
@@ -218,29 +280,34 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     }
 }
 
-#define DW_TILED(K, S, R, VEC, SPLIT, SUFFIX)                                                        \
+#define DW_TILED(K, S, R, VEC, SPLIT, ROWS, SUFFIX)                                                  \
     extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
     dw_forward_tiled_k##K##_s##S##_r##R##SUFFIX(const float* x, const float* w, const float* scale, \
                                                 const float* shift, float* y, int channels, int h,  \
                                                 int wd, int ho, int wo, int pad_top, int pad_left,  \
                                                 int act, int tiles_x, int tiles_y) {                \
-        dw_forward_tiled<K, S, R, false, VEC, SPLIT>(x, w, scale, shift, y, channels, h, wd, ho,    \
-                                                     wo, pad_top, pad_left, act, tiles_x, tiles_y); \
+        dw_forward_tiled<K, S, R, false, VEC, SPLIT, ROWS>(x, w, scale, shift, y, channels, h, wd,  \
+                                                           ho, wo, pad_top, pad_left, act, tiles_x, \
+                                                           tiles_y);                                \
     }
 #define DW_TILED_FLIP(K, R, VEC, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
     dw_input_grad_tiled_k##K##_r##R##SUFFIX(const float* g, const float* w, float* dx,              \
                                             int channels, int ho, int wo, int h, int wd,            \
                                             int pad_top, int pad_left, int tiles_x, int tiles_y) {  \
-        dw_forward_tiled<K, 1, R, true, VEC, false>(g, w, nullptr, nullptr, dx, channels, ho, wo,   \
-                                                    h, wd, pad_top, pad_left, 0, tiles_x, tiles_y); \
+        dw_forward_tiled<K, 1, R, true, VEC, false, false>(g, w, nullptr, nullptr, dx, channels,    \
+                                                           ho, wo, h, wd, pad_top, pad_left, 0,     \
+                                                           tiles_x, tiles_y);                       \
     }
-// Suffixes: none (scalar staging), _v4 (float4 staging), _v4s (float4 staging, de-interleaved
-// rows: stride 2 only).
-#define DW_TILED_BOTH(K, S, R) DW_TILED(K, S, R, false, false, ) DW_TILED(K, S, R, true, false, _v4)
+// Suffixes: none (scalar staging), _v4 (float4 staging, chunk-indexed), _v4s (the same with
+// de-interleaved rows: stride 2 only), _v4r / _v4sr (float4 staging by patch rows, plain /
+// de-interleaved).
+#define DW_TILED_BOTH(K, S, R)                                                                        \
+    DW_TILED(K, S, R, false, false, false, ) DW_TILED(K, S, R, true, false, false, _v4)             \
+    DW_TILED(K, S, R, true, false, true, _v4r)
 #define DW_TILED_ALL_R(K, S) DW_TILED_BOTH(K, S, 2) DW_TILED_BOTH(K, S, 4) DW_TILED_BOTH(K, S, 8)
-#define DW_TILED_SPLIT_R(K) \
-    DW_TILED(K, 2, 2, true, true, _v4s) DW_TILED(K, 2, 4, true, true, _v4s) DW_TILED(K, 2, 8, true, true, _v4s)
+#define DW_TILED_SPLIT(K, R) DW_TILED(K, 2, R, true, true, false, _v4s) DW_TILED(K, 2, R, true, true, true, _v4sr)
+#define DW_TILED_SPLIT_R(K) DW_TILED_SPLIT(K, 2) DW_TILED_SPLIT(K, 4) DW_TILED_SPLIT(K, 8)
 DW_TILED_ALL_R(3, 1)
 DW_TILED_ALL_R(3, 2)
 DW_TILED_ALL_R(5, 1)

@@ -36,7 +36,6 @@ CLOCK_HZ = 1.98e9
 REGS_PER_SM = 65536
 SMEM_PER_SM = 228 * 1024
 SMEM_RESERVED_PER_BLOCK = 1024
-THREADS = 256  # TILE_W x BLOCK_Y
 TILE_W, BLOCK_Y = 32, 8
 
 # (channels, input size, kernel, stride) of the check's layers, batch 256; out = in / stride.
@@ -72,35 +71,37 @@ def issued_per_thread(cuobjdump, cubin, kernel, rows):
     return first_store + 6 * rows  # ReLU6 epilogue: FFMA, 2 FMNMX, address, STG, predicate
 
 
-def blocks_per_sm(regs, smem):
-    alloc = math.ceil(regs / 8) * 8 * THREADS
+def blocks_per_sm(regs, smem, warps):
+    alloc = math.ceil(regs / 8) * 8 * 32 * warps
     by_regs = REGS_PER_SM // alloc
     by_smem = SMEM_PER_SM // (smem + SMEM_RESERVED_PER_BLOCK)
-    return min(by_regs, by_smem, 2048 // THREADS, 32)
+    return min(by_regs, by_smem, 64 // warps, 32)
 
 
-def model(c, size, k, s, rows, split, regs, smem, issued, copy_gbs):
+def model(c, size, k, s, rows, split, regs, smem, issued, copy_gbs, tile_w=TILE_W, block_y=BLOCK_Y):
     ho = wo = size // s
-    tiles = math.ceil(wo / TILE_W) * math.ceil(ho / (BLOCK_Y * rows))
+    threads = tile_w * block_y
+    warps = math.ceil(threads / 32)
+    tiles = math.ceil(wo / tile_w) * math.ceil(ho / (block_y * rows))
     blocks = BATCH * c * tiles
-    useful = ho * wo / (tiles * TILE_W * BLOCK_Y * rows)
-    in_w = (TILE_W - 1) * s + k
-    in_h = (BLOCK_Y * rows - 1) * s + k
+    useful = ho * wo / (tiles * warps * 32 * rows)
+    in_w = (tile_w - 1) * s + k
+    in_h = (block_y * rows - 1) * s + k
     patch_w = ((in_w + 6) // 4) * 4
     strip = (rows - 1) * s + k
     # Tap reads: STRIP x K per thread; the plain stride-2 layout hits every bank twice.
-    tap_wavefronts = BLOCK_Y * strip * k * (2 if (s == 2 and not split) else 1)
+    tap_wavefronts = warps * strip * k * (2 if (s == 2 and not split) else 1)
     chunks = in_h * patch_w // 4
     store_wavefronts = math.ceil(chunks / 32) * 4  # a float4 (or two float2) store: 512 B per warp
     lds_us = blocks * (tap_wavefronts + store_wavefronts) / (SMS * CLOCK_HZ) * 1e6
     dram_us = BATCH * c * (size * size + ho * wo) * 4 / (copy_gbs * 1e9) * 1e6
-    issue_us = blocks * BLOCK_Y * issued / (SMS * 4 * CLOCK_HZ) * 1e6
-    bps = blocks_per_sm(regs, smem)
+    issue_us = blocks * warps * issued / (SMS * 4 * CLOCK_HZ) * 1e6
+    bps = blocks_per_sm(regs, smem, warps)
     return {
         "useful": useful,
         "regs": regs,
         "blocks_per_sm": bps,
-        "occupancy": bps * THREADS / 2048,
+        "occupancy": bps * warps / 64,
         "dram_us": dram_us,
         "lds_us": lds_us,
         "issue_us": issue_us,
@@ -125,6 +126,7 @@ def main():
     for c, size, k, s in LAYERS:
         shape = f"{BATCH}x{c}x{size}x{size} k{k} s{s}"
         auto = 8 if size // s >= 48 else 4 if size // s >= 24 else 2
+        rows_of = []
         for rows in (2, 4, 8):
             for split, row_staging in [(False, False), (False, True)] + ([(True, False), (True, True)] if s == 2 else []):
                 suffix = "_v4" + ("s" if split else "") + ("r" if row_staging else "")
@@ -141,6 +143,18 @@ def main():
                 seen = measured.get(("depthwise+bn+relu6 fwd (tiled)", shape)) if old else None
                 now = rows == auto and row_staging and (split or s == 1)
                 tag = " (auto)" if now else " (2026-11-28)" if old else ""
+                rows_of.append((name, tag, m, issued, floor, seen))
+        # The fitted 28-wide tile, where one covers the plane.
+        ho = size // s
+        fit = (7, 8) if ho % 56 == 0 else (4, 7) if ho % 28 == 0 else None
+        if fit:
+            rows, block_y = fit
+            name = f"dw_forward_tiled_k{k}_s{s}_r{rows}_v4{'s' if s == 2 else ''}r_w28x{block_y}"
+            regs, smem = report[name]
+            issued = issued_per_thread(args.cuobjdump, args.cubin, name, rows)
+            m = model(c, size, k, s, rows, s == 2, regs, smem, issued, args.copy_gbs, 28, block_y)
+            rows_of.append((name, "", m, issued, max(m["dram_us"], m["lds_us"], m["issue_us"]), None))
+        for name, tag, m, issued, floor, seen in rows_of:
                 print(
                     f"| {shape} | `{name}`{tag} | {m['regs']} | {m['blocks_per_sm']} ({m['occupancy']:.0%}) | "
                     f"{m['useful']:.0%} | {issued} | {m['dram_us']:.0f} | {m['lds_us']:.0f} | {m['issue_us']:.0f} | {floor:.0f} | "

@@ -269,7 +269,8 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
     // Odd sizes exercise every edge; width 40 (a multiple of 4) takes the vector-load kernels;
     // width 136 puts several tiles across a plane at stride 2 too (a partial last one), and with
     // height 19 the TF-SAME pads differ in parity between rows and columns.
-    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 19, 136)] {
+    // 2x5x56x56 is FairNAS-shaped (outputs 56 and 28 wide): the fitted tiles run there.
+    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 19, 136), (2, 5, 56, 56)] {
         for k in [3usize, 5, 7] {
             for s in [1usize, 2] {
                 for (pname, pad) in paddings(h, w, k, s) {
@@ -290,7 +291,8 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                     ];
                     // Every tiled variant the timings try.
                     let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
-                    fused.extend(tiled_variants(s, ho).into_iter().map(|v| (Activation::Relu6, v)));
+                    let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
+                    fused.extend(tiled_variants(s, (ho, wo)).into_iter().map(|v| (Activation::Relu6, v)));
                     for (act, kernel) in fused {
                         let affine = randn(&[2, c])?;
                         let variant = variant_name(kernel, ho);
@@ -308,7 +310,6 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                             |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
                         )?;
                     }
-                    let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
                     let g = randn(&[n, c, ho, wo])?;
                     // At stride 2 the simple kernels too (the blocked ones replaced them there).
                     for simple in if s == 2 { vec![false, true] } else { vec![false] } {
@@ -588,14 +589,19 @@ fn pad_for(spec: &ArchSpec, l: &DwLayer) -> Padding2d {
 
 const ROTATE: usize = 3;
 
-/// The tiled-kernel variants the check runs beside `Auto` on planes `out_height` tall at
-/// `stride` (each is checked for correctness and timed): the other strip heights, the
-/// chunk-indexed staging it replaced and, at stride 2, the plain-row layouts (with both
-/// stagings: the chunk-staged one is the 2026-11-28 kernel).
-fn tiled_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
+/// The tiled-kernel variants the check runs beside `Auto` on planes of the given output size
+/// at `stride` (each is checked for correctness and timed): the other strip heights, the
+/// chunk-indexed staging it replaced, at stride 2 the plain-row layouts (with both stagings:
+/// the chunk-staged one is the 2026-11-28 kernel), and the fitted tile where one fits.
+fn tiled_variants(stride: usize, (out_height, out_width): (usize, usize)) -> Vec<CudaDepthwiseKernel> {
     let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
     let tiled = |rows: Option<u8>, plain_rows, chunk_staging| {
-        CudaDepthwiseKernel::Tiled(TiledDepthwise { rows_per_thread: rows, plain_rows, chunk_staging })
+        CudaDepthwiseKernel::Tiled(TiledDepthwise {
+            rows_per_thread: rows,
+            plain_rows,
+            chunk_staging,
+            fitted: false,
+        })
     };
     let mut v: Vec<_> = [2u8, 4, 8]
         .into_iter()
@@ -607,13 +613,16 @@ fn tiled_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> 
         v.push(tiled(None, true, false));
         v.push(tiled(None, true, true));
     }
+    if TiledDepthwise::fitted_tile(out_height, out_width).is_some() {
+        v.push(CudaDepthwiseKernel::Tiled(TiledDepthwise { fitted: true, ..Default::default() }));
+    }
     v
 }
 
 /// The CUDA forward kernels timed side by side at `stride` on planes `out_height` tall.
-fn kernel_variants(stride: usize, out_height: usize) -> Vec<CudaDepthwiseKernel> {
+fn kernel_variants(stride: usize, out_size: (usize, usize)) -> Vec<CudaDepthwiseKernel> {
     let mut v = vec![CudaDepthwiseKernel::Auto, CudaDepthwiseKernel::Direct];
-    v.extend(tiled_variants(stride, out_height));
+    v.extend(tiled_variants(stride, out_size));
     v
 }
 
@@ -624,6 +633,7 @@ fn variant_name(kernel: CudaDepthwiseKernel, out_height: usize) -> String {
     match kernel {
         CudaDepthwiseKernel::Auto => format!("tiled r{auto}, auto"),
         CudaDepthwiseKernel::Direct => "direct".into(),
+        CudaDepthwiseKernel::Tiled(TiledDepthwise { fitted: true, .. }) => "tiled, fitted 28-wide".into(),
         CudaDepthwiseKernel::Tiled(t) => {
             let mut name = format!("tiled r{}", t.rows_per_thread.map_or(auto, usize::from));
             if t.plain_rows {
@@ -681,7 +691,7 @@ fn timings(
         let wt = rand_on(&[c, 1, k, k])?;
         let affine = rand_on(&[2, c])?;
         let moved = f32_bytes(b * c * (h * w + ho * wo));
-        for kernel in kernel_variants(s, ho) {
+        for kernel in kernel_variants(s, (ho, wo)) {
             let op = DepthwiseAffineAct {
                 stride: s,
                 padding: pad,

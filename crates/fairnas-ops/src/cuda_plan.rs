@@ -134,28 +134,34 @@ pub fn vector_rows(address: u64, width: usize) -> bool {
 /// The largest second and third grid dimension CUDA launches take.
 const MAX_GRID_YZ: usize = 65535;
 
-/// A tiled kernel's launch over `planes` planes of `h` x `w` outputs; its last two arguments are
-/// the tile counts across and down, which the caller appends.
+/// A tiled kernel's launch over the `channels` x `batch` planes of `h` x `w` outputs with
+/// blocks of `block` threads, each thread `rows` outputs tall; its last two arguments are the
+/// tile counts across and down, which the caller appends. `grid_3d`: the grid is (tile,
+/// channel, sample) instead of one flat index.
+struct TiledLaunch {
+    block: [usize; 2],
+    rows: usize,
+    grid_3d: bool,
+}
+
 fn tiled(
     kernel: String,
-    planes: usize,
-    h: usize,
-    w: usize,
-    rows: usize,
+    (channels, batch): (usize, usize),
+    (h, w): (usize, usize),
+    how: TiledLaunch,
     mut args: Vec<KernelArg>,
 ) -> Result<KernelLaunch> {
-    let (tiles_x, tiles_y) = (w.div_ceil(TILE_W), h.div_ceil(BLOCK_Y * rows));
-    let blocks = u32::try_from(planes * tiles_x * tiles_y)
-        .map_err(|_| candle_core::Error::msg("depthwise: too many tiles for one CUDA launch"))?;
+    let [bw, bh] = how.block;
+    let (tiles_x, tiles_y) = (w.div_ceil(bw), h.div_ceil(bh * how.rows));
+    let too_many = || candle_core::Error::msg("depthwise: too many tiles for one CUDA launch");
+    let grid = if how.grid_3d {
+        [u32::try_from(tiles_x * tiles_y).map_err(|_| too_many())?, channels as u32, batch as u32]
+    } else {
+        [u32::try_from(channels * batch * tiles_x * tiles_y).map_err(|_| too_many())?, 1, 1]
+    };
     args.push(int(tiles_x, "tiles")?);
     args.push(int(tiles_y, "tiles")?);
-    Ok(KernelLaunch {
-        kernel,
-        grid: [blocks, 1, 1],
-        block: [TILE_W as u32, BLOCK_Y as u32, 1],
-        shared_bytes: 0,
-        args,
-    })
+    Ok(KernelLaunch { kernel, grid, block: [bw as u32, bh as u32, 1], shared_bytes: 0, args })
 }
 
 /// Depthwise forward, `act(conv * scale[c] + shift[c])` or the bare convolution.
@@ -205,13 +211,6 @@ pub fn depthwise_forward(
         ),
     };
     let launch = if let Some(t) = tiled_variant {
-        let rows = match t.rows_per_thread {
-            Some(r @ (2 | 4 | 8)) => usize::from(r),
-            Some(r) => candle_core::bail!(
-                "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
-            ),
-            None => CudaDepthwiseKernel::auto_strip_height(s.out_height),
-        };
         // The row-staged kernels' 3-D grid holds at most 65535 channels and samples; `Auto`
         // takes the chunk-staged kernel (a 1-D grid) beyond.
         let grid_fits = s.channels <= MAX_GRID_YZ && s.batch <= MAX_GRID_YZ;
@@ -224,24 +223,45 @@ pub fn depthwise_forward(
             );
         }
         let chunk_staging = t.chunk_staging || !grid_fits;
+        let split = s.stride == 2 && !t.plain_rows;
         // Scalar staging (rows not 16-byte aligned) has one layout and one staging.
-        let vec = match (input_vector_rows, s.stride == 2 && !t.plain_rows, chunk_staging) {
+        let vec = match (input_vector_rows, split, chunk_staging) {
             (false, _, _) => "",
             (true, false, true) => "_v4",
             (true, false, false) => "_v4r",
             (true, true, true) => "_v4s",
             (true, true, false) => "_v4sr",
         };
+        let (rows, block, suffix) = if t.fitted {
+            let fit = TiledDepthwise::fitted_tile(s.out_height, s.out_width);
+            let Some((rows, block_rows)) = fit.filter(|_| {
+                input_vector_rows && !chunk_staging && (s.stride == 1 || split) && t.rows_per_thread.is_none()
+            }) else {
+                candle_core::bail!(
+                    "depthwise: no fitted CUDA tile for {}x{} outputs (they take widths and heights \
+                     that are multiples of 28, 16-byte aligned rows, row staging, de-interleaved \
+                     stride-2 rows and their own strip height)",
+                    s.out_height,
+                    s.out_width
+                );
+            };
+            (rows, [28, block_rows], format!("{vec}_w28x{block_rows}"))
+        } else {
+            let rows = match t.rows_per_thread {
+                Some(r @ (2 | 4 | 8)) => usize::from(r),
+                Some(r) => candle_core::bail!(
+                    "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
+                ),
+                None => CudaDepthwiseKernel::auto_strip_height(s.out_height),
+            };
+            (rows, [TILE_W, BLOCK_Y], vec.to_string())
+        };
         args.extend(shape);
         args.extend([pad_top, pad_left, code(activation)]);
-        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{vec}", s.kernel, s.stride);
-        let mut launch = tiled(name, s.batch * s.channels, s.out_height, s.out_width, rows, args)?;
-        if vec.ends_with('r') {
-            // Row-staged kernels read their tile, channel and sample from a 3-D grid.
-            let tiles = s.out_width.div_ceil(TILE_W) * s.out_height.div_ceil(BLOCK_Y * rows);
-            launch.grid = [tiles as u32, s.channels as u32, s.batch as u32];
-        }
-        launch
+        let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{suffix}", s.kernel, s.stride);
+        // Row-staged kernels read their tile, channel and sample from a 3-D grid.
+        let how = TiledLaunch { block, rows, grid_3d: vec.ends_with('r') };
+        tiled(name, (s.channels, s.batch), (s.out_height, s.out_width), how, args)?
     } else {
         args.push(long(total));
         args.extend(shape);
@@ -293,7 +313,8 @@ pub fn depthwise_input_grad(s: DwShape, grad_vector_rows: bool, simple: bool) ->
         let vec = if grad_vector_rows { "_v4" } else { "" };
         args.extend([int(pt, "padding")?, int(pl, "padding")?]);
         let name = format!("dw_input_grad_tiled_k{}_r{rows}{vec}", s.kernel);
-        tiled(name, s.batch * s.channels, s.height, s.width, rows, args)?
+        let how = TiledLaunch { block: [TILE_W, BLOCK_Y], rows, grid_3d: false };
+        tiled(name, (s.channels, s.batch), (s.height, s.width), how, args)?
     } else if let (false, 2, 3 | 5 | 7) = (simple, s.stride, s.kernel) {
         // A block covers 2 TILE_W columns and 2 INPUT_GRAD_S2_ROW_PAIRS BLOCK_Y rows of dx.
         let tiles_x = s.width.div_ceil(2 * TILE_W);
@@ -620,6 +641,50 @@ mod tests {
     }
 
     #[test]
+    fn fitted_tiles_cover_planes_of_multiples_of_28_with_no_thread_past_the_edge() {
+        let fitted = Tiled(TiledDepthwise { fitted: true, ..Default::default() });
+        let launch = |k, s, size, kernel, vec| {
+            depthwise_forward(shape(k, s, size, size), true, Activation::Relu6, kernel, vec)
+                .map(|p| p.launches[0].clone())
+        };
+        // 112 -> 56 (k7 s2): 28 x 56 tiles, 2 x 1 of them; 56 -> 28: 28 x 28 tiles.
+        let l = launch(7, 2, 112, fitted, true).unwrap();
+        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r7_v4sr_w28x8");
+        assert_eq!((l.block, l.grid), ([28, 8, 1], [2, 3, 2]));
+        let l = launch(7, 2, 56, fitted, true).unwrap();
+        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r4_v4sr_w28x7");
+        assert_eq!((l.block, l.grid), ([28, 7, 1], [1, 3, 2]));
+        let l = launch(3, 1, 112, fitted, true).unwrap();
+        assert_eq!(l.kernel, "dw_forward_tiled_k3_s1_r7_v4r_w28x8");
+        assert_eq!(l.grid, [4 * 2, 3, 2]);
+        for (k, s, size, kernel, vec) in [
+            (3, 1, 40, fitted, true),  // 40 is no multiple of 28
+            (3, 1, 56, fitted, false), // rows not aligned: scalar staging has no fitted tile
+            (
+                7,
+                2,
+                112,
+                Tiled(TiledDepthwise { fitted: true, chunk_staging: true, ..Default::default() }),
+                true,
+            ),
+            (7, 2, 112, Tiled(TiledDepthwise { fitted: true, plain_rows: true, ..Default::default() }), true),
+            (
+                7,
+                2,
+                112,
+                Tiled(TiledDepthwise { fitted: true, rows_per_thread: Some(8), ..Default::default() }),
+                true,
+            ),
+        ] {
+            let err = launch(k, s, size, kernel, vec).unwrap_err().to_string();
+            assert!(err.contains("no fitted CUDA tile"), "{k} {s} {size} {kernel:?}: {err}");
+        }
+        assert_eq!(TiledDepthwise::fitted_tile(14, 14), None);
+        assert_eq!(TiledDepthwise::fitted_tile(28, 56), Some((4, 7)));
+        assert_eq!(TiledDepthwise::fitted_tile(56, 28), Some((7, 8)));
+    }
+
+    #[test]
     fn batches_past_the_grid_limit_take_the_chunk_staged_kernel_and_its_flat_grid() {
         let big = DwShape { batch: 70_000, ..shape(3, 1, 40, 40) };
         let plan = depthwise_forward(big, false, Activation::Identity, Auto, true).unwrap();
@@ -651,7 +716,7 @@ mod tests {
             plan.launches[0].kernel.clone()
         };
         let tiled = |plain_rows, chunk_staging| {
-            Tiled(TiledDepthwise { rows_per_thread: None, plain_rows, chunk_staging })
+            Tiled(TiledDepthwise { plain_rows, chunk_staging, ..Default::default() })
         };
         assert_eq!(name(2, Auto, true), "dw_forward_tiled_k5_s2_r2_v4sr");
         assert_eq!(name(2, tiled(false, true), true), "dw_forward_tiled_k5_s2_r2_v4s");

@@ -614,6 +614,23 @@ pub struct TiledDepthwise {
     /// Stage the input patch chunk by chunk, re-deriving each chunk's row and column (the
     /// 2026-11-28 kernels' staging) instead of row by row.
     pub chunk_staging: bool,
+    /// Tiles 28 outputs wide and 56 or 28 tall (7 or 4 rows per thread) instead of 32 x 8R, so
+    /// that 112-, 56- and 28-wide planes have no thread past their edge (32-wide tiles compute
+    /// 77% useful outputs there). Only for planes whose sides are multiples of 28, with row
+    /// staging and 16-byte aligned rows; an error elsewhere.
+    pub fitted: bool,
+}
+
+impl TiledDepthwise {
+    /// The fitted tile (`fitted`) of planes `out_height` x `out_width`: output rows per thread
+    /// and thread rows of a 28-wide block, if one covers the plane exactly.
+    pub fn fitted_tile(out_height: usize, out_width: usize) -> Option<(usize, usize)> {
+        match (out_width % 28, out_height % 56, out_height % 28) {
+            (0, 0, _) => Some((7, 8)),
+            (0, _, 0) => Some((4, 7)),
+            _ => None,
+        }
+    }
 }
 
 impl CudaDepthwiseKernel {

@@ -219,6 +219,9 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
         K(dw_input_grad_s2_k##KS##_p11)
 #define SPLIT(KS, R) K(dw_forward_tiled_k##KS##_s2_r##R##_v4s), K(dw_forward_tiled_k##KS##_s2_r##R##_v4sr)
 #define SPLIT_R(KS) SPLIT(KS, 2), SPLIT(KS, 4), SPLIT(KS, 8)
+#define FITS(KS)                                                                                     \
+    K(dw_forward_tiled_k##KS##_s1_r7_v4r_w28x8), K(dw_forward_tiled_k##KS##_s1_r4_v4r_w28x7),         \
+        K(dw_forward_tiled_k##KS##_s2_r7_v4sr_w28x8), K(dw_forward_tiled_k##KS##_s2_r4_v4sr_w28x7)
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
 #define FLIP_R(KS) FLIP(KS, 2), FLIP(KS, 4), FLIP(KS, 8)
 
@@ -237,6 +240,7 @@ static const std::vector<Kernel>& kernels() {
         TILED_R(5, 2),         TILED_R(7, 1),    TILED_R(7, 2),   FLIP_R(3),
         FLIP_R(5),             FLIP_R(7),        K(dw_forward_direct), K(channel_affine_act),
         SPLIT_R(3),            SPLIT_R(5),       SPLIT_R(7),
+        FITS(3),               FITS(5),          FITS(7),
         S2_GRAD(3),            S2_GRAD(5),       S2_GRAD(7),
         K(dw_input_grad),      K(dw_weight_grad_partial_k3), K(dw_weight_grad_partial_k5),
         K(dw_weight_grad_partial_k7), K(dw_weight_grad_columns_k3_s1), K(dw_weight_grad_columns_k3_s2),

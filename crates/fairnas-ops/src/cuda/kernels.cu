@@ -56,6 +56,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 // stores and the tap loop reads from two base
 // addresses with compile-time offsets. Scalar staging starts at offset 0 and keeps the plain
 // layout, whose even column pairs the compiler already reads as 64-bit loads.
+// Fitted tiles (TW x BY threads other than 32 x 8, row staging only): 28 columns and 56 or 28
+// rows, so that FairNAS's 112-, 56- and 28-wide planes are covered with no thread past the
+// plane (32 x 8R tiles compute 77% useful outputs there, and the kernels are issue-bound). A
+// block row then straddles two warps; nothing in the kernel depends on warps.
 // Optional epilogue: y = act(acc * scale[c] + shift[c]) (eval-mode BN folded into an affine).
 // FLIP reverses the taps: with stride 1, the input gradient is this convolution of the output
 // gradient with the flipped filter and padding k - 1 - p.
@@ -73,13 +77,13 @@ __device__ __forceinline__ void store_rows(const float (&acc)[R], float* dst, in
         if (r < rows) dst[r * wo] = activate(acc[r] * sc + sh, ACT);
 }
 
-template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT, bool ROW_STAGING>
+template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT, bool ROW_STAGING, int TW = TILE_W, int BY = BLOCK_Y>
 __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ scale, const float* __restrict__ shift,
                                  float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
                                  int pad_top, int pad_left, int act, int tiles_x, int tiles_y) {
-    constexpr int TILE_H = R * BLOCK_Y;
-    constexpr int IN_W = (TILE_W - 1) * S + K;
+    constexpr int TILE_H = R * BY;
+    constexpr int IN_W = (TW - 1) * S + K;
     constexpr int IN_H = (TILE_H - 1) * S + K;
     constexpr int STRIP = (R - 1) * S + K;  // input rows one thread's strip reads
     // VEC: rows are staged from a 16-byte aligned column with float4 loads and stores, so the
@@ -109,7 +113,7 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         c = (int)(plane % (unsigned)channels);
     }
     const int ty_tile = ROW_STAGING ? (int)((unsigned)t / (unsigned)tiles_x) : t / tiles_x;
-    const int oy0 = ty_tile * TILE_H, ox0 = (t - ty_tile * tiles_x) * TILE_W;
+    const int oy0 = ty_tile * TILE_H, ox0 = (t - ty_tile * tiles_x) * TW;
     const float* src = x + (long long)plane * h * wd;
     const int iy0 = oy0 * S - pad_top, ix0 = ox0 * S - pad_left;
     // Every load of the patch is issued before the first shared-memory store waits on one
@@ -124,16 +128,16 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         shift_cols = ix0 - ix_a;
         constexpr int NQ = PATCH_W / 4;
         if constexpr (ROW_STAGING) {
-            // Lane q of a warp stages float4 chunk q of a patch row (RPI rows per warp and pass
-            // when a row has at most 16 chunks); the 8 warps take rows in turn. Each thread's
+            // Thread x of a block row stages float4 chunk x of a patch row (RPI rows per block
+            // row and pass when a row has few chunks); the block rows take patch rows in turn. Each thread's
             // column, bounds and addresses are computed once and its later rows are constant
             // strides away, so a chunk costs a bounds test, a load and a store (the chunk-indexed
             // staging below divides and re-derives its row and column per chunk: ~40 SASS
             // instructions each, about a third of all a k7 s2 thread issues). These kernels
             // also take the 3-D grid above.
-            static_assert(NQ <= TILE_W, "a warp stages at least one patch row per pass");
-            constexpr int RPI = TILE_W / NQ;
-            constexpr int ROWS_PER_PASS = RPI * BLOCK_Y;
+            static_assert(NQ <= TW, "a row of threads stages at least one patch row per pass");
+            constexpr int RPI = TW / NQ;
+            constexpr int ROWS_PER_PASS = RPI * BY;
             constexpr int PASSES = (IN_H + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
             // At most 8 loads (32 registers) in flight per thread before their stores: with
             // 256-thread blocks that is still far more bytes in flight than the memory needs.
@@ -174,12 +178,12 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
             }
         } else {
         constexpr int CHUNKS = IN_H * NQ;
-        constexpr int ROUNDS = (CHUNKS + TILE_W * BLOCK_Y - 1) / (TILE_W * BLOCK_Y);
-        const int tid = threadIdx.y * TILE_W + threadIdx.x;
+        constexpr int ROUNDS = (CHUNKS + TW * BY - 1) / (TW * BY);
+        const int tid = threadIdx.y * TW + threadIdx.x;
         float4 staged[ROUNDS];
 #pragma unroll
         for (int k = 0; k < ROUNDS; ++k) {
-            const int idx = tid + k * TILE_W * BLOCK_Y;
+            const int idx = tid + k * TW * BY;
             const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
             const int iy = iy0 + py, ix = ix_a + 4 * q;
             const bool ok = idx < CHUNKS && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd;
@@ -187,7 +191,7 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         }
 #pragma unroll
         for (int k = 0; k < ROUNDS; ++k) {
-            const int idx = tid + k * TILE_W * BLOCK_Y;
+            const int idx = tid + k * TW * BY;
             if (idx < CHUNKS) {
                 const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
                 if constexpr (SPLIT) {
@@ -202,31 +206,31 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         }
     } else {
         // Column bounds are the same for every row: computed once.
-        constexpr int LOAD_ROWS = (IN_H + BLOCK_Y - 1) / BLOCK_Y;
-        constexpr int LOAD_COLS = (IN_W + TILE_W - 1) / TILE_W;
+        constexpr int LOAD_ROWS = (IN_H + BY - 1) / BY;
+        constexpr int LOAD_COLS = (IN_W + TW - 1) / TW;
         bool col_ok[LOAD_COLS];
 #pragma unroll
         for (int j = 0; j < LOAD_COLS; ++j) {
-            const int px = threadIdx.x + j * TILE_W;
+            const int px = threadIdx.x + j * TW;
             col_ok[j] = px < IN_W && (unsigned)(ix0 + px) < (unsigned)wd;
         }
         float staged[LOAD_ROWS][LOAD_COLS];
         int offset = (iy0 + (int)threadIdx.y) * wd + ix0 + (int)threadIdx.x;  // read only when valid
 #pragma unroll
         for (int i = 0; i < LOAD_ROWS; ++i) {
-            const int py = threadIdx.y + i * BLOCK_Y;
+            const int py = threadIdx.y + i * BY;
             const bool row_ok = py < IN_H && (unsigned)(iy0 + py) < (unsigned)h;
 #pragma unroll
             for (int j = 0; j < LOAD_COLS; ++j)
-                staged[i][j] = (row_ok && col_ok[j]) ? __ldg(src + offset + j * TILE_W) : 0.f;
-            offset += BLOCK_Y * wd;
+                staged[i][j] = (row_ok && col_ok[j]) ? __ldg(src + offset + j * TW) : 0.f;
+            offset += BY * wd;
         }
 #pragma unroll
         for (int i = 0; i < LOAD_ROWS; ++i) {
-            const int py = threadIdx.y + i * BLOCK_Y;
+            const int py = threadIdx.y + i * BY;
 #pragma unroll
             for (int j = 0; j < LOAD_COLS; ++j) {
-                const int px = threadIdx.x + j * TILE_W;
+                const int px = threadIdx.x + j * TW;
                 if (py < IN_H && px < IN_W) patch[py][px] = staged[i][j];
             }
         }
@@ -308,6 +312,25 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
 #define DW_TILED_ALL_R(K, S) DW_TILED_BOTH(K, S, 2) DW_TILED_BOTH(K, S, 4) DW_TILED_BOTH(K, S, 8)
 #define DW_TILED_SPLIT(K, R) DW_TILED(K, 2, R, true, true, false, _v4s) DW_TILED(K, 2, R, true, true, true, _v4sr)
 #define DW_TILED_SPLIT_R(K) DW_TILED_SPLIT(K, 2) DW_TILED_SPLIT(K, 4) DW_TILED_SPLIT(K, 8)
+// Fitted tiles: 28 x 56 outputs (R 7, 28 x 8 threads) and 28 x 28 (R 4, 28 x 7 threads), row
+// staging, de-interleaved rows at stride 2 (suffix _w28x8 / _w28x7).
+#define DW_TILED_FIT(K, S, R, BY, SPLIT, SUFFIX)                                                     \
+    extern "C" __global__ void __launch_bounds__(28 * BY)                                           \
+    dw_forward_tiled_k##K##_s##S##_r##R##SUFFIX##_w28x##BY(                                         \
+        const float* x, const float* w, const float* scale, const float* shift, float* y,           \
+        int channels, int h, int wd, int ho, int wo, int pad_top, int pad_left, int act,            \
+        int tiles_x, int tiles_y) {                                                                 \
+        dw_forward_tiled<K, S, R, false, true, SPLIT, true, 28, BY>(x, w, scale, shift, y,          \
+                                                                    channels, h, wd, ho, wo,        \
+                                                                    pad_top, pad_left, act,         \
+                                                                    tiles_x, tiles_y);              \
+    }
+#define DW_TILED_FITS(K)                                                                              \
+    DW_TILED_FIT(K, 1, 7, 8, false, _v4r) DW_TILED_FIT(K, 1, 4, 7, false, _v4r)                     \
+    DW_TILED_FIT(K, 2, 7, 8, true, _v4sr) DW_TILED_FIT(K, 2, 4, 7, true, _v4sr)
+DW_TILED_FITS(3)
+DW_TILED_FITS(5)
+DW_TILED_FITS(7)
 DW_TILED_ALL_R(3, 1)
 DW_TILED_ALL_R(3, 2)
 DW_TILED_ALL_R(5, 1)

@@ -9,7 +9,7 @@ mod common;
 use common::{ok, scratch};
 
 /// How many checks the GPU check runs (see the count in the first test).
-const CHECKS: usize = 4 * 3 * 2 * 2 * 9 + 4 * 3 * 2 * 4 + 3 * 2 * 2 + 2 + 2 * 6 + 2 + 1;
+const CHECKS: usize = 4 * 3 * 2 * 2 * 9 + 4 * 3 * 2 * 5 + 3 * 2 * 2 + 2 + 2 * 6 + 2 + 1;
 
 #[test]
 fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
@@ -23,8 +23,8 @@ fn gpu_check_harness_runs_every_check_on_the_cpu_kernels() {
     let checks = report["checks"].as_array().unwrap();
     // 4 shapes x 3 kernel sizes x 2 strides x 2 paddings x (forward + 3 fused + 3 tiled
     // variants (the 2 strip heights `Auto` does not pick, the chunk-indexed staging) + 2
-    // gradients), at stride 2 two more tiled variants (plain rows, with either staging) and the
-    // 2 gradients again (the simple kernels), the fitted tile on the one FairNAS-shaped shape
+    // gradients), at stride 2 three more tiled variants (plain rows with either staging, plain
+    // rows read in pairs) and the 2 gradients again (the simple kernels), the fitted tile on the one FairNAS-shaped shape
     // (3 kernel sizes x 2 strides x 2 paddings), 2 small-plane cases, 2 SE shapes x (forward,
     // plane stats, scale planes, 3 gradients), 2 depthwise autograd gradients, and the
     // FairNAS-A logits.

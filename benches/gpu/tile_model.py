@@ -64,10 +64,15 @@ def ptxas_report(path):
 
 
 def issued_per_thread(cuobjdump, cubin, kernel, rows):
-    """SASS instructions up to the first global store, plus one store path's worth per row."""
+    """SASS instructions up to the first global store, plus one store path's worth per row. The
+    pair-reading kernels (`_v4pr`) hold two copies of the tap loop (one per column parity) of
+    which a block runs one."""
     sass = subprocess.run([cuobjdump, "-sass", "-fun", kernel, cubin], capture_output=True, text=True, check=True).stdout
     ops = re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
     first_store = next(i for i, op in enumerate(ops) if op.startswith("STG"))
+    if "_v4pr" in kernel:
+        barrier = next(i for i, op in enumerate(ops) if op.startswith("BAR"))
+        first_store = barrier + (first_store - barrier) // 2
     return first_store + 6 * rows  # ReLU6 epilogue: FFMA, 2 FMNMX, address, STG, predicate
 
 
@@ -78,7 +83,7 @@ def blocks_per_sm(regs, smem, warps):
     return min(by_regs, by_smem, 64 // warps, 32)
 
 
-def model(c, size, k, s, rows, split, regs, smem, issued, copy_gbs, tile_w=TILE_W, block_y=BLOCK_Y):
+def model(c, size, k, s, rows, split, regs, smem, issued, copy_gbs, tile_w=TILE_W, block_y=BLOCK_Y, pairs=False):
     ho = wo = size // s
     threads = tile_w * block_y
     warps = math.ceil(threads / 32)
@@ -89,8 +94,12 @@ def model(c, size, k, s, rows, split, regs, smem, issued, copy_gbs, tile_w=TILE_
     in_h = (block_y * rows - 1) * s + k
     patch_w = ((in_w + 6) // 4) * 4
     strip = (rows - 1) * s + k
-    # Tap reads: STRIP x K per thread; the plain stride-2 layout hits every bank twice.
-    tap_wavefronts = warps * strip * k * (2 if (s == 2 and not split) else 1)
+    # Tap reads: STRIP x K per thread; the plain stride-2 layout hits every bank twice; pairs:
+    # (K + 2) // 2 64-bit reads per row, 2 wavefronts each.
+    if pairs:
+        tap_wavefronts = warps * strip * ((k + 2) // 2) * 2
+    else:
+        tap_wavefronts = warps * strip * k * (2 if (s == 2 and not split) else 1)
     chunks = in_h * patch_w // 4
     store_wavefronts = math.ceil(chunks / 32) * 4  # a float4 (or two float2) store: 512 B per warp
     lds_us = blocks * (tap_wavefronts + store_wavefronts) / (SMS * CLOCK_HZ) * 1e6
@@ -128,14 +137,17 @@ def main():
         auto = 8 if size // s >= 48 else 4 if size // s >= 24 else 2
         rows_of = []
         for rows in (2, 4, 8):
-            for split, row_staging in [(False, False), (False, True)] + ([(True, False), (True, True)] if s == 2 else []):
-                suffix = "_v4" + ("s" if split else "") + ("r" if row_staging else "")
+            layouts = [(False, False, False), (False, True, False)]
+            if s == 2:
+                layouts += [(True, False, False), (True, True, False), (False, True, True)]
+            for split, row_staging, pairs in layouts:
+                suffix = "_v4" + ("s" if split else "") + ("p" if pairs else "") + ("r" if row_staging else "")
                 name = f"dw_forward_tiled_k{k}_s{s}_r{rows}{suffix}"
                 if name not in report:
                     continue
                 regs, smem = report[name]
                 issued = issued_per_thread(args.cuobjdump, args.cubin, name, rows)
-                m = model(c, size, k, s, rows, split, regs, smem, issued, args.copy_gbs)
+                m = model(c, size, k, s, rows, split, regs, smem, issued, args.copy_gbs, pairs=pairs)
                 floor = max(m["dram_us"], m["lds_us"], m["issue_us"])
                 # The 2026-11-28 check timed Auto's kernel of then (plain rows, chunk staging:
                 # today's `_v4`) as "tiled".

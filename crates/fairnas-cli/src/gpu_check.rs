@@ -32,7 +32,7 @@ use fairnas_ops::depthwise_backward::{DepthwiseInputGrad, DepthwiseWeightGrad};
 use fairnas_ops::squeeze_excite::{PlaneStats, ScalePlanes};
 use fairnas_ops::{
     pack_fc, squeeze_excite_packed, Activation, CudaDepthwiseKernel, DepthwiseAffineAct, DepthwiseConv2d,
-    Padding2d, TiledDepthwise,
+    Padding2d, Stride2Rows, TiledDepthwise,
 };
 
 #[derive(Args, Debug)]
@@ -295,7 +295,7 @@ fn correctness(device: &Device) -> Result<Vec<Check>> {
                     fused.extend(tiled_variants(s, (ho, wo)).into_iter().map(|v| (Activation::Relu6, v)));
                     for (act, kernel) in fused {
                         let affine = randn(&[2, c])?;
-                        let variant = variant_name(kernel, ho);
+                        let variant = variant_name(kernel, s, ho);
                         let op = DepthwiseAffineAct {
                             stride: s,
                             padding: pad,
@@ -592,29 +592,35 @@ const ROTATE: usize = 3;
 /// The tiled-kernel variants the check runs beside `Auto` on planes of the given output size
 /// at `stride` (each is checked for correctness and timed): the other strip heights, the
 /// chunk-indexed staging it replaced, at stride 2 the plain-row layouts (with both stagings:
-/// the chunk-staged one is the 2026-11-28 kernel), and the fitted tile where one fits.
+/// the chunk-staged one is the 2026-11-28 kernel; and read in pairs), and the fitted tile where
+/// one fits.
 fn tiled_variants(stride: usize, (out_height, out_width): (usize, usize)) -> Vec<CudaDepthwiseKernel> {
     let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
-    let tiled = |rows: Option<u8>, plain_rows, chunk_staging| {
-        CudaDepthwiseKernel::Tiled(TiledDepthwise {
-            rows_per_thread: rows,
-            plain_rows,
-            chunk_staging,
-            fitted: false,
-        })
-    };
+    let tiled = |t: TiledDepthwise| CudaDepthwiseKernel::Tiled(t);
     let mut v: Vec<_> = [2u8, 4, 8]
         .into_iter()
         .filter(|&r| usize::from(r) != auto)
-        .map(|r| tiled(Some(r), false, false))
+        .map(|r| tiled(TiledDepthwise { rows_per_thread: Some(r), ..Default::default() }))
         .collect();
-    v.push(tiled(None, false, true));
+    // Chunk staging keeps its layout (at stride 2: de-interleaved, the pairs need row staging).
+    let chunk = TiledDepthwise {
+        chunk_staging: true,
+        stride2_rows: Stride2Rows::DeInterleaved,
+        ..Default::default()
+    };
+    v.push(tiled(chunk));
     if stride == 2 {
-        v.push(tiled(None, true, false));
-        v.push(tiled(None, true, true));
+        let rows = |stride2_rows, chunk_staging| TiledDepthwise {
+            stride2_rows,
+            chunk_staging,
+            ..Default::default()
+        };
+        v.push(tiled(rows(Stride2Rows::DeInterleaved, false)));
+        v.push(tiled(rows(Stride2Rows::Plain, false)));
+        v.push(tiled(rows(Stride2Rows::Plain, true)));
     }
     if TiledDepthwise::fitted_tile(out_height, out_width).is_some() {
-        v.push(CudaDepthwiseKernel::Tiled(TiledDepthwise { fitted: true, ..Default::default() }));
+        v.push(tiled(TiledDepthwise { fitted: true, ..Default::default() }));
     }
     v
 }
@@ -628,7 +634,7 @@ fn kernel_variants(stride: usize, out_size: (usize, usize)) -> Vec<CudaDepthwise
 
 /// A kernel's name in the report; `Auto` with the strip height it takes on planes `out_height`
 /// tall.
-fn variant_name(kernel: CudaDepthwiseKernel, out_height: usize) -> String {
+fn variant_name(kernel: CudaDepthwiseKernel, stride: usize, out_height: usize) -> String {
     let auto = CudaDepthwiseKernel::auto_strip_height(out_height);
     match kernel {
         CudaDepthwiseKernel::Auto => format!("tiled r{auto}, auto"),
@@ -636,8 +642,11 @@ fn variant_name(kernel: CudaDepthwiseKernel, out_height: usize) -> String {
         CudaDepthwiseKernel::Tiled(TiledDepthwise { fitted: true, .. }) => "tiled, fitted 28-wide".into(),
         CudaDepthwiseKernel::Tiled(t) => {
             let mut name = format!("tiled r{}", t.rows_per_thread.map_or(auto, usize::from));
-            if t.plain_rows {
-                name.push_str(", plain rows");
+            match t.stride2_rows {
+                _ if stride != 2 => {}
+                Stride2Rows::PlainPairs => {}
+                Stride2Rows::DeInterleaved => name.push_str(", de-interleaved rows"),
+                Stride2Rows::Plain => name.push_str(", plain rows"),
             }
             if t.chunk_staging {
                 name.push_str(", chunk staging");
@@ -701,7 +710,7 @@ fn timings(
             let stats = clock
                 .stats(3, args.repeats, |i| Ok(vec![xs[i % ROTATE].apply_op3_no_bwd(&wt, &affine, &op)?]))?;
             push(
-                format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel, ho)),
+                format!("depthwise+bn+relu6 fwd ({})", variant_name(kernel, s, ho)),
                 shape.clone(),
                 stats,
                 moved,

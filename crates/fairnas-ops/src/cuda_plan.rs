@@ -12,7 +12,7 @@
 
 use candle_core::Result;
 
-use crate::depthwise::{CudaDepthwiseKernel, DwShape, TiledDepthwise};
+use crate::depthwise::{CudaDepthwiseKernel, DwShape, Stride2Rows, TiledDepthwise};
 use crate::Activation;
 
 /// Threads per block of the element-wise (grid-stride) kernels.
@@ -223,24 +223,38 @@ pub fn depthwise_forward(
             );
         }
         let chunk_staging = t.chunk_staging || !grid_fits;
-        let split = s.stride == 2 && !t.plain_rows;
+        let layout = match (s.stride, t.stride2_rows) {
+            (1, _) => Stride2Rows::Plain,
+            // Past the 3-D grid's limits `Auto` keeps conflict-free reads with chunk staging.
+            (_, Stride2Rows::PlainPairs) if chunk_staging && kernel == CudaDepthwiseKernel::Auto => {
+                Stride2Rows::DeInterleaved
+            }
+            (_, layout) => layout,
+        };
         // Scalar staging (rows not 16-byte aligned) has one layout and one staging.
-        let vec = match (input_vector_rows, split, chunk_staging) {
+        let vec = match (input_vector_rows, layout, chunk_staging) {
             (false, _, _) => "",
-            (true, false, true) => "_v4",
-            (true, false, false) => "_v4r",
-            (true, true, true) => "_v4s",
-            (true, true, false) => "_v4sr",
+            (true, Stride2Rows::Plain, true) => "_v4",
+            (true, Stride2Rows::Plain, false) => "_v4r",
+            (true, Stride2Rows::DeInterleaved, true) => "_v4s",
+            (true, Stride2Rows::DeInterleaved, false) => "_v4sr",
+            (true, Stride2Rows::PlainPairs, false) => "_v4pr",
+            (true, Stride2Rows::PlainPairs, true) => candle_core::bail!(
+                "depthwise: the CUDA kernel reading taps in pairs stages its rows row by row, not chunk by chunk"
+            ),
         };
         let (rows, block, suffix) = if t.fitted {
             let fit = TiledDepthwise::fitted_tile(s.out_height, s.out_width);
             let Some((rows, block_rows)) = fit.filter(|_| {
-                input_vector_rows && !chunk_staging && (s.stride == 1 || split) && t.rows_per_thread.is_none()
+                input_vector_rows
+                    && !chunk_staging
+                    && (s.stride == 1 || layout != Stride2Rows::Plain)
+                    && t.rows_per_thread.is_none()
             }) else {
                 candle_core::bail!(
                     "depthwise: no fitted CUDA tile for {}x{} outputs (they take widths and heights \
-                     that are multiples of 28, 16-byte aligned rows, row staging, de-interleaved \
-                     stride-2 rows and their own strip height)",
+                     that are multiples of 28, 16-byte aligned rows, row staging, stride-2 rows \
+                     read in pairs or de-interleaved, and their own strip height)",
                     s.out_height,
                     s.out_width
                 );
@@ -593,7 +607,7 @@ mod tests {
         // 112x112, k7 s2 -> 56x56: rows per thread 8, tiles 64 tall and 32 wide.
         let plan = depthwise_forward(shape(7, 2, 112, 112), true, Activation::Relu6, Auto, true).unwrap();
         let launch = &plan.launches[0];
-        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4sr");
+        assert_eq!(launch.kernel, "dw_forward_tiled_k7_s2_r8_v4pr");
         assert_eq!(launch.block, [32, 8, 1]);
         let tiles = |i: usize| match launch.args[launch.args.len() - i] {
             KernelArg::I32(v) => v as u32,
@@ -623,7 +637,7 @@ mod tests {
         // 56 output rows: 4 tiles of 16 rows at r2, 2 of 32 at r4; 2 tiles across either way.
         for (r, tiles_y) in [(2u8, 4u32), (4, 2), (8, 1)] {
             let l = launch(rows(r));
-            assert_eq!(l.kernel, format!("dw_forward_tiled_k7_s2_r{r}_v4sr"));
+            assert_eq!(l.kernel, format!("dw_forward_tiled_k7_s2_r{r}_v4pr"));
             assert_eq!(l.grid, [2 * tiles_y, 3, 2]);
             assert_eq!(l.args[l.args.len() - 1], KernelArg::I32(tiles_y as i32));
         }
@@ -649,10 +663,10 @@ mod tests {
         };
         // 112 -> 56 (k7 s2): 28 x 56 tiles, 2 x 1 of them; 56 -> 28: 28 x 28 tiles.
         let l = launch(7, 2, 112, fitted, true).unwrap();
-        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r7_v4sr_w28x8");
+        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r7_v4pr_w28x8");
         assert_eq!((l.block, l.grid), ([28, 8, 1], [2, 3, 2]));
         let l = launch(7, 2, 56, fitted, true).unwrap();
-        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r4_v4sr_w28x7");
+        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r4_v4pr_w28x7");
         assert_eq!((l.block, l.grid), ([28, 7, 1], [1, 3, 2]));
         let l = launch(3, 1, 112, fitted, true).unwrap();
         assert_eq!(l.kernel, "dw_forward_tiled_k3_s1_r7_v4r_w28x8");
@@ -664,10 +678,25 @@ mod tests {
                 7,
                 2,
                 112,
-                Tiled(TiledDepthwise { fitted: true, chunk_staging: true, ..Default::default() }),
+                Tiled(TiledDepthwise {
+                    fitted: true,
+                    chunk_staging: true,
+                    stride2_rows: Stride2Rows::DeInterleaved,
+                    ..Default::default()
+                }),
                 true,
             ),
-            (7, 2, 112, Tiled(TiledDepthwise { fitted: true, plain_rows: true, ..Default::default() }), true),
+            (
+                7,
+                2,
+                112,
+                Tiled(TiledDepthwise {
+                    fitted: true,
+                    stride2_rows: Stride2Rows::Plain,
+                    ..Default::default()
+                }),
+                true,
+            ),
             (
                 7,
                 2,
@@ -679,6 +708,10 @@ mod tests {
             let err = launch(k, s, size, kernel, vec).unwrap_err().to_string();
             assert!(err.contains("no fitted CUDA tile"), "{k} {s} {size} {kernel:?}: {err}");
         }
+        let de_interleaved =
+            TiledDepthwise { fitted: true, stride2_rows: Stride2Rows::DeInterleaved, ..Default::default() };
+        let l = launch(7, 2, 112, Tiled(de_interleaved), true).unwrap();
+        assert_eq!(l.kernel, "dw_forward_tiled_k7_s2_r7_v4sr_w28x8");
         assert_eq!(TiledDepthwise::fitted_tile(14, 14), None);
         assert_eq!(TiledDepthwise::fitted_tile(28, 56), Some((4, 7)));
         assert_eq!(TiledDepthwise::fitted_tile(56, 28), Some((7, 8)));
@@ -691,6 +724,9 @@ mod tests {
         let launch = &plan.launches[0];
         assert_eq!(launch.kernel, "dw_forward_tiled_k3_s1_r4_v4");
         assert_eq!(launch.grid, [70_000 * 3 * 4, 1, 1]);
+        let s2 = DwShape { batch: 70_000, ..shape(3, 2, 40, 40) };
+        let plan = depthwise_forward(s2, false, Activation::Identity, Auto, true).unwrap();
+        assert_eq!(plan.launches[0].kernel, "dw_forward_tiled_k3_s2_r2_v4s");
         let err = depthwise_forward(big, false, Activation::Identity, Tiled(TiledDepthwise::default()), true)
             .unwrap_err()
             .to_string();
@@ -709,26 +745,38 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_staged_row_by_row_and_de_interleaved_at_stride_two_unless_asked_otherwise() {
+    fn rows_are_staged_row_by_row_and_read_in_pairs_at_stride_two_unless_asked_otherwise() {
         let name = |s, kernel, vec| {
             let plan =
                 depthwise_forward(shape(5, s, 40, 40), false, Activation::Identity, kernel, vec).unwrap();
             plan.launches[0].kernel.clone()
         };
-        let tiled = |plain_rows, chunk_staging| {
-            Tiled(TiledDepthwise { plain_rows, chunk_staging, ..Default::default() })
+        let tiled = |stride2_rows, chunk_staging| {
+            Tiled(TiledDepthwise { stride2_rows, chunk_staging, ..Default::default() })
         };
-        assert_eq!(name(2, Auto, true), "dw_forward_tiled_k5_s2_r2_v4sr");
-        assert_eq!(name(2, tiled(false, true), true), "dw_forward_tiled_k5_s2_r2_v4s");
-        assert_eq!(name(2, tiled(true, false), true), "dw_forward_tiled_k5_s2_r2_v4r");
+        use Stride2Rows::{DeInterleaved, Plain, PlainPairs};
+        assert_eq!(name(2, Auto, true), "dw_forward_tiled_k5_s2_r2_v4pr");
+        assert_eq!(name(2, tiled(DeInterleaved, false), true), "dw_forward_tiled_k5_s2_r2_v4sr");
+        assert_eq!(name(2, tiled(DeInterleaved, true), true), "dw_forward_tiled_k5_s2_r2_v4s");
+        assert_eq!(name(2, tiled(Plain, false), true), "dw_forward_tiled_k5_s2_r2_v4r");
+        assert_eq!(name(2, tiled(PlainPairs, false), true), "dw_forward_tiled_k5_s2_r2_v4pr");
         // The 2026-11-28 kernel.
-        assert_eq!(name(2, tiled(true, true), true), "dw_forward_tiled_k5_s2_r2_v4");
+        assert_eq!(name(2, tiled(Plain, true), true), "dw_forward_tiled_k5_s2_r2_v4");
         // Scalar staging has one layout and one staging; stride 1 never splits.
         assert_eq!(name(2, Auto, false), "dw_forward_tiled_k5_s2_r2");
-        assert_eq!(name(2, tiled(true, true), false), "dw_forward_tiled_k5_s2_r2");
+        assert_eq!(name(2, tiled(Plain, true), false), "dw_forward_tiled_k5_s2_r2");
+        assert_eq!(name(2, tiled(PlainPairs, false), false), "dw_forward_tiled_k5_s2_r2");
         assert_eq!(name(1, Auto, true), "dw_forward_tiled_k5_s1_r4_v4r");
-        assert_eq!(name(1, tiled(false, true), true), "dw_forward_tiled_k5_s1_r4_v4");
-        assert_eq!(name(1, tiled(true, false), true), "dw_forward_tiled_k5_s1_r4_v4r");
+        assert_eq!(name(1, tiled(DeInterleaved, true), true), "dw_forward_tiled_k5_s1_r4_v4");
+        assert_eq!(name(1, tiled(PlainPairs, false), true), "dw_forward_tiled_k5_s1_r4_v4r");
+        let plan = depthwise_forward(
+            shape(5, 2, 40, 40),
+            false,
+            Activation::Identity,
+            tiled(PlainPairs, true),
+            true,
+        );
+        assert!(plan.unwrap_err().to_string().contains("stages its rows row by row"));
     }
 
     #[test]

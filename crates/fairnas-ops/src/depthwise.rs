@@ -608,9 +608,8 @@ pub struct TiledDepthwise {
     /// output but hold more accumulators (k7 s2: 32, 64 and 77 registers), so fewer blocks fit
     /// on a multiprocessor.
     pub rows_per_thread: Option<u8>,
-    /// Stride 2: stage rows as they lie in memory instead of de-interleaved (every tap read
-    /// then hits each bank twice; the layout the 2026-11-28 GPU run timed).
-    pub plain_rows: bool,
+    /// How stride-2 rows lie in shared memory (stride 1 has one layout).
+    pub stride2_rows: Stride2Rows,
     /// Stage the input patch chunk by chunk, re-deriving each chunk's row and column (the
     /// 2026-11-28 kernels' staging) instead of row by row.
     pub chunk_staging: bool,
@@ -619,6 +618,24 @@ pub struct TiledDepthwise {
     /// 77% useful outputs there). Only for planes whose sides are multiples of 28, with row
     /// staging and 16-byte aligned rows; an error elsewhere.
     pub fitted: bool,
+}
+
+/// The shared-memory layout of the tiled kernel's input rows at stride 2, where a warp's 32
+/// threads read every other column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stride2Rows {
+    /// As they lie in memory, each thread's taps read as 64-bit pairs from an even column
+    /// (conflict-free, (k + 2) / 2 reads per row instead of k); row staging only. The default:
+    /// of the three, the fewest instructions and registers (k7 s2: 901 SASS instructions per
+    /// thread and 48 registers at r8, against 1016 and 78 de-interleaved; not yet timed on a
+    /// GPU, see BENCHMARKS.md).
+    #[default]
+    PlainPairs,
+    /// Even columns, then odd ones: each tap read is conflict-free.
+    DeInterleaved,
+    /// As they lie in memory: each tap read hits every bank twice (the layout the 2026-11-28
+    /// GPU run timed).
+    Plain,
 }
 
 impl TiledDepthwise {

@@ -39,7 +39,7 @@ pub use conv_bn::{conv_bn_act, BnConv};
 pub use dense_conv::{dense_conv2d, folded_dense_conv2d, DenseConv, FoldedDenseConv};
 pub use depthwise::{
     depthwise_affine_act, depthwise_conv2d, CudaDepthwiseKernel, DepthwiseAffineAct, DepthwiseConv2d,
-    Padding2d, TiledDepthwise,
+    Padding2d, Stride2Rows, TiledDepthwise,
 };
 pub use folded_pointwise::{fold_batch_norm, folded_pointwise, folded_pointwise_gated, FoldedPointwise};
 pub use linear::linear;

@@ -217,11 +217,13 @@ static Kernel kernel(const char* name, void (*f)(A...)) {
 #define S2_GRAD(KS)                                                                                 \
     K(dw_input_grad_s2_k##KS##_p00), K(dw_input_grad_s2_k##KS##_p01), K(dw_input_grad_s2_k##KS##_p10), \
         K(dw_input_grad_s2_k##KS##_p11)
-#define SPLIT(KS, R) K(dw_forward_tiled_k##KS##_s2_r##R##_v4s), K(dw_forward_tiled_k##KS##_s2_r##R##_v4sr)
+#define SPLIT(KS, R) \
+    K(dw_forward_tiled_k##KS##_s2_r##R##_v4s), K(dw_forward_tiled_k##KS##_s2_r##R##_v4sr), K(dw_forward_tiled_k##KS##_s2_r##R##_v4pr)
 #define SPLIT_R(KS) SPLIT(KS, 2), SPLIT(KS, 4), SPLIT(KS, 8)
 #define FITS(KS)                                                                                     \
     K(dw_forward_tiled_k##KS##_s1_r7_v4r_w28x8), K(dw_forward_tiled_k##KS##_s1_r4_v4r_w28x7),         \
-        K(dw_forward_tiled_k##KS##_s2_r7_v4sr_w28x8), K(dw_forward_tiled_k##KS##_s2_r4_v4sr_w28x7)
+        K(dw_forward_tiled_k##KS##_s2_r7_v4sr_w28x8), K(dw_forward_tiled_k##KS##_s2_r4_v4sr_w28x7),   \
+        K(dw_forward_tiled_k##KS##_s2_r7_v4pr_w28x8), K(dw_forward_tiled_k##KS##_s2_r4_v4pr_w28x7)
 #define FLIP(KS, R) K(dw_input_grad_tiled_k##KS##_r##R), K(dw_input_grad_tiled_k##KS##_r##R##_v4)
 #define FLIP_R(KS) FLIP(KS, 2), FLIP(KS, 4), FLIP(KS, 8)
 

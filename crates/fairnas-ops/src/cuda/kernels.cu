@@ -77,7 +77,14 @@ __device__ __forceinline__ void store_rows(const float (&acc)[R], float* dst, in
         if (r < rows) dst[r * wo] = activate(acc[r] * sc + sh, ACT);
 }
 
-template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT, bool ROW_STAGING, int TW = TILE_W, int BY = BLOCK_Y>
+// A compile-time int passed to a generic lambda (the tap loop's column parity).
+template <int V>
+struct IntConst {
+    static constexpr int value = V;
+};
+
+template <int K, int S, int R, bool FLIP, bool VEC, bool SPLIT, bool ROW_STAGING, int TW = TILE_W, int BY = BLOCK_Y,
+          bool PAIRS = false>
 __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ scale, const float* __restrict__ shift,
                                  float* __restrict__ y, int channels, int h, int wd, int ho, int wo,
@@ -93,6 +100,12 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     // halves hold their columns and the float2 stores are aligned.
     constexpr int HALF_W = PATCH_W / 2;
     static_assert(!SPLIT || (S == 2 && VEC && PATCH_W % 4 == 0), "de-interleaved rows: stride 2, float4 staging");
+    // PAIRS: stride 2, rows as they are, each thread's taps read as float2 pairs from an even
+    // column: lane tx's pairs start at word 2 tx + const, so a warp's 64-bit reads are
+    // conflict-free (2 wavefronts each) and a K-wide window takes (K + 2) / 2 reads instead of K.
+    // The block's column parity (col0 & 1, from the 16-byte aligned start) is uniform; the tap
+    // loop is compiled once for each. The last pair ends at most at column IN_W + 2 < PATCH_W.
+    static_assert(!PAIRS || (S == 2 && VEC && !SPLIT), "float2 tap pairs: stride 2, float4 staging, plain rows");
     __shared__ __align__(16) float patch[IN_H][PATCH_W];
     // 32-bit block arithmetic (the grid is below 2^32 blocks; a 64-bit division costs ~100
     // instructions); 64 bits only for the plane's base address.
@@ -249,24 +262,49 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
     // (1 - p, ((col0 + 1) >> 1) + m).
     const int even_tap = (shift_cols & 1) * HALF_W + (col0 >> 1);
     const int odd_tap = (1 - (shift_cols & 1)) * HALF_W + ((col0 + 1) >> 1);
+    const auto convolve = [&](auto parity) {
+        constexpr int P = decltype(parity)::value;
+        constexpr int NP = (P + K + 1) / 2;
 #pragma unroll
-    for (int j = 0; j < STRIP; ++j) {
-        float v[K];
+        for (int j = 0; j < STRIP; ++j) {
+            float v[K];
+            if constexpr (PAIRS) {
+                float pair[2 * NP];
+                const float* row = &patch[ly0 * S + j][col0 - P];
 #pragma unroll
-        for (int kx = 0; kx < K; ++kx) {
-            if constexpr (SPLIT)
-                v[kx] = patch[ly0 * S + j][(kx & 1 ? odd_tap : even_tap) + (kx >> 1)];
-            else
-                v[kx] = patch[ly0 * S + j][col0 + kx];
-        }
+                for (int m = 0; m < NP; ++m) {
+                    const float2 q = *reinterpret_cast<const float2*>(row + 2 * m);
+                    pair[2 * m] = q.x;
+                    pair[2 * m + 1] = q.y;
+                }
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int ky = j - r * S;  // compile-time after unrolling
-            if (ky >= 0 && ky < K) {
+                for (int kx = 0; kx < K; ++kx) v[kx] = pair[P + kx];
+            } else {
 #pragma unroll
-                for (int kx = 0; kx < K; ++kx) acc[r] += taps[ky * K + kx] * v[kx];
+                for (int kx = 0; kx < K; ++kx) {
+                    if constexpr (SPLIT)
+                        v[kx] = patch[ly0 * S + j][(kx & 1 ? odd_tap : even_tap) + (kx >> 1)];
+                    else
+                        v[kx] = patch[ly0 * S + j][col0 + kx];
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const int ky = j - r * S;  // compile-time after unrolling
+                if (ky >= 0 && ky < K) {
+#pragma unroll
+                    for (int kx = 0; kx < K; ++kx) acc[r] += taps[ky * K + kx] * v[kx];
+                }
             }
         }
+    };
+    if constexpr (PAIRS) {
+        if (col0 & 1)
+            convolve(IntConst<1>{});
+        else
+            convolve(IntConst<0>{});
+    } else {
+        convolve(IntConst<0>{});
     }
     const float sc = scale ? __ldg(scale + c) : 1.f;
     const float sh = scale ? __ldg(shift + c) : 0.f;
@@ -312,22 +350,38 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
 #define DW_TILED_ALL_R(K, S) DW_TILED_BOTH(K, S, 2) DW_TILED_BOTH(K, S, 4) DW_TILED_BOTH(K, S, 8)
 #define DW_TILED_SPLIT(K, R) DW_TILED(K, 2, R, true, true, false, _v4s) DW_TILED(K, 2, R, true, true, true, _v4sr)
 #define DW_TILED_SPLIT_R(K) DW_TILED_SPLIT(K, 2) DW_TILED_SPLIT(K, 4) DW_TILED_SPLIT(K, 8)
+// Stride 2, rows as they are, taps read in float2 pairs, row staging (suffix _v4pr).
+#define DW_TILED_PAIRS(K, R)                                                                         \
+    extern "C" __global__ void __launch_bounds__(TILE_W * BLOCK_Y)                                  \
+    dw_forward_tiled_k##K##_s2_r##R##_v4pr(const float* x, const float* w, const float* scale,      \
+                                           const float* shift, float* y, int channels, int h,       \
+                                           int wd, int ho, int wo, int pad_top, int pad_left,       \
+                                           int act, int tiles_x, int tiles_y) {                     \
+        dw_forward_tiled<K, 2, R, false, true, false, true, TILE_W, BLOCK_Y, true>(                 \
+            x, w, scale, shift, y, channels, h, wd, ho, wo, pad_top, pad_left, act, tiles_x,        \
+            tiles_y);                                                                               \
+    }
+#define DW_TILED_PAIRS_R(K) DW_TILED_PAIRS(K, 2) DW_TILED_PAIRS(K, 4) DW_TILED_PAIRS(K, 8)
+DW_TILED_PAIRS_R(3)
+DW_TILED_PAIRS_R(5)
+DW_TILED_PAIRS_R(7)
 // Fitted tiles: 28 x 56 outputs (R 7, 28 x 8 threads) and 28 x 28 (R 4, 28 x 7 threads), row
-// staging, de-interleaved rows at stride 2 (suffix _w28x8 / _w28x7).
-#define DW_TILED_FIT(K, S, R, BY, SPLIT, SUFFIX)                                                     \
+// staging, at stride 2 de-interleaved rows or taps in pairs (suffix _w28x8 / _w28x7).
+#define DW_TILED_FIT(K, S, R, BY, SPLIT, PAIRS, SUFFIX)                                              \
     extern "C" __global__ void __launch_bounds__(28 * BY)                                           \
     dw_forward_tiled_k##K##_s##S##_r##R##SUFFIX##_w28x##BY(                                         \
         const float* x, const float* w, const float* scale, const float* shift, float* y,           \
         int channels, int h, int wd, int ho, int wo, int pad_top, int pad_left, int act,            \
         int tiles_x, int tiles_y) {                                                                 \
-        dw_forward_tiled<K, S, R, false, true, SPLIT, true, 28, BY>(x, w, scale, shift, y,          \
+        dw_forward_tiled<K, S, R, false, true, SPLIT, true, 28, BY, PAIRS>(x, w, scale, shift, y,   \
                                                                     channels, h, wd, ho, wo,        \
                                                                     pad_top, pad_left, act,         \
                                                                     tiles_x, tiles_y);              \
     }
 #define DW_TILED_FITS(K)                                                                              \
-    DW_TILED_FIT(K, 1, 7, 8, false, _v4r) DW_TILED_FIT(K, 1, 4, 7, false, _v4r)                     \
-    DW_TILED_FIT(K, 2, 7, 8, true, _v4sr) DW_TILED_FIT(K, 2, 4, 7, true, _v4sr)
+    DW_TILED_FIT(K, 1, 7, 8, false, false, _v4r) DW_TILED_FIT(K, 1, 4, 7, false, false, _v4r)       \
+    DW_TILED_FIT(K, 2, 7, 8, true, false, _v4sr) DW_TILED_FIT(K, 2, 4, 7, true, false, _v4sr)       \
+    DW_TILED_FIT(K, 2, 7, 8, false, true, _v4pr) DW_TILED_FIT(K, 2, 4, 7, false, true, _v4pr)
 DW_TILED_FITS(3)
 DW_TILED_FITS(5)
 DW_TILED_FITS(7)

@@ -5,7 +5,9 @@
 //!    two backward passes and its gradients through autograd) on fresh random inputs, against
 //!    the CPU implementation of the same op run in f64. Outputs are poisoned with NaN before
 //!    every run, so an unwritten element fails. FairNAS-A's logits on the device against the CPU
-//!    in f64 (the project's 1e-4 relative standard).
+//!    in f64 (the project's 1e-4 relative standard), and with `--real-weights`/`--real-images`
+//!    (which the CUDA bundle passes from the data it carries) a real checkpoint's logits on real
+//!    photos, the same way.
 //! 2. Speed: the device's copy bandwidth (device-to-device, bytes read + written); each kernel on
 //!    FairNAS-A's own layer shapes at the given batch, timed with device events (median of
 //!    repeats after warm-up, inputs rotated so L2 does not serve them), against the bytes it

@@ -95,44 +95,19 @@ fn gpu_check_passes_with_the_cuda_kernels_emulated_on_the_cpu() {
 /// check runs without it; a wrong real-data path fails before any check runs, naming it.
 #[test]
 fn gpu_check_names_missing_real_data_before_running_anything() {
-    let err = common::failure(&[
-        "gpu-check",
-        "--device",
-        "cpu",
-        "--no-timing",
-        "--out",
-        "/nonexistent-never-created",
-        "--real-weights",
-        "/nonexistent/lite0.pth",
-        "--real-images",
-        ".",
-    ]);
+    let fails = |real: &[&str]| {
+        let base = ["gpu-check", "--device", "cpu", "--no-timing", "--out", "/nonexistent-never-created"];
+        common::failure(&[&base[..], real].concat())
+    };
+    let err = fails(&["--real-weights", "/nonexistent/lite0.pth", "--real-images", "."]);
     assert!(err.contains("--real-weights /nonexistent/lite0.pth: no such file"), "{err}");
     assert!(!err.contains("depthwise"), "checks ran before the path was checked: {err}");
     let (cargo_toml, photos) = (common::repo().join("Cargo.toml"), common::repo().join("data/images"));
     let (cargo_toml, photos) = (cargo_toml.display().to_string(), photos.display().to_string());
-    let err = common::failure(&[
-        "gpu-check",
-        "--device",
-        "cpu",
-        "--out",
-        "/nonexistent-never-created",
-        "--real-weights",
-        &cargo_toml,
-        "--real-images",
-        &photos,
-    ]);
+    let err = fails(&["--real-weights", &cargo_toml, "--real-images", &photos]);
     assert!(err.contains("not a PyTorch checkpoint"), "{err}");
     assert!(!err.contains("depthwise"), "checks ran before the checkpoint was read: {err}");
-    let err = common::failure(&[
-        "gpu-check",
-        "--device",
-        "cpu",
-        "--out",
-        "/nonexistent-never-created",
-        "--real-images",
-        ".",
-    ]);
+    let err = fails(&["--real-images", "."]);
     assert!(err.contains("--real-weights"), "{err}");
 }
 

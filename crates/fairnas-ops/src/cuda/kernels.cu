@@ -142,12 +142,12 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
         constexpr int NQ = PATCH_W / 4;
         if constexpr (ROW_STAGING) {
             // Thread x of a block row stages float4 chunk x of a patch row (RPI rows per block
-            // row and pass when a row has few chunks); the block rows take patch rows in turn. Each thread's
-            // column, bounds and addresses are computed once and its later rows are constant
-            // strides away, so a chunk costs a bounds test, a load and a store (the chunk-indexed
-            // staging below divides and re-derives its row and column per chunk: ~40 SASS
-            // instructions each, about a third of all a k7 s2 thread issues). These kernels
-            // also take the 3-D grid above.
+            // row and pass when a row has few chunks); the block rows take patch rows in turn.
+            // Each thread's column, bounds and addresses are computed once and its later rows
+            // are constant strides away, so a chunk costs a bounds test, a load and a store (the
+            // chunk-indexed staging below divides and re-derives its row and column per chunk:
+            // ~40 SASS instructions each, about a third of all a k7 s2 thread issues). These
+            // kernels also take the 3-D grid above.
             static_assert(NQ <= TW, "a row of threads stages at least one patch row per pass");
             constexpr int RPI = TW / NQ;
             constexpr int ROWS_PER_PASS = RPI * BY;
@@ -190,32 +190,32 @@ __device__ void dw_forward_tiled(const float* __restrict__ x, const float* __res
                 }
             }
         } else {
-        constexpr int CHUNKS = IN_H * NQ;
-        constexpr int ROUNDS = (CHUNKS + TW * BY - 1) / (TW * BY);
-        const int tid = threadIdx.y * TW + threadIdx.x;
-        float4 staged[ROUNDS];
+            constexpr int CHUNKS = IN_H * NQ;
+            constexpr int ROUNDS = (CHUNKS + TW * BY - 1) / (TW * BY);
+            const int tid = threadIdx.y * TW + threadIdx.x;
+            float4 staged[ROUNDS];
 #pragma unroll
-        for (int k = 0; k < ROUNDS; ++k) {
-            const int idx = tid + k * TW * BY;
-            const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
-            const int iy = iy0 + py, ix = ix_a + 4 * q;
-            const bool ok = idx < CHUNKS && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd;
-            staged[k] = ok ? __ldg(reinterpret_cast<const float4*>(src + iy * wd + ix)) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int k = 0; k < ROUNDS; ++k) {
-            const int idx = tid + k * TW * BY;
-            if (idx < CHUNKS) {
+            for (int k = 0; k < ROUNDS; ++k) {
+                const int idx = tid + k * TW * BY;
                 const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
-                if constexpr (SPLIT) {
-                    // Columns 4q, 4q + 2 are even (index 2q, 2q + 1), 4q + 1, 4q + 3 odd.
-                    *reinterpret_cast<float2*>(&patch[py][2 * q]) = make_float2(staged[k].x, staged[k].z);
-                    *reinterpret_cast<float2*>(&patch[py][HALF_W + 2 * q]) = make_float2(staged[k].y, staged[k].w);
-                } else {
-                    *reinterpret_cast<float4*>(&patch[py][4 * q]) = staged[k];
+                const int iy = iy0 + py, ix = ix_a + 4 * q;
+                const bool ok = idx < CHUNKS && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd;
+                staged[k] = ok ? __ldg(reinterpret_cast<const float4*>(src + iy * wd + ix)) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int k = 0; k < ROUNDS; ++k) {
+                const int idx = tid + k * TW * BY;
+                if (idx < CHUNKS) {
+                    const int py = idx / NQ, q = idx - (idx / NQ) * NQ;
+                    if constexpr (SPLIT) {
+                        // Columns 4q, 4q + 2 are even (index 2q, 2q + 1), 4q + 1, 4q + 3 odd.
+                        *reinterpret_cast<float2*>(&patch[py][2 * q]) = make_float2(staged[k].x, staged[k].z);
+                        *reinterpret_cast<float2*>(&patch[py][HALF_W + 2 * q]) = make_float2(staged[k].y, staged[k].w);
+                    } else {
+                        *reinterpret_cast<float4*>(&patch[py][4 * q]) = staged[k];
+                    }
                 }
             }
-        }
         }
     } else {
         // Column bounds are the same for every row: computed once.

@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use serde::Serialize;
 
-use fairnas_data::{EvalLoader, OnBadImage, Sample, Source};
+use fairnas_data::{EvalLoader, OnBadImage, Sample};
 use fairnas_model::network::Network;
 use fairnas_model::selection::ModelSelection;
 use fairnas_model::spec::{ArchSpec, BlockKind, Padding};
@@ -479,32 +479,14 @@ fn end_to_end(device: &Device, out: &std::path::Path) -> Result<Check> {
     Ok(check)
 }
 
-/// The photos of `dir` (JPEG or PNG), sorted by name, at most `limit`.
-fn photos(dir: &std::path::Path, limit: usize) -> Result<Vec<PathBuf>> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the --real-images folder {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    found.retain(|p| {
-        let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
-    });
-    found.sort();
-    found.truncate(limit);
-    if found.is_empty() {
-        bail!("--real-images {}: no JPEG or PNG photos there", dir.display());
-    }
-    Ok(found)
-}
-
 /// What the real-checkpoint check runs on, read before any check runs (a wrong path or a bad
 /// checkpoint fails at once, not after the whole suite).
 struct RealData {
     spec: ArchSpec,
     /// The checkpoint's tensors (CPU, f32) under the network's names.
     tensors: std::collections::HashMap<String, Tensor>,
-    files: Vec<PathBuf>,
+    /// The photos, labelled as `fairnas verify` labels them.
+    photos: Vec<Sample>,
 }
 
 impl RealData {
@@ -516,14 +498,17 @@ impl RealData {
             bail!("--real-weights {}: no such file", weights.display());
         }
         let spec = ModelSelection::named(&args.real_model).resolve().map_err(anyhow::Error::msg)?;
-        let files = photos(images, args.real_limit)?;
+        let photos = fairnas_data::dataset::Dataset::detect_imagenet(images)
+            .with_context(|| format!("--real-images {}", images.display()))?
+            .limit(args.real_limit)
+            .samples;
         let source = fairnas_cli::weights::WeightsArgs {
             weights: weights.display().to_string(),
             source: fairnas_cli::weights::CheckpointSource { layout: "auto".into(), key: None },
         };
         let tensors = fairnas_cli::weights::load_tensors(&source, &spec, &Device::Cpu)
             .with_context(|| format!("--real-weights {}", weights.display()))?;
-        Ok(Some(Self { spec, tensors, files }))
+        Ok(Some(Self { spec, tensors, photos }))
     }
 }
 
@@ -532,28 +517,35 @@ impl RealData {
 /// FairNAS-A check cannot see a kernel path only trained weights reach (e.g. large BN scales,
 /// TF-SAME pads at every stride-2 depthwise in the Lite family).
 fn real_checkpoint(device: &Device, real: &RealData) -> Result<Check> {
-    let RealData { spec, tensors, files } = real;
+    let RealData { spec, tensors, photos } = real;
     let load = |dtype, on: &Device| -> Result<Network> {
         Ok(Network::load(spec, candle_nn::VarBuilder::from_tensors(tensors.clone(), dtype, on))?)
     };
     let (on_device, reference) = (load(DType::F32, device)?, load(DType::F64, &Device::Cpu)?);
     let transform = crate::verify::eval_transform(spec, None, None);
     let crop = transform.crop as usize;
-    let samples = files.iter().map(|p| Sample { source: Source::File(p.clone()), label: 0 }).collect();
-    let (mut got, mut want) = (Vec::new(), Vec::new());
-    for batch in EvalLoader::new(samples, transform, 16, 2, OnBadImage::Fail) {
+    let (mut got, mut want, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in EvalLoader::new(photos.clone(), transform, 16, 2, OnBadImage::Fail) {
         let batch = batch?;
         let x = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, crop, crop), &Device::Cpu)?;
         got.push(on_device.forward(&x.to_device(device)?)?.to_device(&Device::Cpu)?);
         want.push(reference.forward(&x.to_dtype(DType::F64)?)?);
+        labels.extend(batch.labels.iter().map(|&l| l as u32));
     }
     let (got, want) = (Tensor::cat(&got, 0)?, Tensor::cat(&want, 0)?);
-    let name = format!("{} logits, {} real photos (real checkpoint)", spec.name, files.len());
+    let name = format!("{} logits, {} real photos (real checkpoint)", spec.name, photos.len());
     let check = compare(name, &got, &want, (LOGITS_MAX_REL_LIMIT, LOGITS_MAX_REL_LIMIT))?;
     let classes = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.argmax(1)?.to_vec1::<u32>()?) };
-    let same_top1 = classes(&got)?.iter().zip(classes(&want)?).filter(|(a, b)| **a == *b).count();
+    let (got, want) = (classes(&got)?, classes(&want)?);
+    let agree = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x == y).count();
     report_check(&check);
-    eprintln!("       top-1 class the same as the CPU's for {same_top1} of {} photos", files.len());
+    eprintln!(
+        "       top-1: the same class as the CPU's for {} of {n} photos; correct for {} (device) and {} (CPU)",
+        agree(&got, &want),
+        agree(&got, &labels),
+        agree(&want, &labels),
+        n = photos.len()
+    );
     Ok(check)
 }
 

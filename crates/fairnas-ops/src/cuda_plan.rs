@@ -134,16 +134,16 @@ pub fn vector_rows(address: u64, width: usize) -> bool {
 /// The largest second and third grid dimension CUDA launches take.
 const MAX_GRID_YZ: usize = 65535;
 
-/// A tiled kernel's launch over the `channels` x `batch` planes of `h` x `w` outputs with
-/// blocks of `block` threads, each thread `rows` outputs tall; its last two arguments are the
-/// tile counts across and down, which the caller appends. `grid_3d`: the grid is (tile,
-/// channel, sample) instead of one flat index.
+/// How a tiled kernel runs: blocks of `block` threads (across, down), each thread `rows`
+/// outputs tall; `grid_3d`: the grid is (tile, channel, sample) instead of one flat index.
 struct TiledLaunch {
     block: [usize; 2],
     rows: usize,
     grid_3d: bool,
 }
 
+/// A tiled kernel's launch over the `channels` x `batch` planes of `h` x `w` outputs; its last
+/// two arguments are the tile counts across and down, which this appends.
 fn tiled(
     kernel: String,
     (channels, batch): (usize, usize),
@@ -212,8 +212,8 @@ pub fn depthwise_forward(
     };
     let launch = if let Some(t) = tiled_variant {
         // The row-staged kernels' 3-D grid holds at most 65535 channels and samples; `Auto`
-        // takes the chunk-staged kernel (a 1-D grid) beyond.
-        let grid_fits = s.channels <= MAX_GRID_YZ && s.batch <= MAX_GRID_YZ;
+        // takes the chunk-staged kernel (a 1-D grid) beyond. Scalar staging has a 1-D grid.
+        let grid_fits = !input_vector_rows || (s.channels <= MAX_GRID_YZ && s.batch <= MAX_GRID_YZ);
         if !grid_fits && !t.chunk_staging && kernel != CudaDepthwiseKernel::Auto {
             candle_core::bail!(
                 "depthwise: the row-staged CUDA kernel takes at most {MAX_GRID_YZ} channels and \

@@ -114,6 +114,8 @@ fn gpu_check_names_missing_real_data_before_running_anything() {
     let err = fails(&["--real-weights", &cargo_toml, "--real-images", &photos]);
     assert!(err.contains("not a PyTorch checkpoint"), "{err}");
     assert!(!err.contains("depthwise"), "checks ran before the checkpoint was read: {err}");
+    let err = fails(&["--real-weights", &cargo_toml, "--real-images", &photos, "--real-limit", "0"]);
+    assert!(err.contains("--real-limit must be at least 1"), "{err}");
     let err = fails(&["--real-images", "."]);
     assert!(err.contains("--real-weights"), "{err}");
 }

@@ -497,6 +497,9 @@ impl RealData {
         if !weights.is_file() {
             bail!("--real-weights {}: no such file", weights.display());
         }
+        if args.real_limit == 0 {
+            bail!("--real-limit must be at least 1 (leave out --real-weights to skip the check)");
+        }
         let spec = ModelSelection::named(&args.real_model).resolve().map_err(anyhow::Error::msg)?;
         let photos = fairnas_data::dataset::Dataset::detect_imagenet(images)
             .with_context(|| format!("--real-images {}", images.display()))?

@@ -2,7 +2,7 @@
 backward on the same batch, gradients accumulated, ONE SGD update) on the NAS-Bench-Macro
 supernet, timed in PyTorch eager on the CPU.
 
-The network mirrors fairnas-supernet's (FAIRNAS.md section 7): stem conv3x3(3->32)+BN+ReLU,
+The network mirrors fairnas-supernet's (docs/FAIRNAS.md section 7): stem conv3x3(3->32)+BN+ReLU,
 8 layers of {skip, MBConv k3 e3, MBConv k5 e6} (ReLU, symmetric padding; skip = identity, or a
 strided 1x1 conv + BN when the shape changes; residual on MBConvs when shape is kept),
 head conv1x1(->1280)+BN+ReLU, global average pool, FC(1280->10). SGD momentum 0.9, Nesterov,

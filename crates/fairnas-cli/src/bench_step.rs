@@ -32,7 +32,7 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     let supernet = Supernet::new(&space, 0, &device)?;
     let sampler = StrictFair::new(&space.choice_counts(), 0).map_err(anyhow::Error::msg)?;
     let size = space.base.input_size;
-    let mut rng = fairnas_data::SampleRng::new(1, 2, 3);
+    let mut rng = fairnas_ops::rng::SampleRng::new(1, 2, 3);
     let pixels: Vec<f32> =
         (0..args.batch * 3 * size * size).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
     let x = Tensor::from_vec(pixels, (args.batch, 3, size, size), &device)?;

@@ -86,7 +86,7 @@ fn select_architectures(
     let mut picked: Vec<Vec<usize>> = (0..n)
         .map(|s| {
             let (start, end) = (s * all.len() / n, (s + 1) * all.len() / n);
-            let offset = fairnas_data::epoch_order(end - start, seed, s as u64)[0];
+            let offset = fairnas_ops::rng::epoch_order(end - start, seed, s as u64)[0];
             all[start + offset].clone()
         })
         .collect();

@@ -16,8 +16,9 @@ use rayon::prelude::*;
 
 use crate::dataset::{read_cifar_record, Sample, Source};
 use crate::loader::Background;
-use crate::train_transform::{SampleRng, TrainTransform};
+use crate::train_transform::TrainTransform;
 use crate::{load_rgb, DataError, Dataset};
+use fairnas_ops::rng::{epoch_order, SampleRng};
 
 /// Decoded datasets up to this many bytes of RGB pixels are kept in memory.
 pub const DEFAULT_CACHE_BYTES: usize = 2 << 30;
@@ -85,18 +86,6 @@ impl ImageStore {
             None => Ok(f(&decode_sample(&self.samples[index])?)),
         }
     }
-}
-
-/// The order in which epoch `epoch` visits `len` samples: a Fisher-Yates permutation seeded by
-/// (seed, epoch).
-pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = SampleRng::new(seed ^ 0x0123_4567_89AB_CDEF, epoch, u64::MAX);
-    let mut order: Vec<usize> = (0..len).collect();
-    for i in (1..len).rev() {
-        let j = ((rng.next_u64() as u128 * (i as u128 + 1)) >> 64) as usize;
-        order.swap(i, j);
-    }
-    order
 }
 
 /// A `[n, 3, size, size]` batch of augmented images with their labels.
@@ -173,22 +162,5 @@ impl Iterator for TrainLoader {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epoch_orders_are_permutations_that_change_with_epoch_and_seed() {
-        let a = epoch_order(1000, 7, 0);
-        let mut sorted = a.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(1000, 7, 0));
-        assert_ne!(a, epoch_order(1000, 7, 1));
-        assert_ne!(a, epoch_order(1000, 8, 0));
-        assert!(epoch_order(0, 1, 1).is_empty());
     }
 }

@@ -5,40 +5,10 @@
 //! the same augmentation whatever thread decodes it and whatever the batch layout: training is
 //! reproducible for a given seed.
 
+use fairnas_ops::rng::SampleRng;
 use image::RgbImage;
 
 use crate::{resize, Interpolation, Normalization};
-
-/// A small deterministic generator (SplitMix64); one per sample, never shared between threads.
-#[derive(Debug, Clone)]
-pub struct SampleRng(u64);
-
-impl SampleRng {
-    pub fn new(seed: u64, epoch: u64, index: u64) -> Self {
-        let mut rng = SampleRng(seed ^ 0x5DEE_CE66_D1CE_4E5B);
-        rng.0 ^= rng.next_u64().wrapping_add(epoch);
-        rng.0 ^= rng.next_u64().wrapping_add(index);
-        rng
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform integer in [0, n] (inclusive, as torch.randint(0, n + 1)).
-    pub fn up_to(&mut self, n: u32) -> u32 {
-        (self.uniform() * (n as f64 + 1.0)) as u32
-    }
-}
 
 /// A training augmentation pipeline ending in normalised CHW f32 values.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -29,6 +29,7 @@ pub mod linear;
 pub mod pointwise;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_tile;
+pub mod rng;
 pub mod sgd;
 mod simd;
 pub mod squeeze_excite;

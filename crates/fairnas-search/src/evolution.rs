@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fairnas_data::SampleRng;
+use fairnas_ops::rng::SampleRng;
 use serde::{Deserialize, Serialize};
 
 use crate::objective::{Goals, Problem};

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor};
-use fairnas_data::SampleRng;
+use fairnas_ops::rng::SampleRng;
 use fairnas_supernet::{Mode, Supernet};
 use serde::{Deserialize, Serialize};
 

@@ -16,7 +16,7 @@
 //! of the same layer. The cost is more paths per step when the counts differ; a space whose
 //! `lcm` is large is refused rather than silently trained unfairly.
 
-use fairnas_data::SampleRng;
+use fairnas_ops::rng::SampleRng;
 
 /// The largest number of paths per step a strictly fair sampler accepts (lcm of the choice
 /// counts). Larger means the space mixes incompatible choice counts.

@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use fairnas_data::SampleRng;
 use fairnas_model::network::ConvKind;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_model::spec::{ArchSpec, BlockKind, BlockSpec, Padding};
+use fairnas_ops::rng::SampleRng;
 use fairnas_ops::{
     batch_norm_act, channel_affine_act, conv_bn_act, depthwise_conv2d, pack_fc, pointwise_conv,
     squeeze_excite_packed, Activation, BnConv, Padding2d,

@@ -351,7 +351,7 @@ pub fn open_split(data: &Path, split: &str) -> Result<Dataset, TrainError> {
 /// A fixed subset of `n` samples (the same for every run and seed), or all.
 pub fn subset(mut dataset: Dataset, n: Option<usize>) -> Dataset {
     if let Some(n) = n.filter(|&n| n < dataset.samples.len()) {
-        let order = fairnas_data::epoch_order(dataset.samples.len(), 0x5EED_5EB5E7, 0);
+        let order = fairnas_ops::rng::epoch_order(dataset.samples.len(), 0x5EED_5EB5E7, 0);
         let mut keep: Vec<usize> = order[..n].to_vec();
         keep.sort_unstable();
         dataset.samples = keep.into_iter().map(|i| dataset.samples[i].clone()).collect();
@@ -409,7 +409,7 @@ pub fn recalibration_batches(
 ) -> Result<Vec<Tensor>, TrainError> {
     const RECALIBRATION_EPOCH: u64 = u64::MAX / 2;
     let size = transform.output_size() as usize;
-    let order = fairnas_data::epoch_order(store.len(), seed, RECALIBRATION_EPOCH);
+    let order = fairnas_ops::rng::epoch_order(store.len(), seed, RECALIBRATION_EPOCH);
     let available = TrainLoader::batches_per_epoch(store.len(), batch_size).max(1);
     let mut tensors = Vec::new();
     for b in 0..batches.min(available) {

@@ -9,7 +9,7 @@ use fairnas_supernet::{Mode, Supernet};
 
 /// A deterministic pseudo-random batch (candle's randn is not seeded).
 fn input(n: usize, size: usize) -> Tensor {
-    let mut rng = fairnas_data::SampleRng::new(42, n as u64, size as u64);
+    let mut rng = fairnas_ops::rng::SampleRng::new(42, n as u64, size as u64);
     let values: Vec<f32> =
         (0..n * 3 * size * size).map(|_| (rng.uniform() * 2.0 - 1.0) as f32 * 1.7).collect();
     Tensor::from_vec(values, (n, 3, size, size), &Device::Cpu).unwrap()

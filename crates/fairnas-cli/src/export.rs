@@ -11,7 +11,8 @@ use fairnas_model::network::Network;
 use fairnas_model::persist::write_atomically;
 use fairnas_search::one_shot::block_strings;
 
-use crate::one_shot::{LoadedSubnet, SubnetArgs};
+use crate::one_shot::SubnetArgs;
+use fairnas_supernet::images::LoadedSubnet;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {

@@ -4,6 +4,7 @@ mod bench;
 mod bench_step;
 mod export;
 mod gpu_check;
+mod hints;
 mod info;
 mod latency;
 mod nas;
@@ -90,7 +91,10 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        match hints::for_error(&e) {
+            Some(hint) => eprintln!("error: {e:#}; {hint}"),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
 }

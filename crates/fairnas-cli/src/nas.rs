@@ -22,7 +22,7 @@ use fairnas_search::latency::{measure_end_to_end, LatencyTable};
 use fairnas_supernet::trainer;
 use serde::{Deserialize, Serialize};
 
-use crate::one_shot::guard_settings;
+use fairnas_search::store::guard_settings;
 
 #[derive(Args, Debug)]
 pub struct NasArgs {

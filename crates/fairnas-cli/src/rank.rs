@@ -17,11 +17,12 @@ use fairnas_model::search_space::SearchSpace;
 use fairnas_search::ground_truth::{digits, GroundTruth};
 use fairnas_search::plot::{Scatter, Series};
 use fairnas_search::ranking::RankingReport;
-use fairnas_supernet::scoring::{OneShotScore, PrefixScorer};
+use fairnas_search::store::{guard_settings, ScoreCache};
+use fairnas_supernet::scoring::{OneShotScore, PrefixScorer, ScoringSettings};
 use fairnas_supernet::trainer::{self, load_run};
 use serde::{Deserialize, Serialize};
 
-use crate::one_shot::{guard_settings, OneShotArgs, ScoreCache, ScoringSettings};
+use crate::one_shot::OneShotArgs;
 
 #[derive(Args, Debug)]
 pub struct RankArgs {
@@ -76,7 +77,7 @@ fn select_architectures(
             Ok(n) => Some(n),
         },
     };
-    let mut all = space.canonical_architectures(1_000_000).map_err(anyhow::Error::msg)?;
+    let mut all = space.canonical_architectures(1_000_000)?;
     for a in &all {
         gt.require(space, a)?;
     }
@@ -103,7 +104,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
     let gt = GroundTruth::load(&args.ground_truth, &space)?;
     let archs = select_architectures(&space, &gt, &args.archs, args.seed)?;
     let out = args.out.clone().unwrap_or_else(|| ckpt.parent().unwrap_or(Path::new(".")).join("rank"));
-    let scoring = args.scoring.settings(&ckpt, &train_config, &state, &space)?;
+    let scoring = args.scoring.options().settings(&ckpt, &train_config, &state, &space)?;
     let sample_seed = (args.archs != "all").then_some(args.seed);
     let config = RankConfig {
         scoring,
@@ -118,7 +119,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
     let todo: Vec<&Vec<usize>> = archs.iter().filter(|a| cache.get(a).is_none()).collect();
 
     if !todo.is_empty() {
-        let batches = config.scoring.batches(&train_config, &space)?;
+        let batches = fairnas_supernet::images::scoring_batches(&config.scoring, &train_config, &space)?;
         let bar = indicatif::ProgressBar::new(archs.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(

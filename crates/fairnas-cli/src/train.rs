@@ -6,13 +6,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::one_shot::{LoadedSubnet, SubnetArgs};
+use crate::one_shot::SubnetArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fairnas_data::ImageStore;
-use fairnas_supernet::trainer::{
-    self, open_split, subset, EpochMetrics, StepReport, TrainConfig, TrainObserver,
-};
+use fairnas_model::search_space::SearchSpace;
+use fairnas_supernet::images::{ImageFolder, LoadedSubnet};
+use fairnas_supernet::source::evaluate;
+use fairnas_supernet::trainer::{EpochMetrics, StepReport, TrainConfig, TrainObserver};
 
 /// Flags shared by `train-supernet` and `train`.
 #[derive(Args, Debug, Clone)]
@@ -168,7 +168,7 @@ fn apply_common(c: &mut TrainConfig, a: &CommonTrainArgs) {
 pub fn run_train_supernet(args: TrainSupernetArgs) -> Result<()> {
     let mut config = base_config(&args.common)?;
     if let Some(s) = args.space {
-        config.space = s;
+        config.space = SearchSpace::named(&s)?;
     }
     if let Some(s) = args.sampler {
         config.sampler = s;
@@ -190,7 +190,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         config.init_weights = args.init_weights;
     }
     if let Some(s) = args.space {
-        config.space = s;
+        config.space = SearchSpace::named(&s)?;
     }
     apply_common(&mut config, &args.common);
     execute(config, &args.common)
@@ -201,7 +201,7 @@ fn execute(config: TrainConfig, common: &CommonTrainArgs) -> Result<()> {
         bail!("no training data: pass --data DIR (a folder with train/ and test/, or CIFAR-10 batches)");
     }
     let mut observer = BarObserver::new(common.json);
-    let summary = trainer::run(&config, &common.out, common.resume, &mut observer)?;
+    let summary = fairnas_supernet::images::run(&config, &common.out, common.resume, &mut observer)?;
     observer.finish();
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -314,11 +314,9 @@ pub struct EvalSubnetArgs {
 pub fn run_eval_subnet(args: EvalSubnetArgs) -> Result<()> {
     let started = Instant::now();
     let LoadedSubnet { supernet, config, state, space, path, data, recalibrated, .. } = args.subnet.load()?;
-    let transform = config.transform(&space);
     let recal_batch = config.batch_size;
-    let held_out = subset(open_split(&data, &args.split)?, args.eval_limit);
-    let store = ImageStore::load(&held_out, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
-    let (correct, total) = trainer::evaluate(&supernet, &path, &store, &transform, args.batch_size)?;
+    let held_out = ImageFolder::open(&data, &args.split, args.eval_limit, &space)?;
+    let (correct, total) = evaluate(&supernet, &path, &held_out, args.batch_size)?;
     let top1 = correct as f64 / total.max(1) as f64;
     let result = serde_json::json!({
         "supernet": args.subnet.supernet,

@@ -15,11 +15,34 @@
 //! | (k, e) | (3, 3) | (3, 6) | (5, 3) | (5, 6) | (7, 3) | (7, 6) |
 //!
 //! so digits grow with cost, and FairNAS-A is `4041500552122115153`.
+//!
+//! **A space is a value.** [`SearchSpace`] serialises to its whole description (fixed parts and
+//! every candidate block), so a checkpoint that stores it rebuilds any space, a user's own
+//! included; a bare name (`"fairnas"`, `"nas-bench-macro"`) also reads back as that space.
+//!
+//! **Choice vectors as text** ([`format_choices`], [`parse_choice_list`]): one digit per layer
+//! while every choice is below 10 (`"12012012"`), else comma-separated (`"12,0,3"`); both
+//! forms parse.
+//!
+//! ```
+//! use fairnas_model::search_space::SearchSpace;
+//! let space = SearchSpace::nas_bench_macro();
+//! let choices = space.parse_choices("12012012")?;
+//! assert_eq!(space.format_choices(&choices), "12012012");
+//! let spec = space.subnet(&choices)?;
+//! assert_eq!(spec.blocks.len(), 8);
+//! // The description round-trips through JSON, and a name reads back as the space.
+//! let json = serde_json::to_string(&space).unwrap();
+//! assert_eq!(serde_json::from_str::<SearchSpace>(&json).unwrap(), space);
+//! assert_eq!(serde_json::from_str::<SearchSpace>("\"nas-bench-macro\"").unwrap(), space);
+//! # Ok::<(), fairnas_model::search_space::SpaceError>(())
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
 
 use fairnas_ops::Activation;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, StemSpec};
 use crate::zoo::{fairnas_spec, FairnasVariant};
@@ -116,7 +139,7 @@ impl FromStr for Choices {
 /// around searchable layers, each a list of candidate blocks. A sub-network picks one candidate
 /// per layer; its spec is an ordinary [`ArchSpec`], so everything that runs, costs or converts
 /// an architecture works on sub-networks unchanged.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchSpace {
     pub name: String,
     /// Stem, head, classifier, input size, BN eps; `blocks` holds the fixed blocks that come
@@ -124,6 +147,66 @@ pub struct SearchSpace {
     pub base: ArchSpec,
     /// Per searchable layer, its candidates (each already carries the layer's stride and width).
     pub layers: Vec<Vec<BlockSpec>>,
+}
+
+/// Why a space, a choice vector or a sub-network is not usable; names the space and layer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpaceError {
+    #[error("unknown search space '{0}' (fairnas or nas-bench-macro)")]
+    Unknown(String),
+    #[error("'{token}' in '{text}' is not a choice number")]
+    NotAChoice { text: String, token: String },
+    #[error("{space}: {given} choices given for {layers} layers")]
+    Length { space: String, given: usize, layers: usize },
+    #[error("{space}: layer {layer} has choices 0..{last}, got {choice}")]
+    Choice { space: String, layer: usize, last: usize, choice: usize },
+    #[error("{space}: layer {layer} has no candidates")]
+    EmptyLayer { space: String, layer: usize },
+    #[error("{space}: more than {limit} sub-networks; sample architectures instead of listing them")]
+    TooLarge { space: String, limit: usize },
+    #[error("{space}: {reason}")]
+    Invalid { space: String, reason: String },
+}
+
+/// A choice vector as text: one digit per layer when every choice is below 10, else the
+/// choices separated by commas. [`parse_choice_list`] reads both forms.
+pub fn format_choices(choices: &[usize]) -> String {
+    if choices.iter().all(|&c| c < 10) {
+        choices.iter().map(|c| c.to_string()).collect()
+    } else {
+        choices.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Reads a choice vector: digits (`"12012012"`) or comma-separated numbers (`"12,0,3"`).
+pub fn parse_choice_list(text: &str) -> Result<Vec<usize>, SpaceError> {
+    let text = text.trim();
+    let bad = |token: &str| SpaceError::NotAChoice { text: text.to_string(), token: token.to_string() };
+    if text.contains(',') {
+        return text.split(',').map(|t| t.trim().parse::<usize>().map_err(|_| bad(t.trim()))).collect();
+    }
+    text.chars().map(|c| c.to_digit(10).map(|d| d as usize).ok_or_else(|| bad(&c.to_string()))).collect()
+}
+
+/// The serialised form: the whole description, or (read only) a bare name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpaceText {
+    Name(String),
+    Description { name: String, base: ArchSpec, layers: Vec<Vec<BlockSpec>> },
+}
+
+impl<'de> Deserialize<'de> for SearchSpace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SpaceText::deserialize(d)? {
+            SpaceText::Name(name) => SearchSpace::named(&name).map_err(serde::de::Error::custom),
+            SpaceText::Description { name, base, layers } => {
+                let space = SearchSpace { name, base, layers };
+                space.validate().map_err(serde::de::Error::custom)?;
+                Ok(space)
+            }
+        }
+    }
 }
 
 /// NAS-Bench-Macro's layers: 3 stages of [2, 3, 3] layers, the first of each with stride 2 and
@@ -206,13 +289,30 @@ impl SearchSpace {
         SearchSpace { name: spec.name.clone(), base, layers }
     }
 
-    /// Looks a space up by its CLI name.
-    pub fn named(name: &str) -> Result<Self, String> {
+    /// One of the two shipped spaces by name (`fairnas`, `nas-bench-macro`), as config files
+    /// and the command line name them.
+    pub fn named(name: &str) -> Result<Self, SpaceError> {
         match name {
             "fairnas" => Ok(Self::fairnas(FairnasVariant::PLAIN)),
             "nas-bench-macro" => Ok(Self::nas_bench_macro()),
-            other => Err(format!("unknown search space '{other}' (fairnas or nas-bench-macro)")),
+            other => Err(SpaceError::Unknown(other.to_string())),
         }
+    }
+
+    /// Checks that every layer has candidates and every sub-network of the first candidates
+    /// is a valid architecture (a description read from a file is checked before use).
+    pub fn validate(&self) -> Result<(), SpaceError> {
+        if let Some(layer) = self.layers.iter().position(Vec::is_empty) {
+            return Err(SpaceError::EmptyLayer { space: self.name.clone(), layer });
+        }
+        let mut spec = self.base.clone();
+        spec.blocks.extend(self.layers.iter().flatten().copied());
+        spec.validate().map_err(|reason| SpaceError::Invalid { space: self.name.clone(), reason })
+    }
+
+    /// The text form of a choice vector ([`format_choices`]).
+    pub fn format_choices(&self, choices: &[usize]) -> String {
+        format_choices(choices)
     }
 
     /// Number of candidates of every searchable layer.
@@ -220,37 +320,27 @@ impl SearchSpace {
         self.layers.iter().map(Vec::len).collect()
     }
 
-    /// Parses one digit per layer (`"4041500552122115153"`, `"12012012"`).
-    pub fn parse_choices(&self, digits: &str) -> Result<Vec<usize>, String> {
-        let choices: Vec<usize> = digits
-            .chars()
-            .map(|c| {
-                c.to_digit(10)
-                    .map(|d| d as usize)
-                    .ok_or_else(|| format!("'{c}' in '{digits}' is not a digit"))
-            })
-            .collect::<Result<_, _>>()?;
+    /// Parses a choice vector of this space: one digit per layer (`"4041500552122115153"`,
+    /// `"12012012"`) or comma-separated numbers ([`parse_choice_list`]).
+    pub fn parse_choices(&self, text: &str) -> Result<Vec<usize>, SpaceError> {
+        let choices = parse_choice_list(text)?;
         self.check(&choices)?;
         Ok(choices)
     }
 
     /// Checks that `choices` names one valid candidate per layer.
-    pub fn check(&self, choices: &[usize]) -> Result<(), String> {
+    pub fn check(&self, choices: &[usize]) -> Result<(), SpaceError> {
         if choices.len() != self.layers.len() {
-            return Err(format!(
-                "{}: {} choices given for {} layers",
-                self.name,
-                choices.len(),
-                self.layers.len()
-            ));
+            return Err(SpaceError::Length {
+                space: self.name.clone(),
+                given: choices.len(),
+                layers: self.layers.len(),
+            });
         }
-        for (l, (&c, candidates)) in choices.iter().zip(&self.layers).enumerate() {
-            if c >= candidates.len() {
-                return Err(format!(
-                    "{}: layer {l} has choices 0..{}, got {c}",
-                    self.name,
-                    candidates.len() - 1
-                ));
+        for (layer, (&choice, candidates)) in choices.iter().zip(&self.layers).enumerate() {
+            if choice >= candidates.len() {
+                let last = candidates.len().saturating_sub(1);
+                return Err(SpaceError::Choice { space: self.name.clone(), layer, last, choice });
             }
         }
         Ok(())
@@ -306,14 +396,11 @@ impl SearchSpace {
 
     /// Every distinct architecture of the space as its canonical form, in lexicographic order.
     /// Refuses spaces with more than `limit` sub-networks (FairNAS's 6^19 cannot be listed).
-    pub fn canonical_architectures(&self, limit: usize) -> Result<Vec<Vec<usize>>, String> {
+    pub fn canonical_architectures(&self, limit: usize) -> Result<Vec<Vec<usize>>, SpaceError> {
         let counts = self.choice_counts();
         let total = counts.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).filter(|&t| t <= limit);
         let Some(total) = total else {
-            return Err(format!(
-                "{}: more than {limit} sub-networks; sample architectures instead of listing them",
-                self.name
-            ));
+            return Err(SpaceError::TooLarge { space: self.name.clone(), limit });
         };
         let mut seen = std::collections::BTreeSet::new();
         for index in 0..total {
@@ -329,12 +416,12 @@ impl SearchSpace {
     }
 
     /// The spec of one sub-network.
-    pub fn subnet(&self, choices: &[usize]) -> Result<ArchSpec, String> {
+    pub fn subnet(&self, choices: &[usize]) -> Result<ArchSpec, SpaceError> {
         self.check(choices)?;
         let mut spec = self.base.clone();
-        spec.name = format!("{}-{}", self.name, choices.iter().map(|c| c.to_string()).collect::<String>());
+        spec.name = format!("{}-{}", self.name, format_choices(choices));
         spec.blocks.extend(choices.iter().zip(&self.layers).map(|(&c, candidates)| candidates[c]));
-        spec.validate()?;
+        spec.validate().map_err(|reason| SpaceError::Invalid { space: self.name.clone(), reason })?;
         Ok(spec)
     }
 }
@@ -367,6 +454,33 @@ mod tests {
         assert_eq!(space.canonical(&[0, 0, 0, 0, 0, 0, 0, 0]), vec![0; 8]);
         assert!(all.iter().all(|a| &space.canonical(a) == a));
         assert!(SearchSpace::fairnas(FairnasVariant::PLAIN).canonical_architectures(1 << 20).is_err());
+    }
+
+    #[test]
+    fn choice_vectors_beyond_ten_candidates_use_commas() {
+        assert_eq!(format_choices(&[1, 2, 0]), "120");
+        assert_eq!(format_choices(&[12, 0, 3]), "12,0,3");
+        assert_eq!(parse_choice_list("12,0,3").unwrap(), vec![12, 0, 3]);
+        assert_eq!(parse_choice_list("120").unwrap(), vec![1, 2, 0]);
+        let e = parse_choice_list("1,x,3").unwrap_err();
+        assert_eq!(e, SpaceError::NotAChoice { text: "1,x,3".into(), token: "x".into() });
+        // A space with 12 candidates in a layer: its vectors round-trip through text.
+        let macro_space = SearchSpace::nas_bench_macro();
+        let mut space = macro_space.clone();
+        space.layers[0] = (0..12).map(|_| macro_space.layers[0][1]).collect();
+        let choices = space.parse_choices("11,0,1,2,0,1,2,0").unwrap();
+        assert_eq!(space.format_choices(&choices), "11,0,1,2,0,1,2,0");
+        assert!(matches!(space.parse_choices("12,0,1,2,0,1,2,0"), Err(SpaceError::Choice { layer: 0, .. })));
+    }
+
+    #[test]
+    fn descriptions_are_checked_when_read() {
+        let mut space = SearchSpace::nas_bench_macro();
+        space.layers[3].clear();
+        let json = serde_json::to_string(&space).unwrap();
+        let e = serde_json::from_str::<SearchSpace>(&json).unwrap_err().to_string();
+        assert!(e.contains("layer 3 has no candidates"), "{e}");
+        assert!(serde_json::from_str::<SearchSpace>("\"darts\"").unwrap_err().to_string().contains("darts"));
     }
 
     #[test]

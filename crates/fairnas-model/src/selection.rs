@@ -81,7 +81,7 @@ impl ModelSelection {
         }
         let other_space = self.space.as_deref().filter(|s| *s != "fairnas");
         let spec = if let (Some(digits), Some(space)) = (&self.choices, other_space) {
-            let space = crate::search_space::SearchSpace::named(space)?;
+            let space = crate::search_space::SearchSpace::named(space).map_err(|e| e.to_string())?;
             // A CIFAR-10 space needs no transfer head: --transfer is then a no-op.
             if self.se_ratio.is_some() || (self.transfer && space.base.classes != 10) {
                 return Err(format!(
@@ -89,7 +89,7 @@ impl ModelSelection {
                     space.name
                 ));
             }
-            space.subnet(&space.parse_choices(digits)?)?
+            space.parse_choices(digits).and_then(|c| space.subnet(&c)).map_err(|e| e.to_string())?
         } else if let Some(digits) = &self.choices {
             let choices: Choices = digits.parse()?;
             let variant = FairnasVariant { se_ratio: self.se_ratio, transfer: self.transfer };

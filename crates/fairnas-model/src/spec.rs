@@ -6,10 +6,10 @@
 //! strings (see [`crate::block_string`]).
 
 use fairnas_ops::Activation;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How spatial zero padding is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Padding {
     /// PyTorch `padding = k // 2` on every side.
     Symmetric,
@@ -18,7 +18,7 @@ pub enum Padding {
 }
 
 /// The two block kinds of the family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BlockKind {
     /// Depthwise separable: depthwise k x k, BN, act, [SE], pointwise 1x1, BN (no act).
     DepthwiseSeparable,
@@ -30,7 +30,7 @@ pub enum BlockKind {
 }
 
 /// What the squeeze-excite ratio multiplies to give the bottleneck width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SeBase {
     /// The block's input channels (FairNAS-SE and EfficientNet do this).
     InputChannels,
@@ -38,14 +38,14 @@ pub enum SeBase {
     HiddenChannels,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SqueezeExciteSpec {
     pub ratio: f64,
     pub base: SeBase,
 }
 
 /// One block of the network. Input channels are implied by the previous block.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BlockSpec {
     pub kind: BlockKind,
     pub kernel: usize,
@@ -92,7 +92,7 @@ impl BlockSpec {
 }
 
 /// The first convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StemSpec {
     pub channels: usize,
     pub kernel: usize,
@@ -101,14 +101,14 @@ pub struct StemSpec {
 }
 
 /// The 1x1 conv before pooling.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeadSpec {
     pub channels: usize,
     pub activation: Activation,
 }
 
 /// A whole network.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchSpec {
     pub name: String,
     pub in_channels: usize,

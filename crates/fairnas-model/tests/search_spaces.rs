@@ -28,9 +28,13 @@ fn fairnas_space_subnets_are_the_published_models() {
 #[test]
 fn bad_choices_name_the_layer() {
     let space = SearchSpace::nas_bench_macro();
-    assert!(space.parse_choices("1201201").unwrap_err().contains("7 choices given for 8 layers"));
-    assert!(space.parse_choices("12012013").unwrap_err().contains("layer 7 has choices 0..2, got 3"));
-    assert!(space.parse_choices("1201201x").unwrap_err().contains("'x'"));
+    assert!(space.parse_choices("1201201").unwrap_err().to_string().contains("7 choices given for 8 layers"));
+    assert!(space
+        .parse_choices("12012013")
+        .unwrap_err()
+        .to_string()
+        .contains("layer 7 has choices 0..2, got 3"));
+    assert!(space.parse_choices("1201201x").unwrap_err().to_string().contains("'x'"));
     assert!(SearchSpace::named("darts").is_err());
 }
 

@@ -218,10 +218,18 @@ impl FromStr for Activation {
     }
 }
 
-/// Serialised by its display name (`"relu6"`), for JSON reports.
+/// Serialised by its display name (`"relu6"`), for JSON reports and search-space descriptions.
 impl serde::Serialize for Activation {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// Read back from any name [`FromStr`] accepts, so descriptions round-trip.
+impl<'de> serde::Deserialize<'de> for Activation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

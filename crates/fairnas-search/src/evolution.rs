@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fairnas_ops::rng::SampleRng;
+
+use crate::SearchError;
 use serde::{Deserialize, Serialize};
 
 use crate::objective::{Goals, Problem};
@@ -134,7 +136,7 @@ fn evaluate(
     goals: &Goals,
     archive: &mut BTreeMap<Vec<usize>, Vec<f64>>,
     genomes: Vec<Vec<usize>>,
-) -> Result<Vec<Individual>, String> {
+) -> Result<Vec<Individual>, SearchError> {
     let mut new: Vec<Vec<usize>> = genomes.iter().filter(|g| !archive.contains_key(*g)).cloned().collect();
     new.sort();
     new.dedup();
@@ -142,14 +144,10 @@ fn evaluate(
         let metrics = problem.evaluate(&new)?;
         let expected = problem.metric_names().len();
         if metrics.len() != new.len() || metrics.iter().any(|m| m.len() != expected) {
-            return Err(format!(
-                "the problem returned {} metric rows for {} architectures",
-                metrics.len(),
-                new.len()
-            ));
+            return Err(SearchError::MetricRows { rows: metrics.len(), architectures: new.len() });
         }
         if let Some((g, m)) = new.iter().zip(&metrics).find(|(_, m)| m.iter().any(|v| !v.is_finite())) {
-            return Err(format!("architecture {g:?}: non-finite metric in {m:?}"));
+            return Err(SearchError::NonFinite { choices: g.clone(), metrics: m.clone() });
         }
         archive.extend(new.into_iter().zip(metrics));
     }
@@ -202,9 +200,9 @@ fn random_population(problem: &dyn Problem, count: usize, rng: &mut SampleRng) -
 /// A search that advances generation by generation (NSGA-II, the constrained evolution).
 pub trait Generational {
     /// Generation 0.
-    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String>;
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, SearchError>;
     /// The next generation.
-    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String>;
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), SearchError>;
 }
 
 /// Generation 0 of a search: `population` distinct random architectures, evaluated, put in
@@ -217,7 +215,7 @@ fn random_start(
     mut rng: SampleRng,
     reference: &[f64],
     order: impl Fn(&mut [Individual]),
-) -> Result<SearchState, String> {
+) -> Result<SearchState, SearchError> {
     let mut state = SearchState::new(algorithm);
     let genomes = random_population(problem, population, &mut rng);
     state.population = evaluate(problem, goals, &mut state.archive, genomes)?;
@@ -250,7 +248,7 @@ pub struct Nsga2<'a> {
 
 impl Generational for Nsga2<'_> {
     /// Generation 0: a random population.
-    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, SearchError> {
         let c = &self.config;
         random_start(
             "nsga2",
@@ -263,7 +261,7 @@ impl Generational for Nsga2<'_> {
         )
     }
 
-    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), SearchError> {
         self.next_generation(problem, state)
     }
 }
@@ -283,14 +281,14 @@ impl Nsga2<'_> {
     }
 
     /// One generation: offspring by tournament, crossover and mutation, then elitist selection.
-    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), SearchError> {
         let generation = state.generation + 1;
         let mut rng = SampleRng::new(self.config.seed, generation as u64, 1);
         let counts = problem.choice_counts();
         let pm = self.config.mutation.unwrap_or(1.0 / counts.len().max(1) as f64);
         let parents = &state.population;
         if parents.is_empty() {
-            return Err("empty population".into());
+            return Err(SearchError::EmptyPopulation);
         }
         let (rank, crowd) = Self::rank_and_crowd(parents);
         let tournament = |rng: &mut SampleRng| {
@@ -379,7 +377,7 @@ pub fn random_search(
     batch: usize,
     seed: u64,
     reference: &[f64],
-) -> Result<SearchState, String> {
+) -> Result<SearchState, SearchError> {
     let mut state = SearchState::new("random");
     let mut rng = SampleRng::new(seed, 0, 2);
     let genomes = random_population(problem, evaluations, &mut rng);
@@ -411,13 +409,13 @@ pub struct ConstrainedEvolution<'a> {
 }
 
 impl Generational for ConstrainedEvolution<'_> {
-    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, String> {
+    fn start(&self, problem: &mut dyn Problem) -> Result<SearchState, SearchError> {
         let c = &self.config;
         let rng = SampleRng::new(c.seed, 0, 3);
         random_start("evolution", problem, self.goals, c.population, rng, &c.reference, Self::order)
     }
 
-    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn step(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), SearchError> {
         self.next_generation(problem, state)
     }
 }
@@ -433,7 +431,7 @@ impl ConstrainedEvolution<'_> {
         });
     }
 
-    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), String> {
+    fn next_generation(&self, problem: &mut dyn Problem, state: &mut SearchState) -> Result<(), SearchError> {
         let generation = state.generation + 1;
         let mut rng = SampleRng::new(self.config.seed, generation as u64, 4);
         let counts = problem.choice_counts();

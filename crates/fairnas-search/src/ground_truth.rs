@@ -26,7 +26,7 @@ pub enum GroundTruthError {
     #[error("{path}: not a ground-truth JSON object of {{\"<digits>\": {{\"mean_acc\", \"params\", \"flops\"}}}}: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("{path}: key '{key}' is not a sub-network of the {space} space: {why}")]
-    Key { path: PathBuf, key: String, space: String, why: String },
+    Key { path: PathBuf, key: String, space: String, why: fairnas_model::search_space::SpaceError },
     #[error("{path}: no entry for sub-network {key} of the {space} space")]
     Missing { path: PathBuf, key: String, space: String },
 }
@@ -84,7 +84,7 @@ impl GroundTruth {
     }
 }
 
-/// Choice digits as one string (`[1, 2, 0]` -> `"120"`).
+/// A choice vector as text (`[1, 2, 0]` -> `"120"`; comma-separated past 9).
 pub fn digits(choices: &[usize]) -> String {
-    choices.iter().map(|c| c.to_string()).collect()
+    fairnas_model::search_space::format_choices(choices)
 }

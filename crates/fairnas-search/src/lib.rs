@@ -1,6 +1,7 @@
 //! Search over supernet architectures and the measures around it: ranking statistics against a
 //! benchmark's ground truth, the ground truth itself, and plots.
 
+pub mod error;
 pub mod evolution;
 pub mod ground_truth;
 pub mod latency;
@@ -9,3 +10,7 @@ pub mod one_shot;
 pub mod pareto;
 pub mod plot;
 pub mod ranking;
+pub mod run;
+pub mod store;
+
+pub use error::SearchError;

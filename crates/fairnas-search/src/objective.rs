@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pareto::Fitness;
+use crate::SearchError;
 
 /// A search problem over choice vectors.
 pub trait Problem {
@@ -13,7 +14,7 @@ pub trait Problem {
     /// Names of the metrics [`Problem::evaluate`] returns, in order.
     fn metric_names(&self) -> Vec<String>;
     /// Metrics of each genome (one row per genome, in `metric_names` order).
-    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String>;
+    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, SearchError>;
     /// The representative of `genome`'s equivalence class (e.g. NAS-Bench-Macro's identity
     /// moves): the search only ever evaluates canonical genomes.
     fn canonical(&self, genome: &[usize]) -> Vec<usize> {
@@ -43,19 +44,22 @@ impl Goals {
         metrics: &[String],
         objectives: &[(&str, Direction)],
         constraints: &[(&str, f64)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SearchError> {
         let index = |name: &str| {
-            metrics
-                .iter()
-                .position(|m| m == name)
-                .ok_or_else(|| format!("unknown metric '{name}' (available: {})", metrics.join(", ")))
+            metrics.iter().position(|m| m == name).ok_or_else(|| SearchError::UnknownMetric {
+                name: name.to_string(),
+                available: metrics.to_vec(),
+            })
         };
         Ok(Goals {
-            objectives: objectives.iter().map(|&(n, d)| Ok((index(n)?, d))).collect::<Result<_, String>>()?,
+            objectives: objectives
+                .iter()
+                .map(|&(n, d)| Ok((index(n)?, d)))
+                .collect::<Result<_, SearchError>>()?,
             constraints: constraints
                 .iter()
                 .map(|&(n, max)| Ok((index(n)?, max)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, SearchError>>()?,
         })
     }
 

@@ -7,16 +7,17 @@
 
 use fairnas_model::block_string::format_blocks;
 use fairnas_model::cost::cost_report;
-use fairnas_model::search_space::SearchSpace;
+use fairnas_model::search_space::{SearchSpace, SpaceError};
 use fairnas_supernet::scoring::{OneShotScore, PrefixScorer};
 
 use crate::latency::LatencyTable;
 use crate::objective::Problem;
+use crate::SearchError;
 
 /// Where one-shot scores are kept between evaluations (and runs).
 pub trait ScoreStore {
     fn get(&self, choices: &[usize]) -> Option<OneShotScore>;
-    fn put(&mut self, choices: &[usize], score: OneShotScore) -> Result<(), String>;
+    fn put(&mut self, choices: &[usize], score: OneShotScore) -> Result<(), SearchError>;
 }
 
 /// Metrics, in order: `acc` (one-shot top-1, %), `loss` (one-shot cross-entropy), `madds`,
@@ -36,7 +37,7 @@ pub struct OneShotProblem<'a> {
 }
 
 /// Multiply-adds and parameters of a sub-network.
-pub fn cost_of(space: &SearchSpace, choices: &[usize]) -> Result<(u64, u64), String> {
+pub fn cost_of(space: &SearchSpace, choices: &[usize]) -> Result<(u64, u64), SpaceError> {
     let r = cost_report(&space.subnet(choices)?);
     Ok((r.madds, r.params))
 }
@@ -44,7 +45,7 @@ pub fn cost_of(space: &SearchSpace, choices: &[usize]) -> Result<(u64, u64), Str
 /// The largest multiply-adds and parameter counts in the space (each layer's costliest
 /// candidate: a layer's cost does not depend on the other layers' choices, widths being fixed
 /// per layer). Reference points for hypervolumes.
-pub fn max_cost(space: &SearchSpace) -> Result<(u64, u64), String> {
+pub fn max_cost(space: &SearchSpace) -> Result<(u64, u64), SpaceError> {
     let mut choices = vec![0; space.layers.len()];
     let (mut madds, mut params) = cost_of(space, &choices)?;
     let (mut best_m, mut best_p) = (choices.clone(), choices.clone());
@@ -70,7 +71,7 @@ pub fn max_cost(space: &SearchSpace) -> Result<(u64, u64), String> {
 }
 
 /// A sub-network's block strings (what `fairnas info --arch` reads for FairNAS-style specs).
-pub fn block_strings(space: &SearchSpace, choices: &[usize]) -> Result<String, String> {
+pub fn block_strings(space: &SearchSpace, choices: &[usize]) -> Result<String, SpaceError> {
     let spec = space.subnet(choices)?;
     Ok(format_blocks(&spec.blocks, spec.default_activation))
 }
@@ -88,7 +89,7 @@ impl Problem for OneShotProblem<'_> {
         names
     }
 
-    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String> {
+    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, SearchError> {
         let mut order: Vec<usize> = (0..genomes.len()).collect();
         order.sort_by(|&a, &b| genomes[a].cmp(&genomes[b]));
         let mut rows = vec![Vec::new(); genomes.len()];
@@ -97,7 +98,10 @@ impl Problem for OneShotProblem<'_> {
             let score = match self.store.get(g) {
                 Some(s) => s,
                 None => {
-                    let s = self.scorer.score(g).map_err(|e| format!("scoring {g:?}: {e}"))?;
+                    let s = self
+                        .scorer
+                        .score(g)
+                        .map_err(|source| SearchError::Scoring { choices: g.clone(), source })?;
                     self.store.put(g, s)?;
                     (self.on_scored)(g, &s);
                     s

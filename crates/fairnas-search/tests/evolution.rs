@@ -34,7 +34,7 @@ impl Problem for Toy {
     fn metric_names(&self) -> Vec<String> {
         vec!["cost".into(), "error".into(), "latency".into()]
     }
-    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String> {
+    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, fairnas_search::SearchError> {
         self.evaluated += genomes.len();
         Ok(genomes.iter().map(|g| toy_metrics(g)).collect())
     }
@@ -191,14 +191,14 @@ impl Problem for Benchmark<'_> {
     fn metric_names(&self) -> Vec<String> {
         vec!["acc".into(), "flops".into()]
     }
-    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, String> {
+    fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, fairnas_search::SearchError> {
         genomes
             .iter()
             .map(|g| {
                 self.gt
                     .require(&self.space, g)
                     .map(|e| vec![e.mean_acc, e.flops as f64])
-                    .map_err(|e| e.to_string())
+                    .map_err(fairnas_search::SearchError::from)
             })
             .collect()
     }

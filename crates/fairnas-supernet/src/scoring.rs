@@ -10,10 +10,91 @@
 //! checks the logits bit for bit). Over NAS-Bench-Macro's 3969 architectures this runs about
 //! 3^8 + 3^7 + ... layer evaluations instead of 3969 x 8.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::{Result, Tensor};
+use fairnas_model::search_space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::TrainState;
 use crate::supernet::{Mode, Part, Supernet};
+use crate::trainer::{TrainConfig, TrainError};
+
+/// How every architecture is scored: BN recalibration and the held-out images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringOptions {
+    /// Training batches for each architecture's BN recalibration (0: keep the supernet's
+    /// running statistics).
+    pub bn_recal_batches: usize,
+    /// Images per recalibration batch (`None`: the run's batch size).
+    pub bn_recal_batch_size: Option<usize>,
+    /// Held-out images every architecture is scored on (a fixed subset).
+    pub eval_limit: usize,
+    /// Held-out split of the data folder.
+    pub split: String,
+    /// Data folder (`None`: the supernet run's).
+    pub data: Option<PathBuf>,
+    /// Seed of the recalibration batches (mixed with the run's seed).
+    pub recal_seed: u64,
+}
+
+impl Default for ScoringOptions {
+    fn default() -> Self {
+        ScoringOptions {
+            bn_recal_batches: 4,
+            bn_recal_batch_size: None,
+            eval_limit: 1000,
+            split: "test".into(),
+            data: None,
+            recal_seed: 0,
+        }
+    }
+}
+
+/// The resolved scoring settings, recorded next to cached scores: scores made with equal
+/// settings are interchangeable between rankings and searches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringSettings {
+    pub checkpoint: PathBuf,
+    pub checkpoint_sha256: String,
+    pub trained_steps: u64,
+    pub sampler: String,
+    pub space: String,
+    pub bn_recal_batches: usize,
+    pub bn_recal_batch_size: usize,
+    pub eval_limit: usize,
+    pub split: String,
+    pub data: PathBuf,
+    /// Seed of the recalibration batches (mixed with the run's).
+    pub seed: u64,
+}
+
+impl ScoringOptions {
+    /// The settings of scoring the run whose checkpoint is `checkpoint`.
+    pub fn settings(
+        &self,
+        checkpoint: &Path,
+        train: &TrainConfig,
+        state: &TrainState,
+        space: &SearchSpace,
+    ) -> std::result::Result<ScoringSettings, TrainError> {
+        let checkpoint_sha256 = fairnas_model::persist::sha256_file(checkpoint)
+            .map_err(|source| TrainError::Io { path: checkpoint.to_path_buf(), source })?;
+        Ok(ScoringSettings {
+            checkpoint: checkpoint.to_path_buf(),
+            checkpoint_sha256,
+            trained_steps: state.step,
+            sampler: state.sampler.clone(),
+            space: space.name.clone(),
+            bn_recal_batches: self.bn_recal_batches,
+            bn_recal_batch_size: self.bn_recal_batch_size.unwrap_or(train.batch_size).max(1),
+            eval_limit: self.eval_limit,
+            split: self.split.clone(),
+            data: self.data.clone().unwrap_or_else(|| train.data.clone()),
+            seed: self.recal_seed,
+        })
+    }
+}
 
 /// The fixed data every sub-network is scored on.
 #[derive(Debug, Clone)]

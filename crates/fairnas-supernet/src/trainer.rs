@@ -1,9 +1,10 @@
-//! The training loop behind `fairnas train-supernet` and `fairnas train`: epochs of seeded
-//! batches, one [`train_step`] per batch, atomic checkpoints every N steps and at every epoch
-//! end, per-epoch metrics, exact resume.
+//! The training loop: epochs of seeded batches from an [`ImageSource`], one [`train_step`] per
+//! batch, atomic checkpoints every N steps and at every epoch end, per-epoch metrics, exact
+//! resume. [`train`] takes the data as a value; [`crate::images::run`] opens the folders a
+//! config names and calls it.
 //!
 //! **What makes resume exact.** Every input of step `s` is a pure function of the config and
-//! `s`: the batch (epoch order and augmentation are seeded, `fairnas_data::train_loader`), the
+//! `s`: the batch (the source's contract, [`crate::source`]), the
 //! paths (samplers are functions of (seed, step)) and the learning rate (a schedule of `s`). The
 //! checkpoint holds everything else that changes: weights, BN statistics, momentum buffers, the
 //! step, and the running sums of the current epoch's metrics. A run killed at any moment and
@@ -20,8 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use fairnas_data::{Dataset, ImageStore, TrainLoader, TrainTransform};
-use fairnas_model::search_space::SearchSpace;
+use fairnas_model::search_space::{SearchSpace, SpaceError};
 use fairnas_model::selection::ModelSelection;
 use fairnas_model::spec::ArchSpec;
 use serde::{Deserialize, Serialize};
@@ -31,15 +31,18 @@ use crate::sampler::{
     ExpectationFair, FixedPath, Path as ChoicePath, PathSampler, StrictFair, UniformSinglePath,
 };
 use crate::schedule::CosineSchedule;
+use crate::source::{batches_per_epoch, evaluate, ImageSource};
 use crate::step::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions};
-use crate::supernet::{Mode, Supernet};
+use crate::supernet::Supernet;
 
 /// Everything that defines a run. Written to `config.json`; a resumed run must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Search space of the supernet (`nas-bench-macro`, `fairnas`), or of `arch`'s choice digits.
-    pub space: String,
+    /// Search space of the supernet, or of `arch`'s choice digits. Stored whole in the
+    /// checkpoint, so any space reloads; a config file may name a shipped one
+    /// (`"nas-bench-macro"`, `"fairnas"`).
+    pub space: SearchSpace,
     /// Stand-alone training (`fairnas train`): a model name, block strings, or choice digits in
     /// `space`. `None` trains the supernet of `space`.
     pub arch: Option<String>,
@@ -47,7 +50,8 @@ pub struct TrainConfig {
     pub transfer: bool,
     /// `strict`, `uniform`, `expectation` (supernets) or `fixed` (stand-alone).
     pub sampler: String,
-    /// Folder with `train/` and `test/` class folders, or CIFAR-10 binary batches.
+    /// Folder with `train/` and `test/` class folders, or CIFAR-10 binary batches: what
+    /// [`crate::images::run`] opens, and the record of where a run's images came from.
     pub data: PathBuf,
     pub epochs: u64,
     pub batch_size: usize,
@@ -86,7 +90,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            space: "nas-bench-macro".into(),
+            space: SearchSpace::nas_bench_macro(),
             arch: None,
             transfer: false,
             sampler: "strict".into(),
@@ -120,36 +124,25 @@ const RESUMABLE_CHANGES: [&str; 4] = ["max_steps", "checkpoint_every", "data", "
 impl TrainConfig {
     /// The space the run trains: the supernet's, or a one-candidate-per-layer space for a
     /// stand-alone network.
-    pub fn search_space(&self) -> Result<SearchSpace, String> {
+    pub fn search_space(&self) -> Result<SearchSpace, TrainError> {
         let mut space = match &self.arch {
-            None => SearchSpace::named(&self.space)?,
+            None => self.space.clone(),
             Some(arch) => SearchSpace::single(&resolve_arch(arch, &self.space, self.transfer)?),
         };
         if let Some(classes) = self.classes {
             if classes < 2 {
-                return Err(format!("classes must be at least 2, got {classes}"));
+                return Err(TrainError::Config(format!("classes must be at least 2, got {classes}")));
             }
             space.base.classes = classes;
         }
         Ok(space)
     }
 
-    /// The recipe's augmentation: pad-crop for 32x32 inputs (CIFAR), RandomResizedCrop else.
-    pub fn transform(&self, space: &SearchSpace) -> TrainTransform {
-        let size = space.base.input_size as u32;
-        if size <= 64 {
-            match TrainTransform::cifar10() {
-                TrainTransform::PadCrop { pad, normalization, .. } => {
-                    TrainTransform::PadCrop { pad, size, normalization }
-                }
-                other => other,
-            }
-        } else {
-            TrainTransform::imagenet(size)
-        }
+    pub fn sampler(&self, space: &SearchSpace) -> Result<Box<dyn PathSampler>, TrainError> {
+        self.sampler_of(space).map_err(TrainError::Config)
     }
 
-    pub fn sampler(&self, space: &SearchSpace) -> Result<Box<dyn PathSampler>, String> {
+    fn sampler_of(&self, space: &SearchSpace) -> Result<Box<dyn PathSampler>, String> {
         let counts = space.choice_counts();
         Ok(match self.sampler.as_str() {
             "strict" => Box::new(StrictFair::new(&counts, self.seed)?),
@@ -188,11 +181,11 @@ impl TrainConfig {
             problems.push(if self.arch.is_some() {
                 "a stand-alone network trains with the fixed sampler".to_string()
             } else {
-                "the fixed sampler needs an architecture (fairnas train --arch)".to_string()
+                "the fixed sampler needs an architecture (`arch`)".to_string()
             });
         }
         if self.init_weights.is_some() && self.arch.is_none() {
-            problems.push("initial weights are for stand-alone networks (fairnas train --arch)".to_string());
+            problems.push("initial weights are for stand-alone networks (`arch`)".to_string());
         }
         if let Err(e) = self.step_options() {
             problems.push(e);
@@ -216,19 +209,18 @@ impl TrainConfig {
     }
 }
 
-/// A stand-alone architecture from a model name, block strings, or choice digits of `space`.
-pub fn resolve_arch(arch: &str, space: &str, transfer: bool) -> Result<ArchSpec, String> {
+/// A stand-alone architecture from a model name, block strings, or a choice vector of `space`.
+pub fn resolve_arch(arch: &str, space: &SearchSpace, transfer: bool) -> Result<ArchSpec, TrainError> {
     let arch = arch.trim();
-    if !arch.is_empty() && arch.chars().all(|c| c.is_ascii_digit()) {
-        let space = SearchSpace::named(space)?;
-        return space.subnet(&space.parse_choices(arch)?);
+    if !arch.is_empty() && arch.chars().all(|c| c.is_ascii_digit() || c == ',') {
+        return Ok(space.subnet(&space.parse_choices(arch)?)?);
     }
     let selection = if arch.contains('_') {
         ModelSelection { arch: Some(arch.to_string()), transfer, ..Default::default() }
     } else {
         ModelSelection { model: Some(arch.to_string()), transfer, ..Default::default() }
     };
-    selection.resolve()
+    selection.resolve().map_err(TrainError::Config)
 }
 
 /// One finished epoch, as a line of `metrics.jsonl`.
@@ -306,9 +298,28 @@ pub enum TrainError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Data(#[from] fairnas_data::DataError),
-    #[error(transparent)]
-    Dataset(#[from] fairnas_data::DatasetError),
+    Space(#[from] SpaceError),
+    /// A fresh run was asked for where one already is.
+    #[error("{} already holds a run ({})", out.display(), checkpoint.display())]
+    RunExists { out: PathBuf, checkpoint: PathBuf },
+    #[error("no checkpoint to resume at {}", .0.display())]
+    NoCheckpoint(PathBuf),
+    /// A resumed run with settings that change what is computed.
+    #[error(
+        "{}: the run was made with another configuration ({}); only {} may change",
+        checkpoint.display(),
+        conflicts.join("; "),
+        RESUMABLE_CHANGES.join(", ")
+    )]
+    ResumeConflict { checkpoint: PathBuf, conflicts: Vec<String> },
+    /// The data's labels do not fit the classifier.
+    #[error("{data} has {found} classes but the network has {outputs} outputs")]
+    Classes { data: String, found: usize, outputs: usize },
+    #[error("{data}: {images} training images make no full batch of {batch_size}")]
+    NoFullBatch { data: String, images: usize, batch_size: usize },
+    /// The image source failed (a corrupt or missing image, an unreadable folder).
+    #[error("{0}")]
+    Data(crate::source::SourceError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{0}")]
@@ -337,337 +348,301 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-/// Opens one split (`train`, `test`) of a data folder: CIFAR-10 (JPEG tree or binary batches)
-/// or any `<split>/<class>/*` image folder.
-pub fn open_split(data: &Path, split: &str) -> Result<Dataset, TrainError> {
-    let tree = data.join(split);
-    if tree.is_dir() {
-        let cifar = fairnas_data::classes::CIFAR10_CLASSES.iter().all(|c| tree.join(c).is_dir());
-        return Ok(if cifar { Dataset::cifar10(data, split)? } else { Dataset::image_folder(&tree)? });
+/// What a run trains on: the training images, and held-out ones for the per-epoch accuracy
+/// when the config asks for it.
+#[derive(Clone, Copy)]
+pub struct TrainingData<'a> {
+    pub train: &'a dyn ImageSource,
+    pub eval: Option<&'a dyn ImageSource>,
+}
+
+/// Refuses a config that cannot run, a fresh run where a checkpoint already is, and a resume
+/// where none is: everything that can be said before any data is read.
+pub fn check_run_folder(config: &TrainConfig, out: &Path, resume: bool) -> Result<(), TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    let checkpoint = checkpoint_path(out);
+    if !resume && checkpoint.exists() {
+        return Err(TrainError::RunExists { out: out.to_path_buf(), checkpoint });
     }
-    Ok(Dataset::cifar10(data, split)?)
-}
-
-/// A fixed subset of `n` samples (the same for every run and seed), or all.
-pub fn subset(mut dataset: Dataset, n: Option<usize>) -> Dataset {
-    if let Some(n) = n.filter(|&n| n < dataset.samples.len()) {
-        let order = fairnas_ops::rng::epoch_order(dataset.samples.len(), 0x5EED_5EB5E7, 0);
-        let mut keep: Vec<usize> = order[..n].to_vec();
-        keep.sort_unstable();
-        dataset.samples = keep.into_iter().map(|i| dataset.samples[i].clone()).collect();
+    if resume && !checkpoint.exists() {
+        return Err(TrainError::NoCheckpoint(checkpoint));
     }
-    dataset
+    Ok(())
 }
 
-/// Images `[n, 3, s, s]` as a tensor.
-pub fn batch_tensor(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(pixels, (n, 3, size, size), device)
-}
-
-/// Held-out top-1 of `path` in eval mode: (correct, total). Decodes batch by batch, so any
-/// split size fits in memory.
-pub fn evaluate(
-    supernet: &Supernet,
-    path: &[usize],
-    store: &ImageStore,
-    transform: &TrainTransform,
-    batch_size: usize,
-) -> Result<(usize, usize), TrainError> {
-    let mut correct = 0;
-    let indices: Vec<usize> = (0..store.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let (x, labels) = held_out_batch(store, transform, chunk)?;
-        let predicted = supernet.forward(&x, path, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;
-        correct += labels.iter().zip(&predicted).filter(|(l, p)| l == p).count();
+/// Refuses labels that do not fit `space`'s classifier.
+pub fn check_classes(data: &str, found: usize, space: &SearchSpace) -> Result<(), TrainError> {
+    match found == space.base.classes {
+        true => Ok(()),
+        false => Err(TrainError::Classes { data: data.to_string(), found, outputs: space.base.classes }),
     }
-    Ok((correct, store.len()))
 }
 
-/// Re-estimates the BN statistics of `path` on `batches` training batches (see
-/// [`recalibration_batches`]).
-pub fn recalibrate(
-    supernet: &Supernet,
-    path: &[usize],
-    store: &ImageStore,
-    transform: &TrainTransform,
-    batch_size: usize,
-    batches: usize,
-    seed: u64,
-) -> Result<usize, TrainError> {
-    let tensors = recalibration_batches(store, transform, batch_size, batches, seed)?;
-    Ok(supernet.recalibrate_bn(path, tensors.iter())?)
+/// Everything a run holds while it trains.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    out: &'a Path,
+    supernet: Supernet,
+    sampler: Box<dyn PathSampler>,
+    options: StepOptions,
+    sgd: Sgd,
+    data: TrainingData<'a>,
+    steps_per_epoch: u64,
+    schedule: CosineSchedule,
+    state: TrainState,
+    history: Vec<EpochMetrics>,
+    accumulator: EpochAccumulator,
 }
 
-/// The training batches BN recalibration uses: the train transform (augmented), in a fixed
-/// seeded order independent of the run's epochs; at most one epoch's worth.
-pub fn recalibration_batches(
-    store: &ImageStore,
-    transform: &TrainTransform,
-    batch_size: usize,
-    batches: usize,
-    seed: u64,
-) -> Result<Vec<Tensor>, TrainError> {
-    const RECALIBRATION_EPOCH: u64 = u64::MAX / 2;
-    let size = transform.output_size() as usize;
-    let order = fairnas_ops::rng::epoch_order(store.len(), seed, RECALIBRATION_EPOCH);
-    let available = TrainLoader::batches_per_epoch(store.len(), batch_size).max(1);
-    let mut tensors = Vec::new();
-    for b in 0..batches.min(available) {
-        let batch = fairnas_data::train_loader::make_batch(
-            store,
-            &order,
-            transform,
-            seed,
-            RECALIBRATION_EPOCH,
-            b,
-            batch_size.min(store.len()),
-        )?;
-        let n = batch.labels.len();
-        tensors.push(batch_tensor(batch.pixels, n, size, &Device::Cpu)?);
-    }
-    Ok(tensors)
-}
-
-/// Every held-out image, eval transform, in store order, as batches with their labels.
-pub fn held_out_batches(
-    store: &ImageStore,
-    transform: &TrainTransform,
-    batch_size: usize,
-) -> Result<Vec<(Tensor, Vec<u32>)>, TrainError> {
-    let indices: Vec<usize> = (0..store.len()).collect();
-    indices.chunks(batch_size.max(1)).map(|chunk| held_out_batch(store, transform, chunk)).collect()
-}
-
-fn held_out_batch(
-    store: &ImageStore,
-    transform: &TrainTransform,
-    chunk: &[usize],
-) -> Result<(Tensor, Vec<u32>), TrainError> {
-    use rayon::prelude::*;
-    let size = transform.output_size() as usize;
-    let pixels: Vec<Vec<f32>> = chunk
-        .par_iter()
-        .map(|&i| store.with_image(i, |img| transform.evaluate(img, Path::new(&store.describe(i))))?)
-        .collect::<Result<_, _>>()?;
-    let labels = chunk.iter().map(|&i| store.label(i) as u32).collect();
-    Ok((batch_tensor(pixels.concat(), chunk.len(), size, &Device::Cpu)?, labels))
-}
-
-/// Trains according to `config` into `out`, from scratch or (with `resume`) from the
-/// checkpoint there.
-pub fn run(
+/// Trains according to `config` on `data` into `out`, from scratch or (with `resume`) from
+/// the checkpoint there.
+pub fn train(
     config: &TrainConfig,
+    data: &TrainingData,
     out: &Path,
     resume: bool,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunSummary, TrainError> {
-    config.validate().map_err(TrainError::Config)?;
-    let ckpt = checkpoint_path(out);
-    if !resume && ckpt.exists() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run ({}): pass --resume to continue it, or choose another --out",
-            out.display(),
-            ckpt.display()
-        )));
-    }
-    if resume && !ckpt.exists() {
-        return Err(TrainError::Config(format!("--resume: no checkpoint at {}", ckpt.display())));
-    }
-    let space = config.search_space().map_err(TrainError::Config)?;
-    let device = Device::Cpu;
-    let supernet = Supernet::new(&space, config.seed, &device)?;
-    let sampler = config.sampler(&space).map_err(TrainError::Config)?;
-    let options = config.step_options().map_err(TrainError::Config)?;
-    let mut sgd = Sgd::new(SgdConfig {
-        momentum: config.momentum,
-        nesterov: config.nesterov,
-        weight_decay: config.weight_decay,
-    });
-
-    let train_set = subset(open_split(&config.data, "train")?, config.train_limit);
-    if train_set.num_classes != space.base.classes {
-        return Err(TrainError::Config(format!(
-            "{} has {} classes but the network has {} outputs (pass --classes {} to train a {}-way classifier)",
-            config.data.display(),
-            train_set.num_classes,
-            space.base.classes,
-            train_set.num_classes,
-            train_set.num_classes
-        )));
-    }
-    observer.message(&format!("{}: {} training images, decoding…", train_set.layout, train_set.len()));
-    let store = ImageStore::load(&train_set, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?;
-    let steps_per_epoch = TrainLoader::batches_per_epoch(store.len(), config.batch_size) as u64;
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Config(format!(
-            "{} training images make no full batch of {}",
-            store.len(),
-            config.batch_size
-        )));
-    }
-    let eval_store = if config.eval_every_epoch {
-        let eval_set = subset(open_split(&config.data, "test")?, config.eval_limit);
-        Some(ImageStore::load(&eval_set, fairnas_data::train_loader::DEFAULT_CACHE_BYTES)?)
-    } else {
-        None
-    };
-    let transform = config.transform(&space);
-    let size = transform.output_size() as usize;
-    let total_steps = steps_per_epoch * config.epochs;
-    let schedule = CosineSchedule {
-        base_lr: config.lr,
-        min_lr: config.min_lr,
-        warmup_steps: (config.warmup_epochs * steps_per_epoch as f64).round() as u64,
-        total_steps,
-    };
+    check_run_folder(config, out, resume)?;
+    let mut run = Run::start(config, *data, out, resume, observer)?;
+    let total_steps = run.steps_per_epoch * config.epochs;
     let stop_at = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let description = match &config.arch {
+        None => format!("{} supernet, {} sampler", run.supernet.space().name, run.sampler.name()),
+        Some(a) => format!("{a} stand-alone"),
+    };
+    observer.started(stop_at, run.state.step, &description);
+    while run.state.step < stop_at {
+        run.epoch(stop_at, observer)?;
+    }
+    if config.arch.is_some() {
+        run.write_weights()?;
+    }
+    Ok(RunSummary {
+        out: out.to_path_buf(),
+        steps: run.state.step,
+        epochs_completed: run.history.len() as u64,
+        finished: run.state.step >= total_steps,
+        history: run.history,
+        train_images: data.train.len(),
+        steps_per_epoch: run.steps_per_epoch,
+        paths_per_step: run.sampler.paths(0).len(),
+        images_in_memory: data.train.in_memory(),
+    })
+}
 
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let config_json = serde_json::to_string_pretty(config).expect("config serialises");
-    let (mut state, mut history, mut accumulator) = if resume {
-        let state = checkpoint::load(&ckpt, &supernet, &mut sgd)?;
-        let saved: TrainConfig = serde_json::from_str(&state.config)
-            .map_err(|e| TrainError::Config(format!("{}: unreadable config: {e}", ckpt.display())))?;
-        let conflicts = config.resume_conflicts(&saved);
-        if !conflicts.is_empty() {
-            return Err(TrainError::Config(format!(
-                "--resume with a different configuration ({}); only {} may change",
-                conflicts.join("; "),
-                RESUMABLE_CHANGES.join(", ")
-            )));
+impl<'a> Run<'a> {
+    /// A fresh or resumed run, with `config.json` written.
+    fn start(
+        config: &'a TrainConfig,
+        data: TrainingData<'a>,
+        out: &'a Path,
+        resume: bool,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Self, TrainError> {
+        let space = config.search_space()?;
+        let supernet = Supernet::new(&space, config.seed, &Device::Cpu)?;
+        let sampler = config.sampler(&space)?;
+        let options = config.step_options().map_err(TrainError::Config)?;
+        let sgd = Sgd::new(SgdConfig {
+            momentum: config.momentum,
+            nesterov: config.nesterov,
+            weight_decay: config.weight_decay,
+        });
+        check_classes(&data.train.describe(), data.train.num_classes(), &space)?;
+        let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
+        if steps_per_epoch == 0 {
+            return Err(TrainError::NoFullBatch {
+                data: data.train.describe(),
+                images: data.train.len(),
+                batch_size: config.batch_size,
+            });
         }
-        let history = state.history.clone();
-        let accumulator = state.accumulator.clone();
-        observer.message(&format!(
-            "resuming {} at step {} (epoch {})",
-            out.display(),
-            state.step,
-            state.epoch
-        ));
-        (state, history, accumulator)
-    } else {
-        if let Some(init) = &config.init_weights {
-            let tensors = candle_core::safetensors::load(init, &device)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", init.display())))?;
-            supernet
-                .load_subnet_weights(&sampler.paths(0)[0], &tensors)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", init.display())))?;
-            observer.message(&format!("initial weights from {}", init.display()));
-        }
-        let state = TrainState {
+        let schedule = CosineSchedule {
+            base_lr: config.lr,
+            min_lr: config.min_lr,
+            warmup_steps: (config.warmup_epochs * steps_per_epoch as f64).round() as u64,
+            total_steps: steps_per_epoch * config.epochs,
+        };
+        std::fs::create_dir_all(out).map_err(io_err(out))?;
+        let fresh = TrainState {
             step: 0,
             epoch: 0,
             seed: config.seed,
             sampler: sampler.name().to_string(),
-            config: serde_json::to_string(config).expect("config serialises"),
+            config: String::new(),
             history: Vec::new(),
             accumulator: EpochAccumulator::default(),
         };
-        (state, Vec::new(), EpochAccumulator::default())
-    };
-    // The config of record is the one in effect now (a resumed run may change max_steps etc.).
-    state.config = serde_json::to_string(config).expect("config serialises");
-    fairnas_model::persist::write_atomically(&out.join("config.json"), config_json.as_bytes())
-        .map_err(io_err(out))?;
+        let mut run = Run {
+            config,
+            out,
+            supernet,
+            sampler,
+            options,
+            sgd,
+            data,
+            steps_per_epoch,
+            schedule,
+            state: fresh,
+            history: Vec::new(),
+            accumulator: EpochAccumulator::default(),
+        };
+        match resume {
+            true => run.resume(observer)?,
+            false => run.initialise(observer)?,
+        }
+        // The config of record is the one in effect now (a resumed run may change max_steps etc.).
+        run.state.config = serde_json::to_string(config).expect("config serialises");
+        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
+        let path = out.join("config.json");
+        fairnas_model::persist::write_atomically(&path, config_json.as_bytes()).map_err(io_err(&path))?;
+        Ok(run)
+    }
 
-    let description = match &config.arch {
-        None => format!("{} supernet, {} sampler", space.name, sampler.name()),
-        Some(a) => format!("{a} stand-alone"),
-    };
-    observer.started(stop_at, state.step, &description);
-    let paths_per_step = sampler.paths(0).len();
-    while state.step < stop_at {
-        let epoch = state.step / steps_per_epoch;
-        let first_batch = (state.step % steps_per_epoch) as usize;
-        let loader =
-            TrainLoader::new(store.clone(), transform, config.seed, epoch, first_batch, config.batch_size, 2);
-        for batch in loader {
-            let batch = batch?;
-            let started = Instant::now();
-            let n = batch.labels.len();
-            let x = batch_tensor(batch.pixels, n, size, &device)?;
-            let labels: Vec<u32> = batch.labels.iter().map(|&l| l as u32).collect();
-            let y = Tensor::from_vec(labels, n, &device)?;
-            let paths: Vec<ChoicePath> = sampler.paths(state.step);
-            let lr = schedule.lr(state.step);
-            let stats = train_step(&supernet, &paths, &x, &y, &options, &mut sgd, lr).map_err(|e| {
-                TrainError::Step(format!(
-                    "step {} (epoch {epoch}, batch {}): {}; the last checkpoint ({}) is intact",
-                    state.step,
-                    batch.index,
-                    without_backtrace(e),
-                    ckpt.display()
-                ))
-            })?;
-            let wall = started.elapsed().as_secs_f64();
-            let loss_sum: f64 = stats.losses.iter().map(|&l| l as f64).sum();
-            let correct: usize = stats.correct.iter().sum();
-            accumulator.loss_sum += loss_sum;
-            accumulator.correct += correct as u64;
-            accumulator.seen += (n * paths.len()) as u64;
-            accumulator.images += n as u64;
-            accumulator.path_steps += paths.len() as u64;
-            accumulator.wall_s += wall;
-            state.step += 1;
-            observer.step(&StepReport {
-                step: state.step,
-                epoch,
-                loss: loss_sum / paths.len() as f64,
-                top1: correct as f64 / (n * paths.len()) as f64,
-                lr,
-                images_per_s: n as f64 / wall,
-            });
-            let epoch_done = state.step % steps_per_epoch == 0;
+    fn resume(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        let checkpoint = checkpoint_path(self.out);
+        let state = checkpoint::load(&checkpoint, &self.supernet, &mut self.sgd)?;
+        let saved: TrainConfig = serde_json::from_str(&state.config)
+            .map_err(|e| TrainError::Config(format!("{}: unreadable config: {e}", checkpoint.display())))?;
+        let conflicts = self.config.resume_conflicts(&saved);
+        if !conflicts.is_empty() {
+            return Err(TrainError::ResumeConflict { checkpoint, conflicts });
+        }
+        self.history = state.history.clone();
+        self.accumulator = state.accumulator.clone();
+        observer.message(&format!(
+            "resuming {} at step {} (epoch {})",
+            self.out.display(),
+            state.step,
+            state.epoch
+        ));
+        self.state = state;
+        Ok(())
+    }
+
+    fn initialise(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        let Some(init) = &self.config.init_weights else { return Ok(()) };
+        let unreadable = |e: &dyn std::fmt::Display| TrainError::Config(format!("{}: {e}", init.display()));
+        let tensors = candle_core::safetensors::load(init, &Device::Cpu).map_err(|e| unreadable(&e))?;
+        self.supernet.load_subnet_weights(&self.sampler.paths(0)[0], &tensors).map_err(|e| unreadable(&e))?;
+        observer.message(&format!("initial weights from {}", init.display()));
+        Ok(())
+    }
+
+    /// The rest of the current epoch, or up to `stop_at`.
+    fn epoch(&mut self, stop_at: u64, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        let epoch = self.state.step / self.steps_per_epoch;
+        let first_batch = (self.state.step % self.steps_per_epoch) as usize;
+        let source = self.data.train;
+        for batch in source.train_batches(self.config.seed, epoch, first_batch, self.config.batch_size) {
+            let batch = batch.map_err(TrainError::Data)?;
+            let paths = self.step(batch, epoch, observer)?;
+            let epoch_done = self.state.step % self.steps_per_epoch == 0;
             if epoch_done {
-                let mut metrics = EpochMetrics {
-                    epoch,
-                    step: state.step,
-                    train_loss: accumulator.loss_sum / accumulator.path_steps.max(1) as f64,
-                    train_top1: accumulator.correct as f64 / accumulator.seen.max(1) as f64,
-                    lr,
-                    images_per_s: accumulator.images as f64 / accumulator.wall_s.max(1e-9),
-                    wall_s: accumulator.wall_s,
-                    eval_top1: None,
-                };
-                if let Some(eval) = &eval_store {
-                    let (c, t) = evaluate(&supernet, &paths[0], eval, &transform, config.batch_size)?;
-                    metrics.eval_top1 = Some(c as f64 / t.max(1) as f64);
-                }
-                observer.epoch(&metrics);
-                history.push(metrics);
-                accumulator = EpochAccumulator::default();
+                self.finish_epoch(epoch, &paths[0], observer)?;
             }
-            let checkpoint_due = config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0;
-            if epoch_done || checkpoint_due || state.step == stop_at {
-                state.epoch = state.step / steps_per_epoch;
-                state.history = history.clone();
-                state.accumulator = accumulator.clone();
-                write_checkpoint(out, &supernet, &sgd, &state, &history)?;
-                observer.checkpoint(state.step, &ckpt);
+            let every = self.config.checkpoint_every;
+            let checkpoint_due = every > 0 && self.state.step % every == 0;
+            if epoch_done || checkpoint_due || self.state.step == stop_at {
+                self.save(observer)?;
             }
-            if state.step >= stop_at {
+            if self.state.step >= stop_at {
                 break;
             }
         }
+        Ok(())
     }
-    if config.arch.is_some() {
-        let weights = supernet.subnet_weights(&sampler.paths(0)[0])?;
+
+    /// One optimizer step on `batch`; returns the paths it trained.
+    fn step(
+        &mut self,
+        batch: crate::source::LabelledBatch,
+        epoch: u64,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Vec<ChoicePath>, TrainError> {
+        let started = Instant::now();
+        let (n, index) = (batch.len(), batch.index);
+        let y = Tensor::from_vec(batch.labels.clone(), n, &Device::Cpu)?;
+        let x = batch.images(self.data.train.image_size(), &Device::Cpu)?;
+        let paths: Vec<ChoicePath> = self.sampler.paths(self.state.step);
+        let lr = self.schedule.lr(self.state.step);
+        let stats =
+            train_step(&self.supernet, &paths, &x, &y, &self.options, &mut self.sgd, lr).map_err(|e| {
+                TrainError::Step(format!(
+                    "step {} (epoch {epoch}, batch {index}): {}; the last checkpoint ({}) is intact",
+                    self.state.step,
+                    without_backtrace(e),
+                    checkpoint_path(self.out).display()
+                ))
+            })?;
+        let wall = started.elapsed().as_secs_f64();
+        let loss_sum: f64 = stats.losses.iter().map(|&l| l as f64).sum();
+        let correct: usize = stats.correct.iter().sum();
+        let a = &mut self.accumulator;
+        a.loss_sum += loss_sum;
+        a.correct += correct as u64;
+        a.seen += (n * paths.len()) as u64;
+        a.images += n as u64;
+        a.path_steps += paths.len() as u64;
+        a.wall_s += wall;
+        self.state.step += 1;
+        observer.step(&StepReport {
+            step: self.state.step,
+            epoch,
+            loss: loss_sum / paths.len() as f64,
+            top1: correct as f64 / (n * paths.len()) as f64,
+            lr,
+            images_per_s: n as f64 / wall,
+        });
+        Ok(paths)
+    }
+
+    /// Records the finished epoch's metrics (with held-out accuracy of `path` when asked).
+    fn finish_epoch(
+        &mut self,
+        epoch: u64,
+        path: &[usize],
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let a = &self.accumulator;
+        let mut metrics = EpochMetrics {
+            epoch,
+            step: self.state.step,
+            train_loss: a.loss_sum / a.path_steps.max(1) as f64,
+            train_top1: a.correct as f64 / a.seen.max(1) as f64,
+            lr: self.schedule.lr(self.state.step - 1),
+            images_per_s: a.images as f64 / a.wall_s.max(1e-9),
+            wall_s: a.wall_s,
+            eval_top1: None,
+        };
+        if let Some(eval) = self.data.eval {
+            let (c, t) = evaluate(&self.supernet, path, eval, self.config.batch_size)?;
+            metrics.eval_top1 = Some(c as f64 / t.max(1) as f64);
+        }
+        observer.epoch(&metrics);
+        self.history.push(metrics);
+        self.accumulator = EpochAccumulator::default();
+        Ok(())
+    }
+
+    fn save(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        self.state.epoch = self.state.step / self.steps_per_epoch;
+        self.state.history = self.history.clone();
+        self.state.accumulator = self.accumulator.clone();
+        write_checkpoint(self.out, &self.supernet, &self.sgd, &self.state, &self.history)?;
+        observer.checkpoint(self.state.step, &checkpoint_path(self.out));
+        Ok(())
+    }
+
+    /// A stand-alone run's network under its canonical names (`weights.safetensors`).
+    fn write_weights(&self) -> Result<(), TrainError> {
+        let weights = self.supernet.subnet_weights(&self.sampler.paths(0)[0])?;
         let bytes = safetensors::serialize(weights.iter().map(|(k, v)| (k.as_str(), v)), None)
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        let path = out.join("weights.safetensors");
-        fairnas_model::persist::write_atomically(&path, &bytes).map_err(io_err(&path))?;
+        let path = self.out.join("weights.safetensors");
+        fairnas_model::persist::write_atomically(&path, &bytes).map_err(io_err(&path))
     }
-    Ok(RunSummary {
-        out: out.to_path_buf(),
-        steps: state.step,
-        epochs_completed: history.len() as u64,
-        finished: state.step >= total_steps,
-        history,
-        train_images: store.len(),
-        steps_per_epoch,
-        paths_per_step,
-        images_in_memory: store.in_memory(),
-    })
 }
 
 fn write_checkpoint(
@@ -705,7 +680,7 @@ pub fn load_run(checkpoint: &Path) -> Result<(Supernet, TrainConfig, TrainState)
     let state = checkpoint::read_state(&ckpt)?;
     let config: TrainConfig = serde_json::from_str(&state.config)
         .map_err(|e| TrainError::Config(format!("{}: unreadable config: {e}", ckpt.display())))?;
-    let space = config.search_space().map_err(TrainError::Config)?;
+    let space = config.search_space()?;
     let supernet = Supernet::new(&space, config.seed, &Device::Cpu)?;
     let mut sgd = Sgd::new(SgdConfig::default());
     checkpoint::load(&ckpt, &supernet, &mut sgd)?;

@@ -4,12 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use fairnas_model::cost::cost_report;
-use fairnas_model::network::Network;
-use fairnas_model::persist::write_atomically;
-use fairnas_search::one_shot::block_strings;
+use fairnas_search::export::{export_subnet, ExportSource};
 
 use crate::one_shot::SubnetArgs;
 use fairnas_supernet::images::LoadedSubnet;
@@ -26,57 +23,35 @@ pub struct ExportArgs {
 }
 
 pub fn run_export(args: ExportArgs) -> Result<()> {
-    let LoadedSubnet { checkpoint: ckpt, supernet, state, space, path, recalibrated, .. } =
-        args.subnet.load()?;
-    let spec = space.subnet(&path).map_err(anyhow::Error::msg)?;
-    let choices = &args.subnet.choices;
-    let weights = supernet.subnet_weights(&path)?;
-    // What `info`, `predict` and `train` will load must be exactly the spec's tensors.
-    Network::check_tensors(&spec, &weights)
-        .context("exported tensors do not match the sub-network's spec")?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let weights_path = args.out.join("weights.safetensors");
-    let bytes = safetensors::serialize(weights.iter().map(|(k, v)| (k.as_str(), v)), None)?;
-    write_atomically(&weights_path, &bytes)?;
-    let cost = cost_report(&spec);
-    let model_flags = if space.name == "fairnas" {
-        format!("--choices {}", choices)
-    } else {
-        format!("--space {} --choices {}", space.name, choices)
+    let loaded: LoadedSubnet = args.subnet.load()?;
+    let from = ExportSource {
+        supernet: &loaded.supernet,
+        space: &loaded.space,
+        checkpoint: &loaded.checkpoint,
+        state: &loaded.state,
+        recalibrated: loaded.recalibrated,
     };
-    let description = serde_json::json!({
-        "space": space.name,
-        "choices": choices,
-        "blocks": block_strings(&space, &path).map_err(anyhow::Error::msg)?,
-        "params": cost.params,
-        "madds": cost.madds,
-        "weights": weights_path,
-        "model_flags": model_flags,
-        "supernet": ckpt,
-        "supernet_steps": state.step,
-        "sampler": state.sampler,
-        "bn_recal_batches": recalibrated,
-    });
-    write_atomically(&args.out.join("model.json"), serde_json::to_string_pretty(&description)?.as_bytes())?;
+    let d = export_subnet(&from, &loaded.path, &args.out)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&description)?);
-    } else {
-        println!(
-            "{} {} ({} params, {} multiply-adds, BN recalibrated on {recalibrated} batches) -> {}",
-            space.name,
-            choices,
-            cost.params,
-            cost.madds,
-            weights_path.display()
-        );
-        println!("  fairnas info {model_flags}");
-        println!("  fairnas predict {model_flags} --weights {} IMAGE...", weights_path.display());
-        println!(
-            "  fairnas train --space {} --arch {} --init-weights {} ...",
-            space.name,
-            choices,
-            weights_path.display()
-        );
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
     }
+    println!(
+        "{} {} ({} params, {} multiply-adds, BN recalibrated on {} batches) -> {}",
+        d.space,
+        d.choices,
+        d.params,
+        d.madds,
+        d.bn_recal_batches,
+        d.weights.display()
+    );
+    println!("  fairnas info {}", d.model_flags);
+    println!("  fairnas predict {} --weights {} IMAGE...", d.model_flags, d.weights.display());
+    println!(
+        "  fairnas train --space {} --arch {} --init-weights {} ...",
+        d.space,
+        d.choices,
+        d.weights.display()
+    );
     Ok(())
 }

@@ -11,7 +11,6 @@ mod nas;
 mod one_shot;
 mod predict;
 mod rank;
-mod report;
 mod search;
 mod train;
 mod verify;

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use fairnas_model::search_space::format_choices;
 use fairnas_search::evolution::GenerationStats;
-use fairnas_search::run::{SearchConfig, SearchObserver, SearchOptions, SearchRun, SearchSummary};
+use fairnas_search::run::{
+    parse_count, SearchConfig, SearchObserver, SearchOptions, SearchRun, SearchSummary,
+};
 use fairnas_supernet::scoring::OneShotScore;
 
 use crate::one_shot::OneShotArgs;
@@ -60,32 +62,15 @@ pub struct SearchArgs {
     json: bool,
 }
 
-/// `400M`, `5.5M`, `300k`, `1G`, or a plain number.
-pub fn parse_count(text: &str) -> Result<f64> {
-    let t = text.trim();
-    let (number, scale) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1e9),
-        _ => (t, 1.0),
-    };
-    let v: f64 =
-        number.parse().map_err(|_| anyhow::anyhow!("'{text}' is not a count like 400M, 5.5M or 300k"))?;
-    if !(v > 0.0 && v.is_finite()) {
-        bail!("'{text}': a limit must be positive");
-    }
-    Ok(v * scale)
-}
-
 /// The spinner with the architecture being scored (drawn on terminals only); generation lines
 /// go above it.
-struct Progress {
+pub(crate) struct Progress {
     spinner: indicatif::ProgressBar,
     quiet: bool,
 }
 
 impl Progress {
-    fn new(quiet: bool) -> Self {
+    pub(crate) fn new(quiet: bool) -> Self {
         let spinner =
             if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
         spinner.set_style(
@@ -196,19 +181,4 @@ fn print_summary(summary: &SearchSummary, json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_count;
-
-    #[test]
-    fn counts_with_suffixes() {
-        assert_eq!(parse_count("400M").unwrap(), 4e8);
-        assert_eq!(parse_count("5.5m").unwrap(), 5.5e6);
-        assert_eq!(parse_count("300k").unwrap(), 3e5);
-        assert_eq!(parse_count("12").unwrap(), 12.0);
-        assert!(parse_count("lots").unwrap_err().to_string().contains("'lots'"));
-        assert!(parse_count("-3M").is_err());
-    }
 }

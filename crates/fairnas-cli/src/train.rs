@@ -223,14 +223,14 @@ fn execute(config: TrainConfig, common: &CommonTrainArgs) -> Result<()> {
 }
 
 /// Progress bar with loss, accuracy and images/s; epoch lines on stderr.
-struct BarObserver {
+pub(crate) struct BarObserver {
     bar: indicatif::ProgressBar,
     quiet: bool,
     loss_ema: Option<f64>,
 }
 
 impl BarObserver {
-    fn new(quiet: bool) -> Self {
+    pub(crate) fn new(quiet: bool) -> Self {
         let bar = indicatif::ProgressBar::hidden();
         BarObserver { bar, quiet, loss_ema: None }
     }

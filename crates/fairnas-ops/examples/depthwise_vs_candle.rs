@@ -17,11 +17,19 @@ use fairnas_ops::{depthwise_conv2d, Padding2d};
 /// Allowed relative difference: both sides accumulate in f32, in different orders.
 const TOLERANCE: f64 = 1e-5;
 
-/// Largest absolute difference, relative to the largest magnitude of the reference `b`.
+/// Largest absolute difference, relative to the largest magnitude of the reference `b` (which
+/// must not be all zeros: a comparison of zeros would prove nothing).
 fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
     let a = a.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     let b = b.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    if scale == 0.0 || a.len() != b.len() {
+        candle_core::bail!(
+            "degenerate comparison: {} vs {} elements, reference scale {scale}",
+            a.len(),
+            b.len()
+        );
+    }
     Ok(a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
 }
 

@@ -53,6 +53,13 @@ pub enum SearchError {
     LatencySpace { path: PathBuf, table: String, space: String },
     #[error("the ground-truth comparison compares acc, madds and params only: {0}")]
     GroundTruthObjectives(Box<SearchError>),
+    #[error("exporting a sub-network: {source}")]
+    Export { source: candle_core::Error },
+    #[error("'{0}' is not a count like 400M, 5.5M or 300k")]
+    Count(String),
+    /// A pipeline stage found what an earlier one should have written missing or unreadable.
+    #[error("{0}")]
+    Pipeline(String),
     /// A user-defined problem's own failure.
     #[error("{0}")]
     Problem(String),

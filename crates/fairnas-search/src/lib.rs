@@ -3,13 +3,16 @@
 
 pub mod error;
 pub mod evolution;
+pub mod export;
 pub mod ground_truth;
 pub mod latency;
 pub mod objective;
 pub mod one_shot;
 pub mod pareto;
+pub mod pipeline;
 pub mod plot;
 pub mod ranking;
+pub mod report;
 pub mod run;
 pub mod store;
 

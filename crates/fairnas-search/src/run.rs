@@ -643,9 +643,40 @@ pub fn ground_truth_comparison(
     })
 }
 
+/// `400M`, `5.5M`, `300k`, `1G`, or a plain number: a positive count.
+pub fn parse_count(text: &str) -> Result<f64, SearchError> {
+    let t = text.trim();
+    let (number, scale) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = number.parse().map_err(|_| SearchError::Count(text.to_string()))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(SearchError::Count(text.to_string()));
+    }
+    Ok(v * scale)
+}
+
 /// Reads `front.json` back through the type that wrote it.
 pub fn read_front(path: &Path) -> Result<Vec<FrontMember>, SearchError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| SearchError::Io { path: path.into(), source })?;
     serde_json::from_str(&text).map_err(|source| SearchError::Json { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_with_suffixes() {
+        assert_eq!(parse_count("400M").unwrap(), 4e8);
+        assert_eq!(parse_count("5.5m").unwrap(), 5.5e6);
+        assert_eq!(parse_count("300k").unwrap(), 3e5);
+        assert_eq!(parse_count("12").unwrap(), 12.0);
+        assert!(parse_count("lots").unwrap_err().to_string().contains("'lots'"));
+        assert!(parse_count("-3M").is_err());
+    }
 }

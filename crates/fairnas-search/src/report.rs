@@ -4,19 +4,37 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use fairnas_model::persist::write_atomically;
-use fairnas_search::plot::{escape, Scatter, Series};
+use fairnas_supernet::trainer::EpochMetrics;
+use serde::de::DeserializeOwned;
 
-use crate::nas::{ExportedModel, NasConfig};
+use crate::latency::LatencyTable;
+use crate::pipeline::{ExportedModel, NasConfig};
+use crate::plot::{escape, Scatter, Series};
+use crate::run::{read_front, SavedSearch};
+use crate::SearchError;
 
-/// Every line of a JSON-lines file.
-pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+/// Every line of a JSON-lines file, through the type that wrote it.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, SearchError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SearchError::Io { path: path.into(), source })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display())))
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| SearchError::Line {
+                path: path.into(),
+                line: i + 1,
+                source,
+            })
+        })
         .collect()
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, SearchError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SearchError::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| SearchError::Json { path: path.into(), source })
 }
 
 /// One series joined by a line (`name`, CSS `color`).
@@ -44,25 +62,23 @@ pub fn write(
     config: &NasConfig,
     models: &[ExportedModel],
     timings: &[(String, f64)],
-) -> Result<PathBuf> {
-    let metrics = read_jsonl(&out.join("supernet/metrics.jsonl"))?;
-    let epoch_series = |key: &str, scale: f64| -> Vec<(f64, f64)> {
-        metrics.iter().filter_map(|m| Some((m["epoch"].as_f64()? + 1.0, m[key].as_f64()? * scale))).collect()
+) -> Result<PathBuf, SearchError> {
+    let metrics: Vec<EpochMetrics> = read_jsonl(&out.join("supernet/metrics.jsonl"))?;
+    let epoch_series = |value: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        metrics.iter().map(|m| (m.epoch as f64 + 1.0, value(m))).collect()
     };
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("search/search-state.json"))?)?;
-    let history = state["state"]["history"].as_array().cloned().unwrap_or_default();
-    let hv: Vec<(f64, f64)> = history
-        .iter()
-        .filter_map(|h| Some((h["generation"].as_f64()?, h["hypervolume"].as_f64()?)))
-        .collect();
+    let state: SavedSearch = read_json(&out.join("search/search-state.json"))?;
+    let history = &state.state.history;
+    let hv: Vec<(f64, f64)> = history.iter().map(|h| (h.generation as f64, h.hypervolume)).collect();
     let front_size: Vec<(f64, f64)> =
-        history.iter().filter_map(|h| Some((h["generation"].as_f64()?, h["front_size"].as_f64()?))).collect();
-    let front: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("search/front.json"))?)?;
-    let front_svg = std::fs::read_to_string(out.join("search/front.svg"))?;
-    let latency: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("latency.json"))?)?;
+        history.iter().map(|h| (h.generation as f64, h.front_size as f64)).collect();
+    let front = read_front(&out.join("search/front.json"))?;
+    let front_svg_path = out.join("search/front.svg");
+    let front_svg = std::fs::read_to_string(&front_svg_path)
+        .map_err(|source| SearchError::Io { path: front_svg_path, source })?;
+    let latency: LatencyTable = read_json(&out.join("latency.json"))?;
+    let choices: Vec<Vec<usize>> =
+        front.iter().map(|f| config.space.parse_choices(&f.choices)).collect::<Result<_, _>>()?;
 
     let mut html = String::new();
     let _ = write!(
@@ -82,7 +98,7 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
 {count} models exported, a {ft}-epoch stand-alone fine-tune.</p>
 "#,
         title = escape(&out.display().to_string()),
-        space = escape(&config.space),
+        space = escape(&config.space.name),
         data = escape(&config.data.display().to_string()),
         seed = config.seed,
         epochs = config.supernet.epochs,
@@ -109,7 +125,7 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         "loss",
         "train loss",
         "#d62728",
-        epoch_series("train_loss", 1.0),
+        epoch_series(|m| m.train_loss),
     ));
     html.push_str(&line_chart(
         "training top-1 per epoch (augmented, all paths)",
@@ -117,7 +133,7 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         "top-1 (%)",
         "train top-1",
         "#2ca02c",
-        epoch_series("train_top1", 100.0),
+        epoch_series(|m| m.train_top1 * 100.0),
     ));
     html.push_str("</div>\n");
 
@@ -142,13 +158,8 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
     html.push_str("</div>\n");
 
     // Per-layer choice frequencies on the front.
-    let layers = front.first().and_then(|f| f["choices"].as_str()).map_or(0, str::len);
-    let choices_max = front
-        .iter()
-        .filter_map(|f| f["choices"].as_str())
-        .flat_map(|c| c.bytes().map(|b| (b - b'0') as usize))
-        .max()
-        .map_or(0, |m| m + 1);
+    let layers = choices.first().map_or(0, Vec::len);
+    let choices_max = choices.iter().flatten().max().map_or(0, |m| m + 1);
     html.push_str(
         "<h2 id=\"frequencies\">Choices on the front, per layer</h2>\n<table><tr><th class=\"l\">layer</th>",
     );
@@ -159,13 +170,7 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
     for l in 0..layers {
         let _ = write!(html, "<tr><td class=\"l\">{l}</td>");
         for c in 0..choices_max {
-            let n = front
-                .iter()
-                .filter(|f| {
-                    f["choices"].as_str().and_then(|s| s.as_bytes().get(l)).map(|b| (b - b'0') as usize)
-                        == Some(c)
-                })
-                .count();
+            let n = choices.iter().filter(|f| f.get(l) == Some(&c)).count();
             let share = n as f64 / front.len().max(1) as f64;
             let _ =
                 write!(html, "<td style=\"background: rgba(31,119,180,{:.2})\">{n}</td>", 0.1 + 0.8 * share);
@@ -197,9 +202,9 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
     let _ = writeln!(
         html,
         "<p>Latency: batch {}, {} threads, the table's error against measured end-to-end latency on random architectures: MAPE {:.2}%.</p>",
-        latency["batch"],
-        latency["threads"],
-        latency["check"]["mape"].as_f64().unwrap_or(f64::NAN)
+        latency.batch,
+        latency.threads,
+        latency.check.as_ref().map_or(f64::NAN, |c| c.mape)
     );
     html.push_str(
         "<h2 id=\"files\">Files</h2>\n<ul><li><code>nas-config.json</code>: this run's settings</li>\
@@ -209,6 +214,7 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
          <li><code>finetune/&lt;choices&gt;/</code>: the stand-alone run</li></ul>\n</body></html>\n",
     );
     let path = out.join("report.html");
-    write_atomically(&path, html.as_bytes())?;
+    write_atomically(&path, html.as_bytes())
+        .map_err(|source| SearchError::Io { path: path.clone(), source })?;
     Ok(path)
 }

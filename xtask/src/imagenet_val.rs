@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fairnas_cli::convert::sha256_file;
-use fairnas_cli::weights::hub_offline;
 use fairnas_data::imagenet_val::{prepare, read_ground_truth, read_synsets, PrepareReport};
+use fairnas_model::persist::sha256_file;
+use fairnas_model::weights::hub_offline;
 
 #[derive(Args)]
 pub struct PrepareValArgs {

@@ -40,8 +40,12 @@ enum Task {
         #[arg(long, default_value = "../shared/data/imagenet-sample")]
         images: PathBuf,
     },
-    /// Convert a PyTorch checkpoint to safetensors with canonical names, checked against the model.
-    Convert(fairnas_cli::convert::ConvertArgs),
+    /// Convert a PyTorch checkpoint to safetensors with canonical names, checked against the
+    /// model: `fairnas convert` (built in release), with the same flags.
+    Convert {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Sort the official flat validation folder into <out>/<wnid>/ (hard links, idempotent, checked).
     PrepareVal(imagenet_val::PrepareValArgs),
     /// Download a validation split through the Hugging Face hub, then prepare it.
@@ -98,7 +102,13 @@ fn main() -> Result<()> {
             }
             eprintln!("fixtures regenerated; review `git diff --stat` before committing");
         }
-        Task::Convert(args) => fairnas_cli::convert::run(args)?,
+        Task::Convert { args } => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            run(Command::new(env!("CARGO"))
+                .current_dir(root)
+                .args(["run", "--release", "-q", "-p", "fairnas-cli", "--", "convert"])
+                .args(&args))?
+        }
         Task::PrepareVal(args) => imagenet_val::prepare_val(args)?,
         Task::FetchImagenetVal(args) => imagenet_val::fetch_imagenet_val(args)?,
         Task::CudaBuild(args) => {

@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde::Serialize;
 
-use fairnas_cli::device::parse_device;
-use fairnas_cli::model_args::ModelArgs;
+use crate::device::parse_device;
+use crate::model_args::ModelArgs;
 use fairnas_model::cost::cost_report;
 use fairnas_model::synthetic::synthetic_network;
 

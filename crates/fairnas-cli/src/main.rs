@@ -1,12 +1,16 @@
 //! `fairnas`: FairNAS models, search space and tools from one binary.
 
+mod allocator;
 mod bench;
 mod bench_step;
+mod convert;
+mod device;
 mod export;
 mod gpu_check;
 mod hints;
 mod info;
 mod latency;
+mod model_args;
 mod nas;
 mod one_shot;
 mod predict;
@@ -14,8 +18,7 @@ mod rank;
 mod search;
 mod train;
 mod verify;
-
-use fairnas_cli::{convert, model_args};
+mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -84,7 +87,7 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    fairnas_cli::allocator::keep_freed_memory();
+    crate::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));

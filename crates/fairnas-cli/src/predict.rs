@@ -8,8 +8,8 @@ use clap::Args;
 use fairnas_data::{EvalLoader, Interpolation, Normalization, OnBadImage, Sample, Source};
 use serde_json::json;
 
-use fairnas_cli::model_args::ModelArgs;
-use fairnas_cli::weights::{load_network, WeightsArgs};
+use crate::model_args::ModelArgs;
+use crate::weights::{load_network, WeightsArgs};
 use fairnas_data::classes::class_name;
 
 #[derive(Args, Debug)]
@@ -44,7 +44,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     anyhow::ensure!(args.topk > 0, "--topk must be at least 1");
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let spec = args.model.resolve()?;
-    let device = fairnas_cli::device::parse_device(&args.device)?;
+    let device = crate::device::parse_device(&args.device)?;
     let started = std::time::Instant::now();
     let net = load_network(&args.weights, &spec, &device)?;
     tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");

@@ -14,8 +14,8 @@ use fairnas_model::network::Network;
 use fairnas_model::spec::{ArchSpec, Padding};
 use serde_json::json;
 
-use fairnas_cli::model_args::ModelArgs;
-use fairnas_cli::weights::{load_network, WeightsArgs};
+use crate::model_args::ModelArgs;
+use crate::weights::{load_network, WeightsArgs};
 
 /// Options shared by `verify` and `transfer-verify`.
 #[derive(Args, Debug, Clone)]
@@ -120,7 +120,7 @@ pub fn eval_transform(
     t
 }
 
-use fairnas_cli::device::parse_device as device;
+use crate::device::parse_device as device;
 
 /// Accuracy counts, overall and per class.
 #[derive(Debug, Default, Clone, PartialEq)]

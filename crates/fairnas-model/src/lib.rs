@@ -9,8 +9,10 @@ pub mod persist;
 pub mod pytorch;
 pub mod search_space;
 pub mod selection;
+pub mod self_check;
 pub mod spec;
 pub mod synthetic;
+pub mod weights;
 pub mod zoo;
 
 pub use fairnas_ops::Activation;

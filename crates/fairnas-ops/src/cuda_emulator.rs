@@ -1,4 +1,4 @@
-//! CUDA launch plans ([`crate::cuda_plan`]) run on the CPU: kernels.cu compiled for the host
+//! CUDA launch plans (`cuda_plan`) run on the CPU: kernels.cu compiled for the host
 //! (src/cuda/emulator.cpp) under a small emulation of threads, blocks, barriers and shuffles.
 //!
 //! Why: CI has no GPU, and a kernel's indexing, halo and bounds logic is where CUDA bugs live.

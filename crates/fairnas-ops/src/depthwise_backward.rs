@@ -2,7 +2,7 @@
 //! tensor op, parallel over planes or channels like the forward):
 //!
 //! - input gradient: a transposed depthwise convolution. Each (n, c) plane is independent and
-//!   computed as a gather per stride phase (see [`PhaseGrid`]);
+//!   computed as a gather per stride phase (see `PhaseGrid`);
 //! - weight gradient: for each channel, every tap is the dot product of a shifted input window
 //!   with the output gradient, summed over the batch. One task per channel sums in a fixed order,
 //!   so the result does not depend on the thread count.

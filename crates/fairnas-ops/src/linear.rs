@@ -3,7 +3,7 @@
 //! Why our own: as one `[N, C] x [C, K]` GEMM an image's logits would depend (in the last bits)
 //! on how many images share its batch, and as N matrix-vector products through candle's matmul
 //! the GEMM library runs a 1-column product at a small fraction of its speed (FairNAS-A's
-//! classifier took 3% of a batch-1 pass at 8 GFLOP/s). Here every logit is [`dot`] of two
+//! classifier took 3% of a batch-1 pass at 8 GFLOP/s). Here every logit is `dot` of two
 //! contiguous rows, in a fixed order: the same bits for any batch size and thread count.
 
 use candle_core::backend::BackendStorage;

@@ -73,7 +73,7 @@ fn real_checkpoint(args: &GpuCheckArgs) -> Result<Option<RealCheckpoint>> {
     let tensors = crate::weights::load_tensors(&source, &spec, &Device::Cpu)
         .with_context(|| format!("--real-weights {}", weights.display()))?;
     // Decoded and preprocessed as `fairnas verify` does.
-    let transform = crate::verify::eval_transform(&spec, None, None);
+    let transform = fairnas_data::evaluate::eval_transform(&spec, None, None);
     let crop = transform.crop as usize;
     let mut batches = Vec::new();
     for batch in EvalLoader::new(photos, transform, 16, 2, OnBadImage::Fail) {

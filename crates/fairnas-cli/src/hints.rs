@@ -10,6 +10,9 @@ pub fn for_error(e: &anyhow::Error) -> Option<String> {
         if let Some(t) = cause.downcast_ref::<TrainError>() {
             return train(t);
         }
+        if let Some(fairnas_data::evaluate::EvalError::Image(_)) = cause.downcast_ref() {
+            return Some("use --on-bad-image skip to leave bad images out".into());
+        }
         match cause.downcast_ref::<SearchError>()? {
             SearchError::Train(t) => train(t),
             SearchError::SearchExists(_) => {

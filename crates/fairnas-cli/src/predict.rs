@@ -3,14 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Tensor;
 use clap::Args;
-use fairnas_data::{EvalLoader, Interpolation, Normalization, OnBadImage, Sample, Source};
+use fairnas_data::{Interpolation, Normalization};
 use serde_json::json;
 
 use crate::model_args::ModelArgs;
 use crate::weights::{load_network, WeightsArgs};
-use fairnas_data::classes::class_name;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -48,25 +46,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let net = load_network(&args.weights, &spec, &device)?;
     tracing::info!(model = %spec.name, weights = %args.weights.weights, elapsed = ?started.elapsed(), "weights loaded");
-    let transform = crate::verify::eval_transform(&spec, args.interpolation, args.normalize);
-    let topk = args.topk.min(spec.classes);
-    let crop = transform.crop as usize;
-    let mut results = Vec::new();
-    let samples = args.images.iter().map(|p| Sample { source: Source::File(p.clone()), label: 0 }).collect();
-    for batch in EvalLoader::new(samples, transform, args.batch_size, 2, OnBadImage::Fail) {
-        let batch = batch?;
-        let x = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, crop, crop), &device)?;
-        let batch_started = std::time::Instant::now();
-        let probs = candle_nn::ops::softmax_last_dim(&net.forward(&x)?)?.to_vec2::<f32>()?;
-        tracing::info!(images = batch.indices.len(), elapsed = ?batch_started.elapsed(), "batch classified");
-        for (&index, p) in batch.indices.iter().zip(probs) {
-            let path = &args.images[index];
-            let mut order: Vec<usize> = (0..p.len()).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top: Vec<_> = order[..topk].iter().map(|&i| (i, class_name(spec.classes, i), p[i])).collect();
-            results.push((path.clone(), top));
-        }
-    }
+    let transform = fairnas_data::evaluate::eval_transform(&spec, args.interpolation, args.normalize);
+    let results =
+        fairnas_data::evaluate::classify(&spec, &net, &args.images, transform, args.batch_size, args.topk)?;
+    let results: Vec<_> = results.into_iter().map(|p| (p.image, p.top)).collect();
     if args.json {
         let out: Vec<_> = results
             .iter()

@@ -1,18 +1,14 @@
 //! `fairnas verify` (ImageNet) and `fairnas transfer-verify` (CIFAR-10): accuracy of a model on
-//! a labelled dataset with the original evaluation protocol (FAIRNAS.md section 4).
+//! a labelled dataset with the original evaluation protocol ([`fairnas_data::evaluate`]).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{bail, Result};
 use clap::Args;
-use fairnas_data::classes::class_name;
-use fairnas_data::dataset::imagenet_wnid;
-use fairnas_data::{Dataset, EvalLoader, EvalTransform, Interpolation, Normalization, OnBadImage};
+use fairnas_data::evaluate::{self, Tally};
+use fairnas_data::{Dataset, Interpolation, Normalization, OnBadImage};
 use fairnas_model::network::Network;
-use fairnas_model::spec::{ArchSpec, Padding};
-use serde_json::json;
+use fairnas_model::spec::ArchSpec;
 
 use crate::model_args::ModelArgs;
 use crate::weights::{load_network, WeightsArgs};
@@ -83,112 +79,23 @@ pub struct TransferVerifyArgs {
     pub eval: EvalOptions,
 }
 
-/// The preprocessing a model's checkpoints were trained with (bilinear + ImageNet statistics
-/// for FairNAS, bicubic + inception scaling for the TF-SAME EfficientNet-Lite family), with the
-/// user's overrides.
-pub fn eval_transform(
-    spec: &ArchSpec,
-    interpolation: Option<Interpolation>,
-    normalize: Option<Normalization>,
-) -> EvalTransform {
-    let mut t = if spec.input_size <= 64 {
-        // A network trained here at CIFAR resolution (`fairnas train`, `export` of a
-        // NAS-Bench-Macro sub-network): its own size and the recipe's CIFAR-10 statistics, as
-        // `eval-subnet` feeds it. (The published transfer models run at 224 on upsampled images.)
-        let size = spec.input_size as u32;
-        EvalTransform {
-            resize: size,
-            crop: size,
-            interpolation: Interpolation::Bilinear,
-            normalization: Normalization::CIFAR10,
-        }
-    } else if spec.stem_padding == Padding::TfSame {
-        EvalTransform {
-            interpolation: Interpolation::Bicubic,
-            normalization: Normalization::Inception,
-            ..Default::default()
-        }
-    } else {
-        EvalTransform::default()
-    };
-    if let Some(i) = interpolation {
-        t.interpolation = i;
-    }
-    if let Some(n) = normalize {
-        t.normalization = n;
-    }
-    t
-}
-
 use crate::device::parse_device as device;
 
-/// Accuracy counts, overall and per class.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Tally {
-    pub images: usize,
-    pub top1: usize,
-    pub top5: usize,
-    /// Per class: (images, top-1 correct, top-5 correct).
-    pub per_class: Vec<(usize, usize, usize)>,
-}
-
-/// Rank of the true class among the logits, breaking ties by class index as a stable
-/// descending sort does (0 = top-1).
-fn rank_of(logits: &[f32], label: usize) -> usize {
-    let y = logits[label];
-    logits.iter().enumerate().filter(|&(j, &v)| v > y || (v == y && j < label)).count()
-}
-
-impl Tally {
-    fn new(classes: usize) -> Self {
-        Tally { per_class: vec![(0, 0, 0); classes], ..Default::default() }
-    }
-
-    fn add(&mut self, logits: &[f32], label: usize) {
-        let rank = rank_of(logits, label);
-        self.images += 1;
-        self.top1 += (rank < 1) as usize;
-        self.top5 += (rank < 5) as usize;
-        let c = &mut self.per_class[label];
-        c.0 += 1;
-        c.1 += (rank < 1) as usize;
-        c.2 += (rank < 5) as usize;
-    }
-
-    fn percent(n: usize, of: usize) -> f64 {
-        if of == 0 {
-            0.0
-        } else {
-            100.0 * n as f64 / of as f64
+impl EvalOptions {
+    fn options(&self) -> evaluate::EvalOptions {
+        evaluate::EvalOptions {
+            batch_size: self.batch_size,
+            interpolation: self.interpolation,
+            normalize: self.normalize,
+            limit: self.limit,
+            on_bad_image: self.on_bad_image,
         }
     }
 }
 
-/// Runs the evaluation and prints the report.
-fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions, root: &str) -> Result<()> {
-    anyhow::ensure!(eval.batch_size > 0, "--batch-size must be at least 1");
-    if dataset.num_classes > spec.classes {
-        bail!(
-            "the dataset has {} classes but model {} has {} outputs",
-            dataset.num_classes,
-            spec.name,
-            spec.classes
-        );
-    }
-    let dataset = match eval.limit {
-        Some(n) => dataset.limit(n),
-        None => dataset,
-    };
-    for path in &dataset.ignored {
-        tracing::warn!(path = %path.display(), "not an image file; ignored");
-    }
-    let transform = eval_transform(spec, eval.interpolation, eval.normalize);
-    let paths: Vec<String> = dataset.samples.iter().map(|s| s.source.describe()).collect();
-    let total = dataset.len();
-    let layout = dataset.layout.clone();
-    let crop = transform.crop as usize;
-    let started = Instant::now();
-    let progress = indicatif::ProgressBar::new(total as u64);
+/// Runs the evaluation with a progress bar and prints the report.
+fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions, root: &Path) -> Result<()> {
+    let progress = indicatif::ProgressBar::new(dataset.len() as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} images  {per_sec}  eta {eta}  top-1 {msg}",
@@ -198,97 +105,35 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
     if eval.json {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut tally = Tally::new(spec.classes);
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut network_time = Duration::ZERO;
-    let mut decode_time = Duration::ZERO;
-    let mut waiting = Duration::ZERO;
-    let mut waited_from = Instant::now();
-    let loader = EvalLoader::new(dataset.samples, transform, eval.batch_size, 2, eval.on_bad_image);
-    for batch in loader {
-        waiting += waited_from.elapsed();
-        let batch = batch.context("evaluation stopped (use --on-bad-image skip to leave bad images out)")?;
-        decode_time += batch.decode_time;
-        for (index, error) in &batch.skipped {
-            tracing::warn!(image = %paths[*index], %error, "skipped");
-            skipped.push((paths[*index].clone(), error.to_string()));
-        }
-        if !batch.is_empty() {
-            let t = Instant::now();
-            let x = Tensor::from_vec(batch.pixels, (batch.labels.len(), 3, crop, crop), &Device::Cpu)?
-                .to_device(net.device())?;
-            let logits = net.forward(&x)?.to_vec2::<f32>()?;
-            network_time += t.elapsed();
-            for (row, &label) in logits.iter().zip(&batch.labels) {
-                tally.add(row, label);
-            }
-        }
-        progress.inc((batch.labels.len() + batch.skipped.len()) as u64);
+    let mut show = |tally: &Tally, done: usize| {
+        progress.set_position(done as u64);
         progress.set_message(format!("{:.2}%", Tally::percent(tally.top1, tally.images)));
-        waited_from = Instant::now();
-    }
+    };
+    let e = evaluate::evaluate(spec, net, dataset, root, &eval.options(), &mut show)?;
     progress.finish_and_clear();
-    let wall = started.elapsed().as_secs_f64();
-    let top1 = Tally::percent(tally.top1, tally.images);
-    let top5 = Tally::percent(tally.top5, tally.images);
-    let network_share = network_time.as_secs_f64() / wall.max(1e-9);
-
     if let Some(csv) = &eval.per_class_csv {
-        let mut text = String::from("class,wnid,name,images,top1_correct,top5_correct,top1,top5\n");
-        for (c, &(n, t1, t5)) in tally.per_class.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let wnid = if spec.classes == 1000 { imagenet_wnid(c).unwrap_or("") } else { "" };
-            let name = class_name(spec.classes, c).replace('"', "'");
-            text.push_str(&format!(
-                "{c},{wnid},\"{name}\",{n},{t1},{t5},{:.4},{:.4}\n",
-                Tally::percent(t1, n),
-                Tally::percent(t5, n)
-            ));
-        }
-        fairnas_model::persist::write_atomically(csv, text.as_bytes())?;
+        fairnas_model::persist::write_atomically(csv, e.tally.per_class_csv(spec.classes).as_bytes())?;
     }
-
     if eval.json {
-        let out = json!({
-            "model": spec.name,
-            "dataset": {"root": root, "layout": layout, "images": total},
-            "evaluated": tally.images,
-            "top1": top1,
-            "top5": top5,
-            "top1_correct": tally.top1,
-            "top5_correct": tally.top5,
-            "skipped": skipped.iter().map(|(p, e)| json!({"image": p, "error": e})).collect::<Vec<_>>(),
-            "wall_s": wall,
-            "images_per_s": tally.images as f64 / wall,
-            "network_share": network_share,
-            "network_s": network_time.as_secs_f64(),
-            "decode_s": decode_time.as_secs_f64(),
-            "waiting_for_data_s": waiting.as_secs_f64(),
-            "batch_size": eval.batch_size,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!("model {}  dataset {root} ({layout}, {total} images)", spec.name);
-        println!(
-            "top-1 {top1:.3}%  top-5 {top5:.3}%  ({} / {} / {} images)",
-            tally.top1, tally.top5, tally.images
-        );
-        if !skipped.is_empty() {
-            println!("skipped {} unreadable image(s):", skipped.len());
-            for (path, error) in &skipped {
-                println!("  {path}: {error}");
-            }
-        }
-        println!(
-            "wall {wall:.2} s, {:.1} images/s; network {:.1} s, decoding {:.1} s (in the background), waiting for data {:.1} s",
-            tally.images as f64 / wall,
-            network_time.as_secs_f64(),
-            decode_time.as_secs_f64(),
-            waiting.as_secs_f64()
-        );
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
     }
+    let d = &e.dataset;
+    println!("model {}  dataset {} ({}, {} images)", e.model, d.root, d.layout, d.images);
+    println!(
+        "top-1 {:.3}%  top-5 {:.3}%  ({} / {} / {} images)",
+        e.top1, e.top5, e.top1_correct, e.top5_correct, e.evaluated
+    );
+    if !e.skipped.is_empty() {
+        println!("skipped {} unreadable image(s):", e.skipped.len());
+        for s in &e.skipped {
+            println!("  {}: {}", s.image, s.error);
+        }
+    }
+    println!(
+        "wall {:.2} s, {:.1} images/s; network {:.1} s, decoding {:.1} s (in the background), waiting for data {:.1} s",
+        e.wall_s, e.images_per_s, e.network_s, e.decode_s, e.waiting_for_data_s
+    );
     Ok(())
 }
 
@@ -304,7 +149,7 @@ pub fn run_verify(args: VerifyArgs) -> Result<()> {
         Dataset::detect_imagenet(root)?
     };
     let net = load_network(&args.weights, &spec, &device)?;
-    evaluate(&spec, &net, dataset, &args.eval, &root.display().to_string())
+    evaluate(&spec, &net, dataset, &args.eval, root)
 }
 
 pub fn run_transfer_verify(args: TransferVerifyArgs) -> Result<()> {
@@ -323,23 +168,5 @@ pub fn run_transfer_verify(args: TransferVerifyArgs) -> Result<()> {
     let device = device(&args.eval.device)?;
     let dataset = Dataset::cifar10(&args.cifar_root, &args.split)?;
     let net = load_network(&args.weights, &spec, &device)?;
-    evaluate(&spec, &net, dataset, &args.eval, &args.cifar_root.display().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rank_breaks_ties_by_index() {
-        assert_eq!(rank_of(&[0.1, 0.9, 0.5], 1), 0);
-        assert_eq!(rank_of(&[0.1, 0.9, 0.5], 2), 1);
-        assert_eq!(rank_of(&[0.5, 0.5, 0.5], 0), 0);
-        assert_eq!(rank_of(&[0.5, 0.5, 0.5], 2), 2);
-        let mut t = Tally::new(3);
-        t.add(&[0.1, 0.9, 0.5], 2);
-        t.add(&[0.1, 0.9, 0.5], 1);
-        assert_eq!((t.images, t.top1, t.top5), (2, 1, 2));
-        assert_eq!(t.per_class[2], (1, 0, 1));
-    }
+    evaluate(&spec, &net, dataset, &args.eval, &args.cifar_root)
 }

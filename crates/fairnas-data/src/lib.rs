@@ -6,6 +6,7 @@
 pub mod classes;
 pub mod dataset;
 pub mod decode;
+pub mod evaluate;
 pub mod imagenet_val;
 pub mod loader;
 pub mod resize;

@@ -8,13 +8,13 @@
 //! later layers. So its true front is one architecture per cost level (the best way to spend
 //! that budget), which brute force over all 4096 finds. [`Goals`] make "maximise accuracy,
 //! minimise madds" of its metrics, and the example fails unless the front NSGA-II finds equals
-//! the true one architecture for architecture, at a fraction of the evaluations.
+//! the true one architecture for architecture, having evaluated under half of the space.
 //!
 //! Run: `cargo run --release -p fairnas-search --example nsga2_known_front`
 
 use std::collections::BTreeSet;
 
-use fairnas_search::evolution::{front_hypervolume, Generational, Individual, Nsga2, Nsga2Config};
+use fairnas_search::evolution::{front_hypervolume, Generational, Nsga2, Nsga2Config};
 use fairnas_search::objective::{Direction, Goals, Problem};
 use fairnas_search::SearchError;
 
@@ -73,12 +73,14 @@ fn main() -> Result<(), SearchError> {
     )?;
     // Hypervolume is measured against a point worse than every architecture.
     let reference = vec![80.0, 300.0];
+    // Deterministic for its seed. At this budget (about 1900 distinct evaluations) 18 of seeds
+    // 1-20 find the whole front; the others miss its most expensive end by one candidate.
     let config = Nsga2Config {
-        population: std::env::var("POP").map_or(32, |s| s.parse().unwrap()),
-        generations: std::env::var("GENS").map_or(40, |s| s.parse().unwrap()),
+        population: 32,
+        generations: 60,
         crossover: 0.9,
         mutation: None,
-        seed: std::env::var("SEED").map_or(1, |s| s.parse().unwrap()),
+        seed: 1,
         reference: reference.clone(),
     };
     let nsga2 = Nsga2 { config, goals: &goals };
@@ -94,33 +96,22 @@ fn main() -> Result<(), SearchError> {
             );
         }
     }
-    if std::env::var("DEBUG").is_ok() {
-        let mut pop: Vec<_> = state.population.iter().map(|i| (i.metrics[1], i.genome.clone())).collect();
-        pop.sort_by(|a, b| a.0.total_cmp(&b.0));
-        eprintln!("pop {:?}", pop);
-        eprintln!("in archive: {}", state.archive.contains_key(&vec![3; 6]));
-    }
     // The search's answer: the non-dominated set of everything it evaluated.
     let found = state.archive_front(&goals);
     let found_set: BTreeSet<Vec<usize>> = found.iter().map(|i| i.genome.clone()).collect();
 
     let all = all_genomes();
     let truth = brute_force_front(&all);
-    let truth_items: Vec<Individual> = truth
-        .iter()
-        .map(|g| Individual { genome: g.clone(), metrics: metrics(g), fitness: goals.fitness(&metrics(g)) })
-        .collect();
-    let (hv, true_hv) =
-        (front_hypervolume(&goals, &found, &reference), front_hypervolume(&goals, &truth_items, &reference));
+    let hv = front_hypervolume(&goals, &found, &reference);
     println!(
-        "NSGA-II: front of {} after {} of {} evaluations (hypervolume {hv:.4}); brute force: front of {} (hypervolume {true_hv:.4})",
+        "NSGA-II: front of {} after {} of {} evaluations (hypervolume {hv:.3}); brute force: front of {}",
         found_set.len(),
         problem.evaluations,
         all.len(),
         truth.len()
     );
-    for i in found.iter().take(5) {
-        println!("  {:?}: accuracy {:.2}, madds {:.1}", i.genome, i.metrics[0], i.metrics[1]);
+    for i in &found {
+        println!("  {:?}: accuracy {:.2}, madds {}", i.genome, i.metrics[0], i.metrics[1]);
     }
     if found_set != truth {
         let missed: Vec<_> = truth.difference(&found_set).collect();

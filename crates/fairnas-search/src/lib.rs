@@ -11,6 +11,7 @@ pub mod one_shot;
 pub mod pareto;
 pub mod pipeline;
 pub mod plot;
+pub mod rank;
 pub mod ranking;
 pub mod report;
 pub mod run;

@@ -4,12 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use fairnas_model::persist::write_atomically;
 use fairnas_model::search_space::SearchSpace;
-use fairnas_search::latency::LatencyTable;
-use fairnas_supernet::Supernet;
+use fairnas_search::latency::measure_space;
 
 #[derive(Args, Debug)]
 pub struct LatencyTableArgs {
@@ -49,18 +47,13 @@ pub fn run_latency_table(args: LatencyTableArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let space = SearchSpace::named(&args.space).map_err(anyhow::Error::msg)?;
-    // Random weights time the same as trained ones: the kernels do not look at the values.
-    let supernet = Supernet::new(&space, args.seed, &Device::Cpu)?;
+    let space = SearchSpace::named(&args.space)?;
     let quiet = args.json;
-    let mut table = LatencyTable::measure(&supernet, args.batch, args.repeats, |line| {
+    let table = measure_space(&space, (args.batch, args.repeats, args.check), args.seed, |line| {
         if !quiet {
             eprintln!("{line}");
         }
     })?;
-    if args.check > 0 {
-        table.check(&supernet, args.check, args.seed)?;
-    }
     write_atomically(&args.out, serde_json::to_string_pretty(&table)?.as_bytes())
         .with_context(|| format!("writing {}", args.out.display()))?;
     if args.json {

@@ -286,91 +286,96 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
     // width 136 puts several tiles across a plane at stride 2 too (a partial last one), and with
     // height 19 the TF-SAME pads differ in parity between rows and columns.
     // 2x5x56x56 is FairNAS-shaped (outputs 56 and 28 wide): the fitted tiles run there.
-    for (n, c, h, w) in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 19, 136), (2, 5, 56, 56)] {
+    for shape in [(3, 20, 37, 41), (2, 8, 36, 40), (1, 3, 19, 136), (2, 5, 56, 56)] {
         for k in [3usize, 5, 7] {
             for s in [1usize, 2] {
-                for (pname, pad) in paddings(h, w, k, s) {
-                    let tag = format!("k{k} s{s} {pname} {n}x{c}x{h}x{w}");
-                    let x = randn(&[n, c, h, w])?;
-                    let wt = randn(&[c, 1, k, k])?;
-                    check_op(
-                        &mut checks,
-                        format!("depthwise fwd {tag}"),
-                        device,
-                        &[x.clone(), wt.clone()],
-                        |t| t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: s, padding: pad }),
-                        log,
-                    )?;
-                    let mut fused = vec![
-                        (Activation::Relu6, CudaDepthwiseKernel::Auto),
-                        (Activation::Swish, CudaDepthwiseKernel::Direct),
-                        (Activation::Relu, CudaDepthwiseKernel::Auto),
-                    ];
-                    // Every tiled variant the timings try.
-                    let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
-                    let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
-                    fused.extend(tiled_variants(s, (ho, wo)).into_iter().map(|v| (Activation::Relu6, v)));
-                    for (act, kernel) in fused {
-                        let affine = randn(&[2, c])?;
-                        let variant = variant_name(kernel, s, ho);
-                        let op = DepthwiseAffineAct {
-                            stride: s,
-                            padding: pad,
-                            activation: act,
-                            cuda_kernel: kernel,
-                        };
-                        check_op(
-                            &mut checks,
-                            format!("depthwise+bn+{act} ({variant}) {tag}"),
-                            device,
-                            &[x.clone(), wt.clone(), affine],
-                            |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
-                            log,
-                        )?;
-                    }
-                    let g = randn(&[n, c, ho, wo])?;
-                    // At stride 2 the simple kernels too (the blocked ones replaced them there).
-                    for simple in if s == 2 { vec![false, true] } else { vec![false] } {
-                        let variant = if simple { " (simple)" } else { "" };
-                        let input_grad = DepthwiseInputGrad {
-                            stride: s,
-                            padding: pad,
-                            height: h,
-                            width: w,
-                            simple_cuda_kernel: simple,
-                        };
-                        check_op(
-                            &mut checks,
-                            format!("depthwise d/dx{variant} {tag}"),
-                            device,
-                            &[g.clone(), wt.clone()],
-                            |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
-                            log,
-                        )?;
-                        let weight_grad = DepthwiseWeightGrad {
-                            stride: s,
-                            padding: pad,
-                            kernel: k,
-                            simple_cuda_kernel: simple,
-                        };
-                        check_op(
-                            &mut checks,
-                            format!("depthwise d/dw{variant} {tag}"),
-                            device,
-                            &[x.clone(), g.clone()],
-                            |t| t[0].apply_op2_no_bwd(&t[1], &weight_grad),
-                            log,
-                        )?;
-                    }
+                for (pname, pad) in paddings(shape.2, shape.3, k, s) {
+                    depthwise_case(&mut checks, device, shape, (k, s, pname, pad), log)?;
                 }
             }
         }
     }
-    // Small planes (the direct kernel) as FairNAS's last stages have them.
+    small_plane_checks(&mut checks, device, log)?;
+    squeeze_excite_checks(&mut checks, device, log)?;
+    depthwise_autograd_checks(&mut checks, device, log)?;
+    Ok(checks)
+}
+
+/// Depthwise forward (plain, fused with every tiled variant), d/dx and d/dw on one shape.
+fn depthwise_case(
+    checks: &mut Vec<Check>,
+    device: &Device,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (k, s, pname, pad): (usize, usize, &str, Padding2d),
+    log: Log,
+) -> Result<()> {
+    let tag = format!("k{k} s{s} {pname} {n}x{c}x{h}x{w}");
+    let x = randn(&[n, c, h, w])?;
+    let wt = randn(&[c, 1, k, k])?;
+    check_op(
+        checks,
+        format!("depthwise fwd {tag}"),
+        device,
+        &[x.clone(), wt.clone()],
+        |t| t[0].apply_op2_no_bwd(&t[1], &DepthwiseConv2d { stride: s, padding: pad }),
+        log,
+    )?;
+    let mut fused = vec![
+        (Activation::Relu6, CudaDepthwiseKernel::Auto),
+        (Activation::Swish, CudaDepthwiseKernel::Direct),
+        (Activation::Relu, CudaDepthwiseKernel::Auto),
+    ];
+    // Every tiled variant the timings try.
+    let ho = fairnas_ops::depthwise::conv_output_size(h, pad.top, pad.bottom, k, s)?;
+    let wo = fairnas_ops::depthwise::conv_output_size(w, pad.left, pad.right, k, s)?;
+    fused.extend(tiled_variants(s, (ho, wo)).into_iter().map(|v| (Activation::Relu6, v)));
+    for (act, kernel) in fused {
+        let affine = randn(&[2, c])?;
+        let variant = variant_name(kernel, s, ho);
+        let op = DepthwiseAffineAct { stride: s, padding: pad, activation: act, cuda_kernel: kernel };
+        check_op(
+            checks,
+            format!("depthwise+bn+{act} ({variant}) {tag}"),
+            device,
+            &[x.clone(), wt.clone(), affine],
+            |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op),
+            log,
+        )?;
+    }
+    let g = randn(&[n, c, ho, wo])?;
+    // At stride 2 the simple kernels too (the blocked ones replaced them there).
+    for simple in if s == 2 { vec![false, true] } else { vec![false] } {
+        let variant = if simple { " (simple)" } else { "" };
+        let input_grad =
+            DepthwiseInputGrad { stride: s, padding: pad, height: h, width: w, simple_cuda_kernel: simple };
+        check_op(
+            checks,
+            format!("depthwise d/dx{variant} {tag}"),
+            device,
+            &[g.clone(), wt.clone()],
+            |t| t[0].apply_op2_no_bwd(&t[1], &input_grad),
+            log,
+        )?;
+        let weight_grad =
+            DepthwiseWeightGrad { stride: s, padding: pad, kernel: k, simple_cuda_kernel: simple };
+        check_op(
+            checks,
+            format!("depthwise d/dw{variant} {tag}"),
+            device,
+            &[x.clone(), g.clone()],
+            |t| t[0].apply_op2_no_bwd(&t[1], &weight_grad),
+            log,
+        )?;
+    }
+    Ok(())
+}
+
+/// Small planes (the direct kernel) as FairNAS's last stages have them.
+fn small_plane_checks(checks: &mut Vec<Check>, device: &Device, log: Log) -> Result<()> {
     let x = randn(&[4, 64, 7, 7])?;
     let wt = randn(&[64, 1, 5, 5])?;
     check_op(
-        &mut checks,
+        checks,
         "depthwise fwd k5 s1 sym 4x64x7x7".into(),
         device,
         &[x, wt.clone()],
@@ -386,13 +391,18 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
         simple_cuda_kernel: false,
     };
     check_op(
-        &mut checks,
+        checks,
         "depthwise d/dx k5 s1 sym 4x64x7x7".into(),
         device,
         &[g, wt],
         |t| t[0].apply_op2_no_bwd(&t[1], &small_grad),
         log,
     )?;
+    Ok(())
+}
+
+/// Squeeze-excite forward, its backward ops, and its gradients through autograd.
+fn squeeze_excite_checks(checks: &mut Vec<Check>, device: &Device, log: Log) -> Result<()> {
     for (inner, (n, c, h, w, r)) in
         [(Activation::Swish, (4, 96, 28, 28, 24)), (Activation::Relu, (3, 40, 7, 7, 10))]
     {
@@ -401,7 +411,7 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
         let reduce = (randn(&[r, c + 1])? * 0.3)?;
         let expand = (randn(&[c, r + 1])? * 0.3)?;
         check_op(
-            &mut checks,
+            checks,
             format!("squeeze-excite fwd {tag}"),
             device,
             &[x.clone(), reduce.clone(), expand.clone()],
@@ -410,7 +420,7 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
         )?;
         let y = randn(&[n, c, h, w])?;
         check_op(
-            &mut checks,
+            checks,
             format!("plane stats {n}x{c}x{h}x{w}"),
             device,
             &[x.clone(), y.clone()],
@@ -419,7 +429,7 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
         )?;
         let (gate, bias) = (randn(&[n, c])?, randn(&[n, c])?);
         check_op(
-            &mut checks,
+            checks,
             format!("scale planes {n}x{c}x{h}x{w}"),
             device,
             &[y.clone(), gate, bias],
@@ -430,7 +440,7 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
         let probe = randn(&[n, c, h, w])?;
         for (which, index) in [("x", 0usize), ("reduce", 1), ("expand", 2)] {
             check_op(
-                &mut checks,
+                checks,
                 format!("squeeze-excite d/d{which} {tag}"),
                 device,
                 &[x.clone(), reduce.clone(), expand.clone(), probe.clone()],
@@ -453,12 +463,17 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// The depthwise op's gradients through candle's autograd.
+fn depthwise_autograd_checks(checks: &mut Vec<Check>, device: &Device, log: Log) -> Result<()> {
     let x = randn(&[2, 24, 30, 30])?;
     let wt = randn(&[24, 1, 5, 5])?;
     let probe = randn(&[2, 24, 15, 15])?;
     for (which, index) in [("x", 0usize), ("w", 1)] {
         check_op(
-            &mut checks,
+            checks,
             format!("depthwise autograd d/d{which} k5 s2 same 2x24x30x30"),
             device,
             &[x.clone(), wt.clone(), probe.clone()],
@@ -476,7 +491,7 @@ pub fn correctness(device: &Device, log: Log) -> Result<Vec<Check>> {
             log,
         )?;
     }
-    Ok(checks)
+    Ok(())
 }
 
 fn fairnas_a() -> Result<ArchSpec> {

@@ -164,6 +164,43 @@ fn tiled(
     Ok(KernelLaunch { kernel, grid, block: [bw as u32, bh as u32, 1], shared_bytes: 0, args })
 }
 
+/// Strip height, block shape and kernel-name suffix of the tiled forward kernel variant `t`
+/// (fitted 28-wide tiles or the 32-wide ones) for `s`, staged as `vec`, `layout` and
+/// `chunk_staging` say.
+fn tile_geometry(
+    s: &DwShape,
+    t: &TiledDepthwise,
+    (vec, layout, chunk_staging, input_vector_rows): (&str, Stride2Rows, bool, bool),
+) -> Result<(usize, [usize; 2], String)> {
+    Ok(if t.fitted {
+        let fit = TiledDepthwise::fitted_tile(s.out_height, s.out_width);
+        let Some((rows, block_rows)) = fit.filter(|_| {
+            input_vector_rows
+                && !chunk_staging
+                && (s.stride == 1 || layout != Stride2Rows::Plain)
+                && t.rows_per_thread.is_none()
+        }) else {
+            candle_core::bail!(
+                "depthwise: no fitted CUDA tile for {}x{} outputs (they take widths and heights \
+                 that are multiples of 28, 16-byte aligned rows, row staging, stride-2 rows \
+                 read in pairs or de-interleaved, and their own strip height)",
+                s.out_height,
+                s.out_width
+            );
+        };
+        (rows, [28, block_rows], format!("{vec}_w28x{block_rows}"))
+    } else {
+        let rows = match t.rows_per_thread {
+            Some(r @ (2 | 4 | 8)) => usize::from(r),
+            Some(r) => candle_core::bail!(
+                "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
+            ),
+            None => CudaDepthwiseKernel::auto_strip_height(s.out_height),
+        };
+        (rows, [TILE_W, BLOCK_Y], vec.to_string())
+    })
+}
+
 /// Depthwise forward, `act(conv * scale[c] + shift[c])` or the bare convolution.
 ///
 /// Inputs: 0 x `[N, C, H, W]`, 1 weight `[C, 1, k, k]`, and with `affine` 2 `[2, C]` (scale;
@@ -243,33 +280,7 @@ pub fn depthwise_forward(
                 "depthwise: the CUDA kernel reading taps in pairs stages its rows row by row, not chunk by chunk"
             ),
         };
-        let (rows, block, suffix) = if t.fitted {
-            let fit = TiledDepthwise::fitted_tile(s.out_height, s.out_width);
-            let Some((rows, block_rows)) = fit.filter(|_| {
-                input_vector_rows
-                    && !chunk_staging
-                    && (s.stride == 1 || layout != Stride2Rows::Plain)
-                    && t.rows_per_thread.is_none()
-            }) else {
-                candle_core::bail!(
-                    "depthwise: no fitted CUDA tile for {}x{} outputs (they take widths and heights \
-                     that are multiples of 28, 16-byte aligned rows, row staging, stride-2 rows \
-                     read in pairs or de-interleaved, and their own strip height)",
-                    s.out_height,
-                    s.out_width
-                );
-            };
-            (rows, [28, block_rows], format!("{vec}_w28x{block_rows}"))
-        } else {
-            let rows = match t.rows_per_thread {
-                Some(r @ (2 | 4 | 8)) => usize::from(r),
-                Some(r) => candle_core::bail!(
-                    "depthwise: the tiled CUDA kernel takes 2, 4 or 8 output rows per thread, not {r}"
-                ),
-                None => CudaDepthwiseKernel::auto_strip_height(s.out_height),
-            };
-            (rows, [TILE_W, BLOCK_Y], vec.to_string())
-        };
+        let (rows, block, suffix) = tile_geometry(&s, &t, (vec, layout, chunk_staging, input_vector_rows))?;
         args.extend(shape);
         args.extend([pad_top, pad_left, code(activation)]);
         let name = format!("dw_forward_tiled_k{}_s{}_r{rows}{suffix}", s.kernel, s.stride);

@@ -150,6 +150,39 @@ fn forward_typed<T: Element>(
     Ok((out, Shape::from((n, o, h, w))))
 }
 
+/// How [`folded_forward`] cuts its output into blocks: `cols`-wide column blocks
+/// (`per_image` per image, `column_blocks` in all), each split into `row_blocks` chunks of
+/// `row_chunk` output channels.
+struct Blocking {
+    cols: usize,
+    per_image: usize,
+    column_blocks: usize,
+    row_chunk: usize,
+    row_blocks: usize,
+}
+
+fn blocking(tiled: bool, (n, o, hw): (usize, usize, usize), threads: usize) -> Blocking {
+    let mut cols = block_columns(o, hw);
+    if tiled && n * hw.div_ceil(cols) < 4 * threads {
+        // A few big blocks do not share out evenly (the stem at batch 1 was 7 blocks on 2
+        // threads): narrower ones, in whole 32-column tiles, to give each thread several.
+        let per_image = (4 * threads).div_ceil(n);
+        cols = cols.min(hw.div_ceil(per_image).next_multiple_of(32)).min(hw.max(1));
+    }
+    let per_image = hw.div_ceil(cols);
+    let column_blocks = n * per_image;
+    // The tiled kernel has no threads of its own: with too few column blocks to go round (a
+    // small late-layer plane at batch 1), the output channels are split too, in whole tiles.
+    let row_chunk = if tiled && column_blocks < 2 * threads {
+        let parts = (2 * threads).div_ceil(column_blocks);
+        o.div_ceil(parts).next_multiple_of(TILE_ROWS).min(o)
+    } else {
+        o
+    };
+    let row_blocks = o.div_ceil(row_chunk);
+    Blocking { cols, per_image, column_blocks, row_chunk, row_blocks }
+}
+
 /// The op on plain slices: `x` `[n, c, hw]`, `packed` `[o, c + 1]`, `residual` `[n, o, hw]`
 /// (shapes checked by the callers), returning `[n, o, hw]`. Also the GEMM half of
 /// [`crate::dense_conv::folded_dense_conv2d`], on its column matrices.
@@ -183,24 +216,8 @@ pub(crate) fn folded_forward<T: Element>(
         _ => x,
     };
     let threads = rayon::current_num_threads();
-    let mut cols = block_columns(o, hw);
-    if tiled && n * hw.div_ceil(cols) < 4 * threads {
-        // A few big blocks do not share out evenly (the stem at batch 1 was 7 blocks on 2
-        // threads): narrower ones, in whole 32-column tiles, to give each thread several.
-        let per_image = (4 * threads).div_ceil(n);
-        cols = cols.min(hw.div_ceil(per_image).next_multiple_of(32)).min(hw.max(1));
-    }
-    let per_image = hw.div_ceil(cols);
-    let column_blocks = n * per_image;
-    // The tiled kernel has no threads of its own: with too few column blocks to go round (a
-    // small late-layer plane at batch 1), the output channels are split too, in whole tiles.
-    let row_chunk = if tiled && column_blocks < 2 * threads {
-        let parts = (2 * threads).div_ceil(column_blocks);
-        o.div_ceil(parts).next_multiple_of(TILE_ROWS).min(o)
-    } else {
-        o
-    };
-    let row_blocks = o.div_ceil(row_chunk);
+    let Blocking { cols, per_image, column_blocks, row_chunk, row_blocks } =
+        blocking(tiled, (n, o, hw), threads);
     let blocks = column_blocks * row_blocks;
     // Too few blocks to go round for the GEMM path: let each GEMM use the threads instead.
     let inner = if blocks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };

@@ -247,7 +247,6 @@ mod with_images {
     use fairnas_supernet::images::load_subnet;
     use fairnas_supernet::scoring::ScoringOptions;
     use fairnas_supernet::trainer::{checkpoint_path, load_run, RunSummary, TrainConfig};
-    use fairnas_supernet::Supernet;
 
     use super::*;
     use crate::export::{export_subnet, ExportSource};
@@ -346,14 +345,13 @@ mod with_images {
             return read_latency_table(&folders.latency, &config.space);
         }
         let l = &config.latency;
-        // Random weights time the same as trained ones: the kernels do not look at the values.
-        let supernet = Supernet::new(&config.space, config.seed, &candle_core::Device::Cpu)
-            .map_err(|source| SearchError::Export { source })?;
-        let mut table = LatencyTable::measure(&supernet, l.batch, l.repeats, |line| observer.message(line))
-            .map_err(|source| SearchError::Export { source })?;
-        if l.check > 0 {
-            table.check(&supernet, l.check, config.seed).map_err(|source| SearchError::Export { source })?;
-        }
+        let table = crate::latency::measure_space(
+            &config.space,
+            (l.batch, l.repeats, l.check),
+            config.seed,
+            |line| observer.message(line),
+        )
+        .map_err(|source| SearchError::Export { source })?;
         let text = serde_json::to_string_pretty(&table).expect("table serialises");
         write_atomically(&folders.latency, text.as_bytes()).map_err(io(&folders.latency))?;
         Ok(table)

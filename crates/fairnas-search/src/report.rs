@@ -64,14 +64,7 @@ pub fn write(
     timings: &[(String, f64)],
 ) -> Result<PathBuf, SearchError> {
     let metrics: Vec<EpochMetrics> = read_jsonl(&out.join("supernet/metrics.jsonl"))?;
-    let epoch_series = |value: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
-        metrics.iter().map(|m| (m.epoch as f64 + 1.0, value(m))).collect()
-    };
     let state: SavedSearch = read_json(&out.join("search/search-state.json"))?;
-    let history = &state.state.history;
-    let hv: Vec<(f64, f64)> = history.iter().map(|h| (h.generation as f64, h.hypervolume)).collect();
-    let front_size: Vec<(f64, f64)> =
-        history.iter().map(|h| (h.generation as f64, h.front_size as f64)).collect();
     let front = read_front(&out.join("search/front.json"))?;
     let front_svg_path = out.join("search/front.svg");
     let front_svg = std::fs::read_to_string(&front_svg_path)
@@ -81,6 +74,21 @@ pub fn write(
         front.iter().map(|f| config.space.parse_choices(&f.choices)).collect::<Result<_, _>>()?;
 
     let mut html = String::new();
+    header(&mut html, out, config, models.len());
+    stage_table(&mut html, timings);
+    training_section(&mut html, &metrics);
+    search_section(&mut html, &front_svg, &state);
+    choice_frequencies(&mut html, &choices);
+    models_section(&mut html, models, &latency);
+    files_section(&mut html);
+    let path = out.join("report.html");
+    write_atomically(&path, html.as_bytes())
+        .map_err(|source| SearchError::Io { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// What ran, in one paragraph.
+fn header(html: &mut String, out: &Path, config: &NasConfig, count: usize) {
     let _ = write!(
         html,
         r#"<!DOCTYPE html>
@@ -107,9 +115,13 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         objectives = escape(&config.search.objectives),
         pop = config.search.population,
         gens = config.search.generations,
-        count = models.len(),
+        count = count,
         ft = config.finetune.epochs,
     );
+}
+
+/// Wall time per stage.
+fn stage_table(html: &mut String, timings: &[(String, f64)]) {
     html.push_str(
         "<h2 id=\"timings\">Stages</h2>\n<table><tr><th class=\"l\">stage</th><th>wall (s)</th></tr>\n",
     );
@@ -117,7 +129,13 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         let _ = writeln!(html, "<tr><td class=\"l\">{}</td><td>{secs:.1}</td></tr>", escape(name));
     }
     html.push_str("</table>\n");
+}
 
+/// The supernet's loss and accuracy per epoch.
+fn training_section(html: &mut String, metrics: &[EpochMetrics]) {
+    let epoch_series = |value: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        metrics.iter().map(|m| (m.epoch as f64 + 1.0, value(m))).collect()
+    };
     html.push_str("<h2 id=\"training\">Supernet training</h2>\n<div class=\"charts\">\n");
     html.push_str(&line_chart(
         "training loss per epoch (mean over paths)",
@@ -136,9 +154,16 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         epoch_series(|m| m.train_top1 * 100.0),
     ));
     html.push_str("</div>\n");
+}
 
+/// The front, and hypervolume and front size per generation.
+fn search_section(html: &mut String, front_svg: &str, state: &SavedSearch) {
+    let history = &state.state.history;
+    let hv: Vec<(f64, f64)> = history.iter().map(|h| (h.generation as f64, h.hypervolume)).collect();
+    let front_size: Vec<(f64, f64)> =
+        history.iter().map(|h| (h.generation as f64, h.front_size as f64)).collect();
     html.push_str("<h2 id=\"search\">Search</h2>\n<div class=\"charts\">\n");
-    html.push_str(&front_svg);
+    html.push_str(front_svg);
     html.push_str(&line_chart(
         "hypervolume of the population's front per generation",
         "generation",
@@ -156,8 +181,10 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         front_size,
     ));
     html.push_str("</div>\n");
+}
 
-    // Per-layer choice frequencies on the front.
+/// Per-layer choice frequencies on the front.
+fn choice_frequencies(html: &mut String, choices: &[Vec<usize>]) {
     let layers = choices.first().map_or(0, Vec::len);
     let choices_max = choices.iter().flatten().max().map_or(0, |m| m + 1);
     html.push_str(
@@ -171,14 +198,17 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         let _ = write!(html, "<tr><td class=\"l\">{l}</td>");
         for c in 0..choices_max {
             let n = choices.iter().filter(|f| f.get(l) == Some(&c)).count();
-            let share = n as f64 / front.len().max(1) as f64;
+            let share = n as f64 / choices.len().max(1) as f64;
             let _ =
                 write!(html, "<td style=\"background: rgba(31,119,180,{:.2})\">{n}</td>", 0.1 + 0.8 * share);
         }
         html.push_str("</tr>\n");
     }
     html.push_str("</table>\n");
+}
 
+/// The exported models' costs, latencies and accuracies.
+fn models_section(html: &mut String, models: &[ExportedModel], latency: &LatencyTable) {
     html.push_str(
         "<h2 id=\"models\">Exported models</h2>\n<table><tr><th class=\"l\">choices</th><th class=\"l\">blocks</th>\
          <th>params</th><th>multiply-adds</th><th>latency, table (ms)</th><th>latency, measured (ms)</th>\
@@ -206,6 +236,10 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
         latency.threads,
         latency.check.as_ref().map_or(f64::NAN, |c| c.mape)
     );
+}
+
+/// What the run folder holds.
+fn files_section(html: &mut String) {
     html.push_str(
         "<h2 id=\"files\">Files</h2>\n<ul><li><code>nas-config.json</code>: this run's settings</li>\
          <li><code>supernet/</code>: checkpoint, metrics.jsonl</li><li><code>latency.json</code>: the latency table</li>\
@@ -213,8 +247,4 @@ BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (popul
          <li><code>models/&lt;choices&gt;/</code>: weights.safetensors, model.json</li>\
          <li><code>finetune/&lt;choices&gt;/</code>: the stand-alone run</li></ul>\n</body></html>\n",
     );
-    let path = out.join("report.html");
-    write_atomically(&path, html.as_bytes())
-        .map_err(|source| SearchError::Io { path: path.clone(), source })?;
-    Ok(path)
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask cuda-build`: the `cuda` build of `fairnas` from a machine with no GPU and no CUDA
 //! install, and a small bundle that carries it (with the GPU check) to a machine that has one.
 //!
-//! Why each step (see ../shared/CUDA.md for what was established):
+//! Why each step (see docs/CUDA.md for what was established):
 //! - nvcc comes from NVIDIA's PyPI wheels, pinned to the 13.0 line that the GPU machines' driver
 //!   accepts (newer nvcc emits PTX that driver refuses), installed with `pip --target` into a
 //!   cache folder, never into the system Python.
@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::run;
 
-/// The 13.0 toolkit line (CUDA.md): nvcc, its NVVM and headers, the runtime and CCCL headers.
+/// The 13.0 toolkit line (docs/CUDA.md): nvcc, its NVVM and headers, the runtime and CCCL headers.
 const NVCC_WHEELS: [&str; 5] = [
     "nvidia-cuda-nvcc==13.0.88",
     "nvidia-nvvm==13.0.88",

@@ -13,6 +13,9 @@
 //! - `cuda-build`: the `cuda` build of `fairnas` on a machine without CUDA or a GPU (nvcc from
 //!   pinned wheels, link stubs), bundled with the GPU check for the device machine.
 
+// The doc comments on the task structs are clap's help text (`<out>/<wnid>/`), not rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cuda_build;
 mod imagenet_val;
 

@@ -1,6 +1,6 @@
 //! Labelled image collections: where every sample's pixels come from and its class.
 //!
-//! Layouts (FAIRNAS.md section 4):
+//! Layouts (docs/FAIRNAS.md section 4):
 //! - image folder `<root>/<class>/*`: class = sorted folder position, except when every folder
 //!   is an ImageNet wnid: then class = the wnid's index in the standard 1000-class list, so a
 //!   subset with missing classes is still labelled right;

@@ -5,6 +5,25 @@
 //!
 //! The network comes from `fairnas-model`: this module is why `fairnas-data` depends on it
 //! (the preprocessing is a property of a model family, as timm's data config is).
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use fairnas_data::evaluate::{classify, eval_transform};
+//! use fairnas_model::selection::ModelSelection;
+//! use fairnas_model::weights::{load_network, CheckpointSource};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = ModelSelection::named("efficientnet-lite0").resolve()?;
+//! // A PyTorch checkpoint, read without Python and mapped onto the spec's names.
+//! let net = load_network("efficientnet-lite0-57934424.pth", &spec, &CheckpointSource::default(), &Device::Cpu)?;
+//! // Lite0's own preprocessing (bicubic, inception scaling), then the top-5 classes.
+//! let photos = vec!["data/images/n07920052_espresso.JPEG".into()];
+//! for p in classify(&spec, &net, &photos, eval_transform(&spec, None, None), 16, 5)? {
+//!     println!("{}: {:?}", p.image.display(), p.top[0]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

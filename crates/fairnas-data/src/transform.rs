@@ -19,7 +19,7 @@ pub enum Normalization {
 }
 
 impl Normalization {
-    /// CIFAR-10's per-channel statistics (the training recipe's, FAIRNAS.md section 7).
+    /// CIFAR-10's per-channel statistics (the training recipe's, docs/FAIRNAS.md section 7).
     pub const CIFAR10: Normalization =
         Normalization::Custom { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
 

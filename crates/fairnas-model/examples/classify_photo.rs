@@ -7,8 +7,10 @@
 //! names ([`convert_state_dict`]), and [`Network::load`] builds the candle network from them. The
 //! photos are the project's `data/images`, whose ImageNet class is the wnid in the file name;
 //! the example fails unless Lite0's top-1 class is that label for every photo.
+//! ([`fairnas_model::weights::load_network`] does steps 2 and 3 in one call.)
 //!
-//! Run: `cargo run --release -p fairnas-model --example classify_photo [IMAGE...]`
+//! Run: `cargo run --release -p fairnas-model --example classify_photo [IMAGE...]` (other
+//! photos must be named `<wnid>_<anything>.JPEG`, like `$FAIRNAS_SHARED/data/imagenet-sample`).
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,8 @@ use fairnas_model::selection::ModelSelection;
 type Error = Box<dyn std::error::Error>;
 
 fn main() -> Result<(), Error> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/<crate> in a workspace");
     let shared =
         std::env::var_os("FAIRNAS_SHARED").map_or_else(|| workspace.join("../shared"), PathBuf::from);
     let checkpoint_path = shared.join("data/weights/efficientnet-lite0-57934424.pth");

@@ -1,6 +1,6 @@
 //! The cost model: parameters, multiply-adds and thop-convention FLOPs, from the spec alone.
 //!
-//! Conventions (FAIRNAS.md section 2):
+//! Conventions (docs/FAIRNAS.md sections 1 and 2):
 //! - **params**: every learnable tensor (conv/linear weights and biases, BN weight and bias);
 //!   BN running statistics are not parameters.
 //! - **multiply-adds**: multiply-accumulates of convolutions and fully connected layers only.

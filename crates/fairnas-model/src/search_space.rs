@@ -239,7 +239,7 @@ impl SearchSpace {
         SearchSpace { name: "fairnas".into(), base, layers }
     }
 
-    /// NAS-Bench-Macro (FAIRNAS.md section 7): 32x32 CIFAR-10 input, stem conv 3x3/1 to 32, 8
+    /// NAS-Bench-Macro (docs/FAIRNAS.md section 7): 32x32 CIFAR-10 input, stem conv 3x3/1 to 32, 8
     /// layers with choices 0 = skip (1x1 conv + BN where shape changes), 1 = MBConv e3 k3,
     /// 2 = MBConv e6 k5, ReLU throughout, no SE; head 1x1 to 1280, Linear(1280, 10).
     pub fn nas_bench_macro() -> Self {
@@ -362,7 +362,7 @@ impl SearchSpace {
     /// The canonical form of a sub-network. A pure identity (a skip that neither strides nor
     /// projects) commutes with every shape-preserving layer next to it, so sub-networks that
     /// differ only in where their identities sit inside a run of shape-preserving layers are
-    /// the same function: NAS-Bench-Macro's 6561 keys are 3969 architectures (FAIRNAS.md
+    /// the same function: NAS-Bench-Macro's 6561 keys are 3969 architectures (docs/FAIRNAS.md
     /// section 7). The canonical form moves those identities to the end of their run; ranking
     /// and search score one form per architecture, so duplicates neither tie nor count twice.
     pub fn canonical(&self, choices: &[usize]) -> Vec<usize> {

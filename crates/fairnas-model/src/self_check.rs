@@ -222,7 +222,7 @@ fn compare(name: String, got: &Tensor, reference: &Tensor, limits: (f64, f64)) -
 const OP_LIMITS: (f64, f64) = (OP_REL_L2_LIMIT, OP_MAX_REL_LIMIT);
 
 fn randn(shape: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::randn(0f64, 1f64, shape, &Device::Cpu)?)
+    Tensor::randn(0f64, 1f64, shape, &Device::Cpu)
 }
 
 /// Runs `op` on the device in f32 and on the CPU in f64 with the same (fresh) inputs.
@@ -499,7 +499,7 @@ fn fairnas_a() -> Result<ArchSpec> {
 }
 
 fn network(spec: &ArchSpec, dtype: DType, device: &Device) -> Result<Network> {
-    Ok(synthetic_network(spec, 0, dtype, device)?)
+    synthetic_network(spec, 0, dtype, device)
 }
 
 /// FairNAS-A (synthetic weights, seed 0) on 8 random images: the device in f32 against the CPU in
@@ -661,7 +661,7 @@ pub fn timings(
         ));
         out.push(t);
     };
-    let rand_on = |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 1f32, shape, device)?) };
+    let rand_on = |shape: &[usize]| -> Result<Tensor> { Tensor::randn(0f32, 1f32, shape, device) };
     let b = opts.batch;
     for layer in depthwise_layers(&spec).into_iter().take(opts.layers) {
         let (c, (h, w), k, s) = (layer.channels, layer.size, layer.kernel, layer.stride);

@@ -20,9 +20,9 @@ pub enum Padding {
 /// The two block kinds of the family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BlockKind {
-    /// Depthwise separable: depthwise k x k, BN, act, [SE], pointwise 1x1, BN (no act).
+    /// Depthwise separable: depthwise k x k, BN, act, \[SE\], pointwise 1x1, BN (no act).
     DepthwiseSeparable,
-    /// Inverted residual (MBConv): 1x1 expand, BN, act; depthwise, BN, act; [SE]; 1x1 project, BN.
+    /// Inverted residual (MBConv): 1x1 expand, BN, act; depthwise, BN, act; \[SE\]; 1x1 project, BN.
     InvertedResidual,
     /// The identity choice of a search space: nothing when shape is kept; where stride or
     /// channels change, a 1x1 conv with that stride + BN, no activation (NAS-Bench-Macro's rule).

@@ -7,7 +7,7 @@ use crate::block_string::parse_blocks;
 use crate::search_space::{Choices, FAIRNAS_LAYERS};
 use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, SeBase, SqueezeExciteSpec, StemSpec};
 
-/// Per-layer kernels of FairNAS-A, -B, -C (FAIRNAS.md section 1).
+/// Per-layer kernels of FairNAS-A, -B, -C (docs/FAIRNAS.md section 1).
 const KERNELS: [[usize; 19]; 3] = [
     [7, 3, 7, 3, 7, 3, 3, 7, 7, 5, 3, 5, 5, 3, 3, 7, 3, 7, 5],
     [5, 3, 5, 3, 3, 5, 7, 3, 3, 5, 3, 3, 7, 3, 7, 5, 7, 3, 5],
@@ -110,7 +110,7 @@ pub fn fairnas_spec(name: &str, choices: &Choices, variant: FairnasVariant) -> A
     }
 }
 
-/// EfficientNet-Lite0 (FAIRNAS.md section 3): ReLU6, no SE, TF SAME padding, BN eps 1e-3.
+/// EfficientNet-Lite0 (docs/FAIRNAS.md section 3): ReLU6, no SE, TF SAME padding, BN eps 1e-3.
 pub fn efficientnet_lite0() -> ArchSpec {
     const BLOCKS: &str = "ds_r1_k3_s1_c16_same ir_r2_k3_s2_e6_c24_same ir_r2_k5_s2_e6_c40_same \
                           ir_r3_k3_s2_e6_c80_same ir_r3_k5_s1_e6_c112_same \

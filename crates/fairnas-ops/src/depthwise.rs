@@ -628,7 +628,7 @@ pub enum Stride2Rows {
     /// (conflict-free, (k + 2) / 2 reads per row instead of k); row staging only. The default:
     /// of the three, the fewest instructions and registers (k7 s2: 901 SASS instructions per
     /// thread and 48 registers at r8, against 1016 and 78 de-interleaved; not yet timed on a
-    /// GPU, see BENCHMARKS.md).
+    /// GPU: the standing GPU check times it, NOTES.md).
     #[default]
     PlainPairs,
     /// Even columns, then odd ones: each tap read is conflict-free.

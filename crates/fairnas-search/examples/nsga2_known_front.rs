@@ -64,7 +64,7 @@ fn brute_force_front(all: &[Vec<usize>]) -> BTreeSet<Vec<usize>> {
     (0..all.len()).filter(|&i| !m.iter().any(|o| beats(o, &m[i]))).map(|i| all[i].clone()).collect()
 }
 
-fn main() -> Result<(), SearchError> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut problem = Toy { evaluations: 0 };
     let goals = Goals::named(
         &problem.metric_names(),
@@ -116,9 +116,10 @@ fn main() -> Result<(), SearchError> {
     if found_set != truth {
         let missed: Vec<_> = truth.difference(&found_set).collect();
         let extra: Vec<_> = found_set.difference(&truth).collect();
-        return Err(SearchError::Problem(format!(
+        return Err(format!(
             "front differs from the true one: missed {missed:?}, wrongly included {extra:?}"
-        )));
+        )
+        .into());
     }
     println!("ok: NSGA-II found exactly the true Pareto front ({} architectures)", truth.len());
     Ok(())

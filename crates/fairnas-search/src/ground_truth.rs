@@ -1,4 +1,4 @@
-//! Stand-alone ground truth of a benchmark: NAS-Bench-Macro's JSON (FAIRNAS.md section 7), a map
+//! Stand-alone ground truth of a benchmark: NAS-Bench-Macro's JSON (docs/FAIRNAS.md section 7), a map
 //! from the choice digits of every sub-network to its stand-alone accuracy, params and FLOPs.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ pub enum GroundTruthError {
     #[error("{path}: not a ground-truth JSON object of {{\"<digits>\": {{\"mean_acc\", \"params\", \"flops\"}}}}: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("{path}: key '{key}' is not a sub-network of the {space} space: {why}")]
-    Key { path: PathBuf, key: String, space: String, why: fairnas_model::search_space::SpaceError },
+    Key { path: PathBuf, key: String, space: String, why: Box<fairnas_model::search_space::SpaceError> },
     #[error("{path}: no entry for sub-network {key} of the {space} space")]
     Missing { path: PathBuf, key: String, space: String },
 }
@@ -51,7 +51,7 @@ impl GroundTruth {
                 path: path.into(),
                 key: key.clone(),
                 space: space.name.clone(),
-                why,
+                why: Box::new(why),
             })?;
             entries.insert(choices, entry);
         }

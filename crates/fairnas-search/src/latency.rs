@@ -161,6 +161,27 @@ impl LatencyTable {
     }
 }
 
+/// A table for `space` measured now on the CPU: a supernet with seeded random weights (they
+/// time the same as trained ones: the kernels do not look at the values), each candidate timed
+/// at `batch` (median of `repeats`), then checked against measured end-to-end latency on
+/// `check` random architectures (0: none). Progress lines go to `log`.
+pub fn measure_space(
+    space: &fairnas_model::search_space::SearchSpace,
+    (batch, repeats, check): (usize, usize, usize),
+    seed: u64,
+    log: impl FnMut(&str),
+) -> Result<LatencyTable> {
+    if batch == 0 {
+        candle_core::bail!("a latency table needs a batch of at least 1");
+    }
+    let supernet = Supernet::new(space, seed, &candle_core::Device::Cpu)?;
+    let mut table = LatencyTable::measure(&supernet, batch, repeats, log)?;
+    if check > 0 {
+        table.check(&supernet, check, seed)?;
+    }
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,25 +215,4 @@ mod tests {
         assert!(check.mape.is_finite());
         Ok(())
     }
-}
-
-/// A table for `space` measured now on the CPU: a supernet with seeded random weights (they
-/// time the same as trained ones: the kernels do not look at the values), each candidate timed
-/// at `batch` (median of `repeats`), then checked against measured end-to-end latency on
-/// `check` random architectures (0: none). Progress lines go to `log`.
-pub fn measure_space(
-    space: &fairnas_model::search_space::SearchSpace,
-    (batch, repeats, check): (usize, usize, usize),
-    seed: u64,
-    log: impl FnMut(&str),
-) -> Result<LatencyTable> {
-    if batch == 0 {
-        candle_core::bail!("a latency table needs a batch of at least 1");
-    }
-    let supernet = Supernet::new(space, seed, &candle_core::Device::Cpu)?;
-    let mut table = LatencyTable::measure(&supernet, batch, repeats, log)?;
-    if check > 0 {
-        table.check(&supernet, check, seed)?;
-    }
-    Ok(table)
 }

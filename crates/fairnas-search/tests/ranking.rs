@@ -1,5 +1,5 @@
 //! Ranking statistics against scipy (fixtures/generate_ranking.py) and, on the real
-//! NAS-Bench-Macro ground truth, the FLOPs baseline FAIRNAS.md quotes (tau 0.546).
+//! NAS-Bench-Macro ground truth, the FLOPs baseline docs/FAIRNAS.md section 7 quotes (tau 0.546).
 
 use std::path::Path;
 
@@ -59,7 +59,7 @@ fn flops_baseline_on_nas_bench_macro_matches_scipy_and_the_paper() {
         let want = want[name].as_f64().unwrap();
         assert!((got.unwrap() - want).abs() < TOLERANCE, "{name}: {got:?} vs scipy {want}");
     }
-    assert!((report.kendall_tau.unwrap() - 0.546).abs() < 5e-4, "FAIRNAS.md quotes 0.546");
+    assert!((report.kendall_tau.unwrap() - 0.546).abs() < 5e-4, "docs/FAIRNAS.md section 7 quotes 0.546");
 }
 
 #[test]

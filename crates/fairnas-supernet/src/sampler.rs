@@ -2,7 +2,7 @@
 //!
 //! A path is one choice index per searchable layer. A step asks its sampler for a list of paths;
 //! the trainer runs forward and backward for each on the same mini-batch, accumulates the
-//! gradients and makes ONE optimizer update (FAIRNAS.md section 5).
+//! gradients and makes ONE optimizer update (docs/FAIRNAS.md section 5).
 //!
 //! Samplers are pure functions of (seed, step): resuming at step `s` reproduces exactly the
 //! paths an uninterrupted run would have drawn, with no sampler state to save beyond the seed.

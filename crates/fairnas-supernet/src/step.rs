@@ -1,6 +1,6 @@
 //! One supernet training step: every path the sampler returns runs forward and backward on the
 //! SAME mini-batch, the gradients are accumulated, then ONE optimizer update follows
-//! (FAIRNAS.md section 5). Under strict fairness every candidate therefore receives exactly one
+//! (docs/FAIRNAS.md section 5). Under strict fairness every candidate therefore receives exactly one
 //! gradient contribution per step, and so exactly one update.
 //!
 //! **Shared parameters** (stem, fixed blocks, head, classifier) receive one contribution per
@@ -37,7 +37,7 @@ pub struct SgdConfig {
 }
 
 impl Default for SgdConfig {
-    /// The MnasNet/SPOS-era defaults of FAIRNAS.md section 5.
+    /// The MnasNet/SPOS-era defaults of docs/FAIRNAS.md section 5.
     fn default() -> Self {
         SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 4e-5 }
     }

@@ -538,12 +538,12 @@ impl<'a> Run<'a> {
         for batch in source.train_batches(self.config.seed, epoch, first_batch, self.config.batch_size) {
             let batch = batch.map_err(TrainError::Data)?;
             let paths = self.step(batch, epoch, observer)?;
-            let epoch_done = self.state.step % self.steps_per_epoch == 0;
+            let epoch_done = self.state.step.is_multiple_of(self.steps_per_epoch);
             if epoch_done {
                 self.finish_epoch(epoch, &paths[0], observer)?;
             }
             let every = self.config.checkpoint_every;
-            let checkpoint_due = every > 0 && self.state.step % every == 0;
+            let checkpoint_due = every > 0 && self.state.step.is_multiple_of(every);
             if epoch_done || checkpoint_due || self.state.step == stop_at {
                 self.save(observer)?;
             }

@@ -1,6 +1,6 @@
 //! Source checkpoint layouts and their mapping onto the canonical weight names of
 //! [`crate::network`]. Every known layout has its table here, as one `match` over the dotted
-//! name's segments, so the whole correspondence can be read (and checked against FAIRNAS.md
+//! name's segments, so the whole correspondence can be read (and checked against docs/FAIRNAS.md
 //! section 3) in one place.
 
 use std::collections::{HashMap, HashSet};

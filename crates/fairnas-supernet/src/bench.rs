@@ -38,7 +38,7 @@ pub fn time_steps(
 ) -> Result<StepTiming, TrainError> {
     let device = Device::Cpu;
     let supernet = Supernet::new(space, 0, &device)?;
-    let sampler = StrictFair::new(&space.choice_counts(), 0).map_err(TrainError::Config)?;
+    let sampler = StrictFair::new(&space.choice_counts(), 0)?;
     let size = space.base.input_size;
     let mut rng = fairnas_ops::rng::SampleRng::new(1, 2, 3);
     let pixels: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();

@@ -68,7 +68,9 @@ pub mod step;
 pub mod supernet;
 pub mod trainer;
 
-pub use sampler::{ExpectationFair, FixedPath, Path, PathSampler, StrictFair, UniformSinglePath};
+pub use sampler::{
+    ExpectationFair, FixedPath, Path, PathSampler, SamplerError, StrictFair, UniformSinglePath,
+};
 pub use source::{ImageSource, LabelledBatch};
 pub use step::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions, StepStats};
 pub use supernet::{Mode, Supernet};

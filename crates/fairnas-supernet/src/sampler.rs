@@ -51,12 +51,29 @@ fn permutation(n: usize, rng: &mut SampleRng) -> Vec<usize> {
     p
 }
 
-fn check_choices(choices: &[usize]) -> Result<(), String> {
+/// Why a sampler cannot draw paths from a space; names the layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SamplerError {
+    #[error("the search space has no searchable layers")]
+    NoLayers,
+    #[error("searchable layer {0} has no candidate")]
+    EmptyLayer(usize),
+    #[error(
+        "strict fairness over choice counts {choices:?} needs more than {MAX_PATHS_PER_STEP} paths per step (their lcm)"
+    )]
+    TooManyPaths { choices: Vec<usize> },
+    #[error("path has {given} choices but the space has {layers} layers")]
+    PathLength { given: usize, layers: usize },
+    #[error("layer {layer}: choice {choice} is out of range (0..{candidates})")]
+    Choice { layer: usize, choice: usize, candidates: usize },
+}
+
+fn check_choices(choices: &[usize]) -> Result<(), SamplerError> {
     if choices.is_empty() {
-        return Err("the search space has no searchable layers".into());
+        return Err(SamplerError::NoLayers);
     }
     if let Some(l) = choices.iter().position(|&n| n == 0) {
-        return Err(format!("searchable layer {l} has no candidate"));
+        return Err(SamplerError::EmptyLayer(l));
     }
     Ok(())
 }
@@ -71,15 +88,13 @@ pub struct StrictFair {
 }
 
 impl StrictFair {
-    pub fn new(choices: &[usize], seed: u64) -> Result<Self, String> {
+    pub fn new(choices: &[usize], seed: u64) -> Result<Self, SamplerError> {
         check_choices(choices)?;
         let mut lcm = 1usize;
         for &n in choices {
             lcm = lcm / gcd(lcm, n) * n;
             if lcm > MAX_PATHS_PER_STEP {
-                return Err(format!(
-                    "strict fairness over choice counts {choices:?} needs more than {MAX_PATHS_PER_STEP} paths per step (their lcm)"
-                ));
+                return Err(SamplerError::TooManyPaths { choices: choices.to_vec() });
             }
         }
         Ok(StrictFair { choices: choices.to_vec(), paths_per_step: lcm, seed })
@@ -117,7 +132,7 @@ pub struct UniformSinglePath {
 }
 
 impl UniformSinglePath {
-    pub fn new(choices: &[usize], seed: u64) -> Result<Self, String> {
+    pub fn new(choices: &[usize], seed: u64) -> Result<Self, SamplerError> {
         check_choices(choices)?;
         Ok(UniformSinglePath { choices: choices.to_vec(), seed })
     }
@@ -145,7 +160,7 @@ pub struct ExpectationFair {
 }
 
 impl ExpectationFair {
-    pub fn new(choices: &[usize], seed: u64) -> Result<Self, String> {
+    pub fn new(choices: &[usize], seed: u64) -> Result<Self, SamplerError> {
         let strict = StrictFair::new(choices, seed)?;
         Ok(ExpectationFair { choices: choices.to_vec(), paths_per_step: strict.paths_per_step, seed })
     }
@@ -173,17 +188,15 @@ pub struct FixedPath {
 }
 
 impl FixedPath {
-    pub fn new(choices: &[usize], path: Path) -> Result<Self, String> {
+    pub fn new(choices: &[usize], path: Path) -> Result<Self, SamplerError> {
         check_choices(choices)?;
         if path.len() != choices.len() {
-            return Err(format!(
-                "path has {} choices but the space has {} layers",
-                path.len(),
-                choices.len()
-            ));
+            return Err(SamplerError::PathLength { given: path.len(), layers: choices.len() });
         }
-        if let Some((l, (&c, &n))) = path.iter().zip(choices).enumerate().find(|(_, (&c, &n))| c >= n) {
-            return Err(format!("layer {l}: choice {c} is out of range (0..{n})"));
+        if let Some((layer, (&choice, &candidates))) =
+            path.iter().zip(choices).enumerate().find(|(_, (&c, &n))| c >= n)
+        {
+            return Err(SamplerError::Choice { layer, choice, candidates });
         }
         Ok(FixedPath { path })
     }
@@ -280,9 +293,9 @@ mod tests {
     #[test]
     fn bad_spaces_and_paths_are_refused() {
         assert!(StrictFair::new(&[], 0).is_err());
-        assert!(StrictFair::new(&[3, 0], 0).unwrap_err().contains("layer 1"));
-        assert!(StrictFair::new(&[5, 7, 9], 0).unwrap_err().contains("lcm"));
-        assert!(FixedPath::new(&[3, 3], vec![0, 3]).unwrap_err().contains("layer 1"));
+        assert!(StrictFair::new(&[3, 0], 0).unwrap_err().to_string().contains("layer 1"));
+        assert!(StrictFair::new(&[5, 7, 9], 0).unwrap_err().to_string().contains("lcm"));
+        assert!(FixedPath::new(&[3, 3], vec![0, 3]).unwrap_err().to_string().contains("layer 1"));
         assert!(FixedPath::new(&[3, 3], vec![0]).is_err());
         assert_eq!(FixedPath::new(&[3, 3], vec![2, 1]).unwrap().paths(7), vec![vec![2, 1]]);
     }

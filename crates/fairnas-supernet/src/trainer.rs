@@ -139,17 +139,17 @@ impl TrainConfig {
     }
 
     pub fn sampler(&self, space: &SearchSpace) -> Result<Box<dyn PathSampler>, TrainError> {
-        self.sampler_of(space).map_err(TrainError::Config)
-    }
-
-    fn sampler_of(&self, space: &SearchSpace) -> Result<Box<dyn PathSampler>, String> {
         let counts = space.choice_counts();
         Ok(match self.sampler.as_str() {
             "strict" => Box::new(StrictFair::new(&counts, self.seed)?),
             "uniform" => Box::new(UniformSinglePath::new(&counts, self.seed)?),
             "expectation" => Box::new(ExpectationFair::new(&counts, self.seed)?),
             "fixed" => Box::new(FixedPath::new(&counts, vec![0; counts.len()])?),
-            other => return Err(format!("unknown sampler '{other}' (strict, uniform, expectation, fixed)")),
+            other => {
+                return Err(TrainError::Config(format!(
+                    "unknown sampler '{other}' (strict, uniform, expectation, fixed)"
+                )))
+            }
         })
     }
 
@@ -299,6 +299,8 @@ pub enum TrainError {
     Config(String),
     #[error(transparent)]
     Space(#[from] SpaceError),
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
     /// A fresh run was asked for where one already is.
     #[error("{} already holds a run ({})", out.display(), checkpoint.display())]
     RunExists { out: PathBuf, checkpoint: PathBuf },

@@ -31,16 +31,7 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&t)?);
     } else {
-        println!(
-            "fairnas-rs, {} threads, {} batch {}: median {:.0} ms/step (min {:.0}, max {:.0}), {:.3} steps/s",
-            t.threads,
-            t.space,
-            t.batch,
-            t.median_step_s * 1e3,
-            t.min_step_s * 1e3,
-            t.max_step_s * 1e3,
-            t.steps_per_s
-        );
+        println!("{t}");
     }
     Ok(())
 }

@@ -36,15 +36,7 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    println!(
-        "{} {} ({} params, {} multiply-adds, BN recalibrated on {} batches) -> {}",
-        d.space,
-        d.choices,
-        d.params,
-        d.madds,
-        d.bn_recal_batches,
-        d.weights.display()
-    );
+    println!("{d}");
     println!("  fairnas info {}", d.model_flags);
     println!("  fairnas predict {} --weights {} IMAGE...", d.model_flags, d.weights.display());
     println!(

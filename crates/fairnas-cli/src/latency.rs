@@ -59,23 +59,8 @@ pub fn run_latency_table(args: LatencyTableArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&table)?);
     } else {
-        println!(
-            "{} latency table (batch {}, {} threads, median of {}): stem {:.3} ms, head {:.3} ms -> {}",
-            space.name,
-            table.batch,
-            table.threads,
-            table.repeats,
-            table.stem_ms,
-            table.head_ms,
-            args.out.display()
-        );
-        if let Some(c) = &table.check {
-            println!(
-                "predicted vs measured end-to-end latency on {} random architectures: MAPE {:.2}%",
-                c.architectures.len(),
-                c.mape
-            );
-        }
+        println!("{table}");
+        println!("  -> {}", args.out.display());
     }
     Ok(())
 }

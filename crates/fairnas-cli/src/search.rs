@@ -152,33 +152,9 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
 }
 
 fn print_summary(summary: &SearchSummary, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
-        return Ok(());
-    }
-    println!(
-        "{}: {} architectures evaluated, front of {} (hypervolume {:.6e}), results in {} ({:.0} s)",
-        summary.algorithm,
-        summary.evaluations,
-        summary.front_size,
-        summary.hypervolume,
-        summary.out.display(),
-        summary.wall_s
-    );
-    if let Some(g) = &summary.ground_truth {
-        println!(
-            "stand-alone (ground truth): the found front's hypervolume is {:.4} of the true front's ({} architectures; reference: worst accuracy and largest cost in the benchmark)",
-            g.hypervolume_ratio, g.true_front_size
-        );
-    }
-    for m in &summary.front {
-        println!(
-            "  {}  acc {:.2}%  madds {:.1}M  params {:.2}M",
-            m.choices,
-            m.acc,
-            m.madds as f64 / 1e6,
-            m.params as f64 / 1e6
-        );
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(summary)?),
+        false => println!("{summary}"),
     }
     Ok(())
 }

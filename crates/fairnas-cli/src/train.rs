@@ -206,15 +206,7 @@ fn execute(config: TrainConfig, common: &CommonTrainArgs) -> Result<()> {
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
-            "{} steps ({} per epoch, {} paths per step, {} training images{}) -> {}",
-            summary.steps,
-            summary.steps_per_epoch,
-            summary.paths_per_step,
-            summary.train_images,
-            if summary.images_in_memory { ", decoded in memory" } else { "" },
-            summary.out.display()
-        );
+        println!("{summary}");
         if !summary.finished {
             println!("stopped before the end of the schedule: continue with --resume");
         }

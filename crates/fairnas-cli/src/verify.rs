@@ -118,22 +118,7 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(());
     }
-    let d = &e.dataset;
-    println!("model {}  dataset {} ({}, {} images)", e.model, d.root, d.layout, d.images);
-    println!(
-        "top-1 {:.3}%  top-5 {:.3}%  ({} / {} / {} images)",
-        e.top1, e.top5, e.top1_correct, e.top5_correct, e.evaluated
-    );
-    if !e.skipped.is_empty() {
-        println!("skipped {} unreadable image(s):", e.skipped.len());
-        for s in &e.skipped {
-            println!("  {}: {}", s.image, s.error);
-        }
-    }
-    println!(
-        "wall {:.2} s, {:.1} images/s; network {:.1} s, decoding {:.1} s (in the background), waiting for data {:.1} s",
-        e.wall_s, e.images_per_s, e.network_s, e.decode_s, e.waiting_for_data_s
-    );
+    println!("{e}");
     Ok(())
 }
 

@@ -198,6 +198,30 @@ pub struct Evaluation {
     pub tally: Tally,
 }
 
+/// The human report: accuracy, skipped images, where the time went.
+impl std::fmt::Display for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.dataset;
+        writeln!(f, "model {}  dataset {} ({}, {} images)", self.model, d.root, d.layout, d.images)?;
+        writeln!(
+            f,
+            "top-1 {:.3}%  top-5 {:.3}%  ({} / {} / {} images)",
+            self.top1, self.top5, self.top1_correct, self.top5_correct, self.evaluated
+        )?;
+        if !self.skipped.is_empty() {
+            writeln!(f, "skipped {} unreadable image(s):", self.skipped.len())?;
+            for s in &self.skipped {
+                writeln!(f, "  {}: {}", s.image, s.error)?;
+            }
+        }
+        write!(
+            f,
+            "wall {:.2} s, {:.1} images/s; network {:.1} s, decoding {:.1} s (in the background), waiting for data {:.1} s",
+            self.wall_s, self.images_per_s, self.network_s, self.decode_s, self.waiting_for_data_s
+        )
+    }
+}
+
 /// Evaluates `net` (the network of `spec`) on `dataset` found at `root`; `progress` sees the
 /// running tally and the images done after every batch.
 pub fn evaluate(

@@ -32,6 +32,22 @@ pub struct ModelDescription {
     pub weights: PathBuf,
 }
 
+/// One line: the model, its cost, the recalibration, and where its weights are.
+impl std::fmt::Display for ModelDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} ({} params, {} multiply-adds, BN recalibrated on {} batches) -> {}",
+            self.space,
+            self.choices,
+            self.params,
+            self.madds,
+            self.bn_recal_batches,
+            self.weights.display()
+        )
+    }
+}
+
 /// What a sub-network is exported from.
 pub struct ExportSource<'a> {
     pub supernet: &'a Supernet,

@@ -36,6 +36,26 @@ pub struct LatencyCheck {
     pub architectures: Vec<(String, f64, f64)>,
 }
 
+/// The table's summary: what was timed, stem and head, and how well it predicts.
+impl std::fmt::Display for LatencyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} latency table (batch {}, {} threads, median of {}): stem {:.3} ms, head {:.3} ms",
+            self.space, self.batch, self.threads, self.repeats, self.stem_ms, self.head_ms
+        )?;
+        if let Some(c) = &self.check {
+            write!(
+                f,
+                "\npredicted vs measured end-to-end latency on {} random architectures: MAPE {:.2}%",
+                c.architectures.len(),
+                c.mape
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Median wall time of `f` over `repeats` runs after one warm-up, in milliseconds.
 fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;

@@ -318,20 +318,8 @@ mod with_images {
         let resume = checkpoint_path(&folders.supernet).exists();
         let summary =
             fairnas_supernet::images::run(&train, &folders.supernet, resume, &mut *observer.train())?;
-        observer.message(&run_line(&summary));
+        observer.message(&summary.to_string());
         Ok(summary)
-    }
-
-    fn run_line(summary: &RunSummary) -> String {
-        format!(
-            "{} steps ({} per epoch, {} paths per step, {} training images{}) -> {}",
-            summary.steps,
-            summary.steps_per_epoch,
-            summary.paths_per_step,
-            summary.train_images,
-            if summary.images_in_memory { ", decoded in memory" } else { "" },
-            summary.out.display()
-        )
     }
 
     /// Stage 2: the latency table, measured unless `latency.json` exists.
@@ -415,7 +403,7 @@ mod with_images {
                     recalibrated: loaded.recalibrated,
                 };
                 let d = export_subnet(&from, &loaded.path, &folder)?;
-                observer.message(&format!("{} {} -> {}", d.space, d.choices, d.weights.display()));
+                observer.message(&d.to_string());
             }
             let path = config.space.parse_choices(&f.choices)?;
             let measured = measure_end_to_end(&timing_net, &path, table.batch, config.latency.repeats.max(5))
@@ -460,7 +448,7 @@ mod with_images {
         };
         let resume = checkpoint_path(&dir).exists();
         let summary = fairnas_supernet::images::run(&train, &dir, resume, &mut *observer.train())?;
-        observer.message(&run_line(&summary));
+        observer.message(&summary.to_string());
         Ok(summary)
     }
 }

@@ -168,6 +168,34 @@ pub struct SearchSummary {
     pub wall_s: f64,
 }
 
+/// The human report: the search, the ground-truth verdict, the front.
+impl std::fmt::Display for SearchSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} architectures evaluated, front of {} (hypervolume {:.6e}), results in {} ({:.0} s)",
+            self.algorithm,
+            self.evaluations,
+            self.front_size,
+            self.hypervolume,
+            self.out.display(),
+            self.wall_s
+        )?;
+        if let Some(g) = &self.ground_truth {
+            write!(
+                f,
+                "\nstand-alone (ground truth): the found front's hypervolume is {:.4} of the true front's ({} architectures; reference: worst accuracy and largest cost in the benchmark)",
+                g.hypervolume_ratio, g.true_front_size
+            )?;
+        }
+        for m in &self.front {
+            let (madds, params) = (m.madds as f64 / 1e6, m.params as f64 / 1e6);
+            write!(f, "\n  {}  acc {:.2}%  madds {madds:.1}M  params {params:.2}M", m.choices, m.acc)?;
+        }
+        Ok(())
+    }
+}
+
 /// Progress callbacks (the CLI's spinner and generation lines).
 pub trait SearchObserver {
     fn message(&mut self, _text: &str) {}

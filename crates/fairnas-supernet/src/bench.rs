@@ -28,6 +28,23 @@ pub struct StepTiming {
     pub threads: usize,
 }
 
+impl std::fmt::Display for StepTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {} threads, {} batch {}: median {:.0} ms/step (min {:.0}, max {:.0}), {:.3} steps/s",
+            self.implementation,
+            self.threads,
+            self.space,
+            self.batch,
+            self.median_step_s * 1e3,
+            self.min_step_s * 1e3,
+            self.max_step_s * 1e3,
+            self.steps_per_s
+        )
+    }
+}
+
 /// Times `steps` strictly fair steps of `space`'s supernet at `batch` after `warmup` untimed
 /// ones, on seeded random images and labels.
 pub fn time_steps(

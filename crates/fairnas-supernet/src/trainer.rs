@@ -292,6 +292,22 @@ pub struct RunSummary {
     pub images_in_memory: bool,
 }
 
+/// One line: steps, batches per epoch, paths per step, images and the folder.
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} steps ({} per epoch, {} paths per step, {} training images{}) -> {}",
+            self.steps,
+            self.steps_per_epoch,
+            self.paths_per_step,
+            self.train_images,
+            if self.images_in_memory { ", decoded in memory" } else { "" },
+            self.out.display()
+        )
+    }
+}
+
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

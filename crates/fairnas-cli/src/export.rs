@@ -24,14 +24,7 @@ pub struct ExportArgs {
 
 pub fn run_export(args: ExportArgs) -> Result<()> {
     let loaded: LoadedSubnet = args.subnet.load()?;
-    let from = ExportSource {
-        supernet: &loaded.supernet,
-        space: &loaded.space,
-        checkpoint: &loaded.checkpoint,
-        state: &loaded.state,
-        recalibrated: loaded.recalibrated,
-    };
-    let d = export_subnet(&from, &loaded.path, &args.out)?;
+    let d = export_subnet(&ExportSource::from(&loaded), &loaded.path, &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());

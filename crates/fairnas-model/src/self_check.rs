@@ -444,21 +444,7 @@ fn squeeze_excite_checks(checks: &mut Vec<Check>, device: &Device, log: Log) -> 
                 format!("squeeze-excite d/d{which} {tag}"),
                 device,
                 &[x.clone(), reduce.clone(), expand.clone(), probe.clone()],
-                |t| {
-                    let vars: Vec<Var> =
-                        t[..3].iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
-                    let y = squeeze_excite_packed(
-                        vars[0].as_tensor(),
-                        vars[1].as_tensor(),
-                        vars[2].as_tensor(),
-                        inner,
-                    )?;
-                    let grads = (y * &t[3])?.sum_all()?.backward()?;
-                    grads
-                        .get(vars[index].as_tensor())
-                        .cloned()
-                        .ok_or_else(|| candle_core::Error::msg("no gradient"))
-                },
+                |t| gradient(&t[..3], &t[3], index, |v| squeeze_excite_packed(&v[0], &v[1], &v[2], inner)),
                 log,
             )?;
         }
@@ -478,20 +464,26 @@ fn depthwise_autograd_checks(checks: &mut Vec<Check>, device: &Device, log: Log)
             device,
             &[x.clone(), wt.clone(), probe.clone()],
             |t| {
-                let vars: Vec<Var> =
-                    t[..2].iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
                 let pad = Padding2d::tf_same(30, 30, 5, 2);
-                let y = fairnas_ops::depthwise_conv2d(vars[0].as_tensor(), vars[1].as_tensor(), 2, pad)?;
-                let grads = (y * &t[2])?.sum_all()?.backward()?;
-                grads
-                    .get(vars[index].as_tensor())
-                    .cloned()
-                    .ok_or_else(|| candle_core::Error::msg("no gradient"))
+                gradient(&t[..2], &t[2], index, |v| fairnas_ops::depthwise_conv2d(&v[0], &v[1], 2, pad))
             },
             log,
         )?;
     }
     Ok(())
+}
+
+/// d(sum(f(inputs) * probe)) / d(inputs[index]) through candle's autograd.
+fn gradient(
+    inputs: &[Tensor],
+    probe: &Tensor,
+    index: usize,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = (f(&tensors)? * probe)?.sum_all()?.backward()?;
+    grads.get(vars[index].as_tensor()).cloned().ok_or_else(|| candle_core::Error::msg("no gradient"))
 }
 
 fn fairnas_a() -> Result<ArchSpec> {

@@ -58,6 +58,19 @@ pub struct ExportSource<'a> {
     pub recalibrated: usize,
 }
 
+#[cfg(feature = "images")]
+impl<'a> From<&'a fairnas_supernet::images::LoadedSubnet> for ExportSource<'a> {
+    fn from(l: &'a fairnas_supernet::images::LoadedSubnet) -> Self {
+        ExportSource {
+            supernet: &l.supernet,
+            space: &l.space,
+            checkpoint: &l.checkpoint,
+            state: &l.state,
+            recalibrated: l.recalibrated,
+        }
+    }
+}
+
 /// Writes `path`'s weights and description into `out`.
 pub fn export_subnet(
     from: &ExportSource,

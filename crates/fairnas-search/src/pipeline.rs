@@ -395,14 +395,7 @@ mod with_images {
             if !folder.join("model.json").exists() {
                 let loaded =
                     load_subnet(&folders.supernet, &f.choices, config.export.bn_recal_batches, None)?;
-                let from = ExportSource {
-                    supernet: &loaded.supernet,
-                    space: &loaded.space,
-                    checkpoint: &loaded.checkpoint,
-                    state: &loaded.state,
-                    recalibrated: loaded.recalibrated,
-                };
-                let d = export_subnet(&from, &loaded.path, &folder)?;
+                let d = export_subnet(&ExportSource::from(&loaded), &loaded.path, &folder)?;
                 observer.message(&d.to_string());
             }
             let path = config.space.parse_choices(&f.choices)?;

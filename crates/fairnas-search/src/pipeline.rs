@@ -7,18 +7,17 @@
 //! 5. a short stand-alone fine-tune of the most accurate one -> `finetune/<choices>/`
 //! 6. `report.html`: one self-contained page ([`crate::report`]).
 //!
-//! Rerunning [`run`] continues an interrupted stage and keeps the finished ones; a different
+//! Rerunning `run` continues an interrupted stage and keeps the finished ones; a different
 //! config in the same folder is refused. Every stage is a public function over the typed
 //! results of the ones before (read back through the types that wrote them), so a library
-//! user can run, replace or skip any of them. The stages that read images ([`run`],
-//! [`train_supernet`], [`search`], [`export_models`], [`finetune`]) need the `images` feature.
+//! user can run, replace or skip any of them. The stages that read images (`run`,
+//! `train_supernet`, `search`, `export_models`, `finetune`) need the `images` feature.
 
 use std::path::{Path, PathBuf};
 
 use fairnas_model::search_space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
-use crate::latency::LatencyTable;
 use crate::run::FrontMember;
 #[cfg(feature = "images")]
 use crate::SearchError;
@@ -251,6 +250,7 @@ mod with_images {
     use super::*;
     use crate::export::{export_subnet, ExportSource};
     use crate::latency::measure_end_to_end;
+    use crate::latency::LatencyTable;
     use crate::run::{read_front, read_latency_table, Algorithm, SearchOptions, SearchRun, SearchSummary};
     use crate::store::guard_settings;
 

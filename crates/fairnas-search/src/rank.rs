@@ -105,8 +105,7 @@ impl RankRun {
         scoring: &ScoringOptions,
         out: Option<&Path>,
     ) -> Result<Self, SearchError> {
-        let checkpoint =
-            if supernet.is_dir() { trainer::checkpoint_path(supernet) } else { supernet.to_path_buf() };
+        let checkpoint = trainer::resolve_checkpoint(supernet);
         let (supernet, train, state) = load_run(&checkpoint)?;
         let space = supernet.space().clone();
         let gt = GroundTruth::load(ground_truth, &space)?;

@@ -247,8 +247,7 @@ impl SearchRun {
         out: &Path,
         resume: bool,
     ) -> Result<Self, SearchError> {
-        let checkpoint =
-            if supernet.is_dir() { trainer::checkpoint_path(supernet) } else { supernet.to_path_buf() };
+        let checkpoint = trainer::resolve_checkpoint(supernet);
         let (supernet, train, train_state) = load_run(&checkpoint)?;
         let space = supernet.space().clone();
         let latency = latency.map(|p| read_latency_table(p, &space)).transpose()?;

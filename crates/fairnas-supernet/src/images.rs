@@ -213,7 +213,7 @@ pub fn load_subnet(
     recal_batches: usize,
     data: Option<&Path>,
 ) -> Result<LoadedSubnet, TrainError> {
-    let checkpoint = if run.is_dir() { trainer::checkpoint_path(run) } else { run.to_path_buf() };
+    let checkpoint = trainer::resolve_checkpoint(run);
     let (supernet, config, state) = trainer::load_run(&checkpoint)?;
     let space = supernet.space().clone();
     let path = space.parse_choices(choices)?;

@@ -366,6 +366,15 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
+/// A run given as its checkpoint or its folder: the checkpoint file.
+pub fn resolve_checkpoint(run: &Path) -> PathBuf {
+    if run.is_dir() {
+        checkpoint_path(run)
+    } else {
+        run.to_path_buf()
+    }
+}
+
 /// What a run trains on: the training images, and held-out ones for the per-epoch accuracy
 /// when the config asks for it.
 #[derive(Clone, Copy)]
@@ -694,7 +703,7 @@ fn write_checkpoint(
 
 /// Loads a run's checkpoint into a fresh supernet: (supernet, its config, its state).
 pub fn load_run(checkpoint: &Path) -> Result<(Supernet, TrainConfig, TrainState), TrainError> {
-    let ckpt = if checkpoint.is_dir() { checkpoint_path(checkpoint) } else { checkpoint.to_path_buf() };
+    let ckpt = resolve_checkpoint(checkpoint);
     let state = checkpoint::read_state(&ckpt)?;
     let config: TrainConfig = serde_json::from_str(&state.config)
         .map_err(|e| TrainError::Config(format!("{}: unreadable config: {e}", ckpt.display())))?;

@@ -157,12 +157,16 @@ impl Clock {
             #[cfg(feature = "cuda")]
             Clock::Cuda(stream) => {
                 use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
-                let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                // cudarc's errors convert into candle's only with its `cudnn` feature: say how.
+                let cuda = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+                    candle_core::Error::msg(format!("timing on the device: {e:?}"))
+                };
+                let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
                 let outputs = f()?;
-                let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-                let ms = start.elapsed_ms(&end)?;
+                let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
+                let ms = start.elapsed_ms(&end).map_err(cuda)?;
                 // Any asynchronous launch failure surfaces here, not as a wrong time.
-                stream.synchronize()?;
+                stream.synchronize().map_err(cuda)?;
                 drop(outputs);
                 Ok(ms as f64)
             }

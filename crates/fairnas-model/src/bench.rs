@@ -24,6 +24,7 @@ pub struct StageResult {
 
 /// Per-stage medians over `repeats` timed forward passes (after one untimed one).
 pub fn time_stages(net: &Network, x: &Tensor, repeats: usize) -> Result<Vec<StageResult>> {
+    let repeats = repeats.max(1);
     let mut runs = Vec::with_capacity(repeats);
     for i in 0..=repeats {
         let (_, times) = net.forward_timed(x)?;
@@ -60,6 +61,7 @@ pub const PEAK_MATMUL_SIZE: usize = 2048;
 
 /// GFLOP/s of a `PEAK_MATMUL_SIZE`^3 f32 matmul, median of `repeats` after one warm-up.
 pub fn matmul_peak_gflops(repeats: usize) -> Result<f64> {
+    let repeats = repeats.max(1);
     let n = PEAK_MATMUL_SIZE;
     let a = Tensor::randn(0f32, 1f32, (n, n), &Device::Cpu)?;
     let b = Tensor::randn(0f32, 1f32, (n, n), &Device::Cpu)?;
@@ -114,6 +116,12 @@ pub fn time_batch(
     options: &BenchOptions,
     peak: Option<f64>,
 ) -> Result<BatchResult> {
+    if options.repeats == 0 || batch == 0 {
+        candle_core::bail!(
+            "timing needs at least one repeat and one image, got {} of batch {batch}",
+            options.repeats
+        );
+    }
     let x = Tensor::randn(0f32, 1f32, (batch, channels, size, size), &Device::Cpu)?.to_device(device)?;
     let mut ms = Vec::with_capacity(options.repeats);
     for i in 0..options.warmup + options.repeats {

@@ -53,6 +53,11 @@ pub fn time_steps(
     warmup: u64,
     steps: u64,
 ) -> Result<StepTiming, TrainError> {
+    if steps == 0 || batch == 0 {
+        return Err(TrainError::Config(format!(
+            "timing needs at least one step and image, got {steps} steps of {batch}"
+        )));
+    }
     let device = Device::Cpu;
     let supernet = Supernet::new(space, 0, &device)?;
     let sampler = StrictFair::new(&space.choice_counts(), 0)?;

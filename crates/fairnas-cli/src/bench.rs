@@ -5,17 +5,17 @@
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
-use fairnas_model::bench::{matmul_peak_gflops, time_batch, BenchOptions, StageResult, PEAK_MATMUL_SIZE};
+use fairnas_model::bench::{matmul_peak_gflops, time_batch, BenchOptions, BenchReport, PEAK_MATMUL_SIZE};
 
 use crate::device::parse_device;
-use crate::model_args::ModelArgs;
 use fairnas_model::cost::cost_report;
+use fairnas_model::selection::ModelSelection;
 use fairnas_model::synthetic::synthetic_network;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelSelection,
     /// Batch sizes, comma-separated.
     #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
     pub batch: Vec<usize>,
@@ -41,20 +41,6 @@ pub struct BenchArgs {
     pub stages: bool,
     #[arg(long)]
     pub json: bool,
-}
-
-fn print_stages(stages: &[StageResult]) {
-    println!("  {:<22} {:>22} {:>9} {:>6} {:>8}", "stage", "output", "ms", "share", "GFLOP/s");
-    for s in stages {
-        println!(
-            "  {:<22} {:>22} {:9.3} {:5.1}% {:8.1}",
-            s.stage,
-            format!("{:?}", s.output),
-            s.median_ms,
-            s.share * 100.0,
-            s.gflop_per_s
-        );
-    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -84,38 +70,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for &batch in &args.batch {
         let r = time_batch(&net, (spec.in_channels, size, madds), batch, &device, &options, peak)?;
         if !args.json {
-            let of_peak = r.fraction_of_matmul_peak.map(|f| format!("  {:4.1}% of peak", f * 100.0));
-            println!(
-                "{} batch {:3}: {:9.2} ms (min {:.2}, max {:.2})  {:8.1} img/s  {:7.1} GFLOP/s{}",
-                spec.name,
-                r.batch,
-                r.median_ms,
-                r.min_ms,
-                r.max_ms,
-                r.images_per_s,
-                r.gflop_per_s,
-                of_peak.unwrap_or_default()
-            );
-            if let Some(stages) = &r.stages {
-                print_stages(stages);
-            }
+            println!("{} {r}", spec.name);
         }
         results.push(r);
     }
     if args.json {
-        let out = serde_json::json!({
-            "implementation": "fairnas-rs",
-            "model": spec.name,
-            "device": args.device,
-            "threads": rayon::current_num_threads(),
-            "madds_per_image": madds,
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "seed": args.seed,
-            "matmul_peak_gflop_per_s": peak,
-            "results": results,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let report = BenchReport {
+            implementation: "fairnas-rs".into(),
+            model: spec.name,
+            device: args.device,
+            threads: rayon::current_num_threads(),
+            madds_per_image: madds,
+            repeats: args.repeats,
+            warmup: args.warmup,
+            seed: args.seed,
+            matmul_peak_gflop_per_s: peak,
+            results,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }

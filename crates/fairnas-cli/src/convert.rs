@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::model_args::ModelArgs;
 use crate::weights::CheckpointSource;
+use fairnas_model::selection::ModelSelection;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
@@ -18,7 +18,7 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "FILE.safetensors")]
     pub output: PathBuf,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelSelection,
     #[command(flatten)]
     pub source: CheckpointSource,
     /// Print a JSON summary instead of text.

@@ -8,13 +8,12 @@ use anyhow::Result;
 use clap::Args;
 use fairnas_search::export::{export_subnet, ExportSource};
 
-use crate::one_shot::SubnetArgs;
-use fairnas_supernet::images::LoadedSubnet;
+use fairnas_supernet::images::{LoadedSubnet, SubnetSelection};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     #[command(flatten)]
-    subnet: SubnetArgs,
+    subnet: SubnetSelection,
     /// Output folder: weights.safetensors and model.json.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,

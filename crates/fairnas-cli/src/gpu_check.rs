@@ -8,9 +8,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Args;
-use fairnas_data::{EvalLoader, OnBadImage};
 use fairnas_model::selection::ModelSelection;
 use fairnas_model::self_check::{self, RealCheckpoint, TimingOptions};
 
@@ -61,7 +60,7 @@ fn real_checkpoint(args: &GpuCheckArgs) -> Result<Option<RealCheckpoint>> {
     if args.real_limit == 0 {
         bail!("--real-limit must be at least 1 (leave out --real-weights to skip the check)");
     }
-    let spec = ModelSelection::named(&args.real_model).resolve().map_err(anyhow::Error::msg)?;
+    let spec = ModelSelection::named(&args.real_model).resolve()?;
     let photos = fairnas_data::dataset::Dataset::detect_imagenet(images)
         .with_context(|| format!("--real-images {}", images.display()))?
         .limit(args.real_limit)
@@ -73,14 +72,7 @@ fn real_checkpoint(args: &GpuCheckArgs) -> Result<Option<RealCheckpoint>> {
     let tensors = crate::weights::load_tensors(&source, &spec, &Device::Cpu)
         .with_context(|| format!("--real-weights {}", weights.display()))?;
     // Decoded and preprocessed as `fairnas verify` does.
-    let transform = fairnas_data::evaluate::eval_transform(&spec, None, None);
-    let crop = transform.crop as usize;
-    let mut batches = Vec::new();
-    for batch in EvalLoader::new(photos, transform, 16, 2, OnBadImage::Fail) {
-        let batch = batch?;
-        let x = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, crop, crop), &Device::Cpu)?;
-        batches.push((x, batch.labels.iter().map(|&l| l as u32).collect()));
-    }
+    let batches = fairnas_data::evaluate::preprocessed_batches(&spec, photos, 16)?;
     Ok(Some(RealCheckpoint { spec, tensors, batches }))
 }
 
@@ -100,9 +92,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     let log = |line: &str| eprintln!("{line}");
     let report = self_check::run(&device, &args.out, real.as_ref(), timing, !args.no_timing, &log)?;
     let path = args.out.join("gpu-check.json");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)?;
-    std::fs::rename(&tmp, &path)?;
+    fairnas_model::persist::write_atomically(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let failed = report.checks.iter().filter(|c| !c.pass).count();
     println!("gpu-check: {} checks, {failed} failed; report {}", report.checks.len(), path.display());
     if failed > 0 {

@@ -1,6 +1,7 @@
 //! What to type next: the library's errors name files, keys and layers; the command line adds
 //! the flag that fixes them.
 
+use fairnas_model::selection::SelectionError;
 use fairnas_search::SearchError;
 use fairnas_supernet::TrainError;
 
@@ -9,6 +10,9 @@ pub fn for_error(e: &anyhow::Error) -> Option<String> {
     e.chain().find_map(|cause| {
         if let Some(t) = cause.downcast_ref::<TrainError>() {
             return train(t);
+        }
+        if let Some(s) = cause.downcast_ref::<SelectionError>() {
+            return selection(s);
         }
         if let Some(fairnas_data::evaluate::EvalError::Image(_)) = cause.downcast_ref() {
             return Some("use --on-bad-image skip to leave bad images out".into());
@@ -35,6 +39,16 @@ fn train(e: &TrainError) -> Option<String> {
         TrainError::Classes { found, .. } => {
             Some(format!("pass --classes {found} to train a {found}-way classifier"))
         }
+        _ => None,
+    }
+}
+
+fn selection(e: &SelectionError) -> Option<String> {
+    match e {
+        SelectionError::NoModel | SelectionError::Alternatives => {
+            Some("use one of --model NAME, --choices DIGITS or --arch BLOCKS".into())
+        }
+        SelectionError::SpaceWithoutChoices => Some("--space goes with --choices".into()),
         _ => None,
     }
 }

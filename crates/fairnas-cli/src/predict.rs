@@ -7,13 +7,13 @@ use clap::Args;
 use fairnas_data::{Interpolation, Normalization};
 use serde_json::json;
 
-use crate::model_args::ModelArgs;
 use crate::weights::{load_network, WeightsArgs};
+use fairnas_model::selection::ModelSelection;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelSelection,
     #[command(flatten)]
     pub weights: WeightsArgs,
     /// Images to classify (JPEG or PNG).

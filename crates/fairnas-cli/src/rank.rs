@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use fairnas_model::search_space::format_choices;
-use fairnas_search::rank::{RankReport, RankRun};
-use fairnas_search::ranking::RankingReport;
+use fairnas_search::rank::{ArchSample, RankRun};
 
-use crate::one_shot::OneShotArgs;
+use fairnas_supernet::scoring::ScoringOptions;
 
 #[derive(Args, Debug)]
 pub struct RankArgs {
@@ -23,9 +22,9 @@ pub struct RankArgs {
     /// `all` canonical architectures, or a stratified sample of N (one per stand-alone
     /// accuracy stratum, seeded).
     #[arg(long, default_value = "all")]
-    archs: String,
+    archs: ArchSample,
     #[command(flatten)]
-    scoring: OneShotArgs,
+    scoring: ScoringOptions,
     /// Seed of the stratified sample (--archs N).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -38,26 +37,13 @@ pub struct RankArgs {
     json: bool,
 }
 
-impl RankArgs {
-    /// `--archs`: `None` for all, or the sample size.
-    fn sample(&self) -> Result<Option<usize>> {
-        match self.archs.as_str() {
-            "all" => Ok(None),
-            n => match n.parse::<usize>() {
-                Ok(0) | Err(_) => bail!("--archs: expected 'all' or a positive number, got '{}'", self.archs),
-                Ok(n) => Ok(Some(n)),
-            },
-        }
-    }
-}
-
 pub fn run_rank(args: RankArgs) -> Result<()> {
     let started = Instant::now();
-    let options = args.scoring.options();
+    let options = args.scoring.clone();
     let mut run = RankRun::open(
         &args.supernet,
         &args.ground_truth,
-        args.sample()?,
+        args.archs.size(),
         args.seed,
         &options,
         args.out.as_deref(),
@@ -94,41 +80,7 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&run, &report, started);
+        println!("{}", run.describe(&report));
     }
     Ok(())
-}
-
-fn print_report(run: &RankRun, report: &RankReport, started: Instant) {
-    let line = |name: &str, r: &RankingReport| {
-        let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
-        let topk: Vec<String> = r
-            .top_k_precision
-            .iter()
-            .map(|(f, k, p)| format!("top-{:.0}% ({k}) {:.2}", 100.0 * f, p))
-            .collect();
-        println!(
-            "{name:<22} tau {}  rho {}  r {}  {}",
-            f(r.kendall_tau),
-            f(r.spearman_rho),
-            f(r.pearson_r),
-            topk.join("  ")
-        );
-    };
-    let s = &run.config.scoring;
-    println!(
-        "{} architectures of {}, supernet {} ({} steps, {}), {} held-out images, BN recalibration {} x {}:",
-        report.architectures,
-        run.space.name,
-        run.checkpoint.display(),
-        run.state.step,
-        run.state.sampler,
-        s.eval_limit,
-        s.bn_recal_batches,
-        s.bn_recal_batch_size
-    );
-    line("one-shot top-1", &report.one_shot_top1);
-    line("one-shot loss", &report.one_shot_loss);
-    line("FLOPs (baseline)", &report.flops_baseline);
-    println!("results in {} ({:.0} s)", run.out.display(), started.elapsed().as_secs_f64());
 }

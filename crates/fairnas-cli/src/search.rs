@@ -3,16 +3,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use fairnas_model::search_space::format_choices;
 use fairnas_search::evolution::GenerationStats;
 use fairnas_search::run::{
-    parse_count, SearchConfig, SearchObserver, SearchOptions, SearchRun, SearchSummary,
+    parse_count, Algorithm, SearchConfig, SearchObserver, SearchOptions, SearchRun, SearchSummary,
 };
-use fairnas_supernet::scoring::OneShotScore;
-
-use crate::one_shot::OneShotArgs;
+use fairnas_supernet::scoring::{OneShotScore, ScoringOptions};
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
@@ -21,14 +19,14 @@ pub struct SearchArgs {
     supernet: PathBuf,
     /// Objectives, comma-separated: acc (one-shot top-1, maximised), loss, madds, params
     /// (minimised).
-    #[arg(long, default_value = "acc,madds")]
-    objectives: String,
+    #[arg(long, default_value = "acc,madds", value_delimiter = ',')]
+    objectives: Vec<String>,
     /// Constraint: at most this many multiply-adds (k/M/G suffixes, e.g. 400M).
-    #[arg(long, value_name = "N")]
-    max_madds: Option<String>,
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    max_madds: Option<f64>,
     /// Constraint: at most this many parameters (k/M/G suffixes).
-    #[arg(long, value_name = "N")]
-    max_params: Option<String>,
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    max_params: Option<f64>,
     /// Latency lookup table (`fairnas latency-table`): enables the latency objective.
     #[arg(long, value_name = "FILE")]
     latency_table: Option<PathBuf>,
@@ -38,7 +36,7 @@ pub struct SearchArgs {
     /// nsga2 (multi-objective), random (baseline, same evaluation budget) or evolution
     /// (single-objective on the first objective under the constraints, SPOS-style).
     #[arg(long, default_value = "nsga2")]
-    algorithm: String,
+    algorithm: Algorithm,
     #[arg(long, default_value_t = 64)]
     population: usize,
     #[arg(long, default_value_t = 30)]
@@ -46,7 +44,7 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
-    scoring: OneShotArgs,
+    scoring: ScoringOptions,
     /// A benchmark's stand-alone ground truth (NAS-Bench-Macro): also report how the found
     /// front's architectures do stand-alone, against the benchmark's true Pareto front.
     #[arg(long, value_name = "FILE")]
@@ -98,48 +96,31 @@ impl SearchObserver for Progress {
     }
 
     fn generation(&mut self, s: &GenerationStats, total: usize, config: &SearchConfig) {
-        let best: Vec<String> = config
-            .objectives
-            .iter()
-            .zip(&s.best)
-            .map(|((name, _), b)| format!("best {name} {}", b.map_or("-".into(), |v| format!("{v:.4}"))))
-            .collect();
-        let line = format!(
-            "generation {}/{total}: front {}, hypervolume {:.6e}, {}, {} evaluations",
-            s.generation,
-            s.front_size,
-            s.hypervolume,
-            best.join(", "),
-            s.evaluations
-        );
-        self.message(&line);
+        self.message(&config.describe_generation(s, total));
     }
 }
 
 impl SearchArgs {
-    fn options(&self) -> Result<SearchOptions> {
-        let count = |flag: &str, v: &Option<String>| {
-            v.as_deref().map(parse_count).transpose().context(flag.to_string())
-        };
-        Ok(SearchOptions {
-            objectives: self.objectives.split(',').map(str::to_string).collect(),
-            max_madds: count("--max-madds", &self.max_madds)?,
-            max_params: count("--max-params", &self.max_params)?,
+    fn options(&self) -> SearchOptions {
+        SearchOptions {
+            objectives: self.objectives.clone(),
+            max_madds: self.max_madds,
+            max_params: self.max_params,
             max_latency: self.max_latency,
-            algorithm: self.algorithm.parse()?,
+            algorithm: self.algorithm,
             population: self.population,
             generations: self.generations,
             seed: self.seed,
-            scoring: self.scoring.options(),
+            scoring: self.scoring.clone(),
             ground_truth: self.ground_truth.clone(),
-        })
+        }
     }
 }
 
 pub fn run_search(args: SearchArgs) -> Result<()> {
     let run = SearchRun::open(
         &args.supernet,
-        args.options()?,
+        args.options(),
         args.latency_table.as_deref(),
         &args.out,
         args.resume,

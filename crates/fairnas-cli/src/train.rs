@@ -4,23 +4,16 @@
 //! [`TrainConfig`]'s fields), then the flags given on the command line, in that order.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::one_shot::SubnetArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use fairnas_model::search_space::SearchSpace;
-use fairnas_supernet::images::{ImageFolder, LoadedSubnet};
-use fairnas_supernet::source::evaluate;
-use fairnas_supernet::trainer::{EpochMetrics, StepReport, TrainConfig, TrainObserver};
+use fairnas_supernet::images::{evaluate_subnet, SubnetSelection};
+use fairnas_supernet::trainer::{EpochMetrics, StepReport, TrainConfig, TrainObserver, TrainOverrides};
 
 /// Flags shared by `train-supernet` and `train`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonTrainArgs {
-    /// Data folder: `train/` and `test/` class folders (e.g. the extracted CIFAR-10 JPEG
-    /// tarball) or CIFAR-10 binary batches.
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
     /// Output folder: config.json, checkpoint.safetensors, state.json, metrics.jsonl.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -30,44 +23,8 @@ pub struct CommonTrainArgs {
     /// Continue the run in --out from its last checkpoint (bit-identical to never stopping).
     #[arg(long)]
     resume: bool,
-    #[arg(long)]
-    epochs: Option<u64>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Peak learning rate (cosine decay to --min-lr after a linear warm-up).
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    min_lr: Option<f64>,
-    #[arg(long)]
-    warmup_epochs: Option<f64>,
-    #[arg(long)]
-    momentum: Option<f64>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    #[arg(long)]
-    label_smoothing: Option<f64>,
-    /// Rescale gradients to at most this global L2 norm.
-    #[arg(long)]
-    max_grad_norm: Option<f64>,
-    /// Stop after this many steps in total (the schedule still spans --epochs).
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Checkpoint every N steps (always at each epoch end).
-    #[arg(long)]
-    checkpoint_every: Option<u64>,
-    /// Train on a fixed subset of N training images.
-    #[arg(long, value_name = "N")]
-    train_limit: Option<usize>,
-    /// Evaluate on a fixed subset of N held-out images.
-    #[arg(long, value_name = "N")]
-    eval_limit: Option<usize>,
-    /// Classifier outputs, for an image folder whose number of classes is not the space's
-    /// (default: the space's, 10 for nas-bench-macro, 1000 for fairnas).
-    #[arg(long, value_name = "N")]
-    classes: Option<usize>,
+    #[command(flatten)]
+    overrides: TrainOverrides,
     /// Print the summary as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -113,56 +70,7 @@ pub struct TrainArgs {
 }
 
 fn base_config(common: &CommonTrainArgs) -> Result<TrainConfig> {
-    let config_file = match &common.config {
-        Some(path) => Some(path.clone()),
-        None if common.resume && common.out.join("config.json").is_file() => {
-            Some(common.out.join("config.json"))
-        }
-        None => None,
-    };
-    Ok(match config_file {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a valid run configuration", path.display()))?
-        }
-        None => TrainConfig::default(),
-    })
-}
-
-fn apply_common(c: &mut TrainConfig, a: &CommonTrainArgs) {
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
-    }
-    set!(
-        data,
-        epochs,
-        batch_size,
-        seed,
-        lr,
-        min_lr,
-        warmup_epochs,
-        momentum,
-        weight_decay,
-        label_smoothing,
-        checkpoint_every
-    );
-    if a.max_grad_norm.is_some() {
-        c.max_grad_norm = a.max_grad_norm;
-    }
-    if a.max_steps.is_some() {
-        c.max_steps = a.max_steps;
-    }
-    if a.train_limit.is_some() {
-        c.train_limit = a.train_limit;
-    }
-    if a.eval_limit.is_some() {
-        c.eval_limit = a.eval_limit;
-    }
-    if a.classes.is_some() {
-        c.classes = a.classes;
-    }
+    Ok(TrainConfig::base(common.config.as_deref(), &common.out, common.resume)?)
 }
 
 pub fn run_train_supernet(args: TrainSupernetArgs) -> Result<()> {
@@ -176,7 +84,7 @@ pub fn run_train_supernet(args: TrainSupernetArgs) -> Result<()> {
     if let Some(s) = args.shared_gradient {
         config.shared_gradient = s;
     }
-    apply_common(&mut config, &args.common);
+    args.common.overrides.apply(&mut config);
     execute(config, &args.common)
 }
 
@@ -192,7 +100,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(s) = args.space {
         config.space = SearchSpace::named(&s)?;
     }
-    apply_common(&mut config, &args.common);
+    args.common.overrides.apply(&mut config);
     execute(config, &args.common)
 }
 
@@ -290,7 +198,7 @@ impl TrainObserver for BarObserver {
 #[derive(Args, Debug)]
 pub struct EvalSubnetArgs {
     #[command(flatten)]
-    subnet: SubnetArgs,
+    subnet: SubnetSelection,
     /// Held-out split to score on.
     #[arg(long, default_value = "test")]
     split: String,
@@ -304,36 +212,10 @@ pub struct EvalSubnetArgs {
 }
 
 pub fn run_eval_subnet(args: EvalSubnetArgs) -> Result<()> {
-    let started = Instant::now();
-    let LoadedSubnet { supernet, config, state, space, path, data, recalibrated, .. } = args.subnet.load()?;
-    let recal_batch = config.batch_size;
-    let held_out = ImageFolder::open(&data, &args.split, args.eval_limit, &space)?;
-    let (correct, total) = evaluate(&supernet, &path, &held_out, args.batch_size)?;
-    let top1 = correct as f64 / total.max(1) as f64;
-    let result = serde_json::json!({
-        "supernet": args.subnet.supernet,
-        "space": space.name,
-        "choices": args.subnet.choices,
-        "trained_steps": state.step,
-        "sampler": state.sampler,
-        "bn_recal_batches": recalibrated,
-        "bn_recal_batch_size": recal_batch,
-        "split": args.split,
-        "images": total,
-        "correct": correct,
-        "top1": top1,
-        "wall_s": started.elapsed().as_secs_f64(),
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        println!(
-            "{} {}: top-1 {:.2}% ({correct}/{total}) on {} after BN recalibration on {recalibrated} batches of {recal_batch}",
-            space.name,
-            args.subnet.choices,
-            100.0 * top1,
-            data.join(&args.split).display(),
-        );
+    let result = evaluate_subnet(&args.subnet, &args.split, args.batch_size, args.eval_limit)?;
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&result)?),
+        false => println!("{result}"),
     }
     Ok(())
 }

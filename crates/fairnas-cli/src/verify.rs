@@ -5,38 +5,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use fairnas_data::evaluate::{self, Tally};
-use fairnas_data::{Dataset, Interpolation, Normalization, OnBadImage};
+use fairnas_data::evaluate::{self, EvalOptions, Tally};
+use fairnas_data::Dataset;
 use fairnas_model::network::Network;
 use fairnas_model::spec::ArchSpec;
 
-use crate::model_args::ModelArgs;
 use crate::weights::{load_network, WeightsArgs};
+use fairnas_model::selection::ModelSelection;
 
 /// Options shared by `verify` and `transfer-verify`.
 #[derive(Args, Debug, Clone)]
-pub struct EvalOptions {
-    /// Images per forward pass (results do not depend on it).
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub options: EvalOptions,
     /// cpu, or cuda (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Resize filter; default bilinear (FairNAS protocol), bicubic for efficientnet-lite0.
-    #[arg(long)]
-    pub interpolation: Option<Interpolation>,
-    /// Input normalisation; default imagenet, inception for efficientnet-lite0.
-    #[arg(long)]
-    pub normalize: Option<Normalization>,
-    /// Evaluate only the first N images (in sorted order).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
     /// Write per-class accuracy to this CSV file.
     #[arg(long, value_name = "FILE")]
     pub per_class_csv: Option<PathBuf>,
-    /// What to do with an undecodable image: fail (default) or skip (counted and listed).
-    #[arg(long, default_value = "fail", value_name = "fail|skip")]
-    pub on_bad_image: OnBadImage,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,7 +32,7 @@ pub struct EvalOptions {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelSelection,
     #[command(flatten)]
     pub weights: WeightsArgs,
     /// Validation images: <root>/<wnid or class>/* folders, a flat folder of <wnid>_*.JPEG, or
@@ -59,13 +46,13 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub labels_from_filename: bool,
     #[command(flatten)]
-    pub eval: EvalOptions,
+    pub eval: EvalArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct TransferVerifyArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelSelection,
     #[command(flatten)]
     pub weights: WeightsArgs,
     /// CIFAR-10: a folder with the binary batches (or cifar-10-batches-bin/) or the JPEG tree
@@ -76,25 +63,13 @@ pub struct TransferVerifyArgs {
     #[arg(long, default_value = "test")]
     pub split: String,
     #[command(flatten)]
-    pub eval: EvalOptions,
+    pub eval: EvalArgs,
 }
 
 use crate::device::parse_device as device;
 
-impl EvalOptions {
-    fn options(&self) -> evaluate::EvalOptions {
-        evaluate::EvalOptions {
-            batch_size: self.batch_size,
-            interpolation: self.interpolation,
-            normalize: self.normalize,
-            limit: self.limit,
-            on_bad_image: self.on_bad_image,
-        }
-    }
-}
-
 /// Runs the evaluation with a progress bar and prints the report.
-fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions, root: &Path) -> Result<()> {
+fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalArgs, root: &Path) -> Result<()> {
     let progress = indicatif::ProgressBar::new(dataset.len() as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template(
@@ -109,7 +84,7 @@ fn evaluate(spec: &ArchSpec, net: &Network, dataset: Dataset, eval: &EvalOptions
         progress.set_position(done as u64);
         progress.set_message(format!("{:.2}%", Tally::percent(tally.top1, tally.images)));
     };
-    let e = evaluate::evaluate(spec, net, dataset, root, &eval.options(), &mut show)?;
+    let e = evaluate::evaluate(spec, net, dataset, root, &eval.options, &mut show)?;
     progress.finish_and_clear();
     if let Some(csv) = &eval.per_class_csv {
         fairnas_model::persist::write_atomically(csv, e.tally.per_class_csv(spec.classes).as_bytes())?;

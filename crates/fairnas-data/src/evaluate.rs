@@ -149,15 +149,46 @@ impl Tally {
     }
 }
 
-/// How to run an evaluation.
+/// `samples` decoded and preprocessed as [`evaluate`] does for `spec` (its family's rule,
+/// [`eval_transform`]), `batch` at a time: `[n, 3, crop, crop]` f32 CPU tensors with their
+/// labels. For checks that run the same photos through several devices.
+pub fn preprocessed_batches(
+    spec: &ArchSpec,
+    samples: Vec<Sample>,
+    batch: usize,
+) -> Result<Vec<(Tensor, Vec<u32>)>, EvalError> {
+    if batch == 0 {
+        return Err(EvalError::BatchSize);
+    }
+    let transform = eval_transform(spec, None, None);
+    let crop = transform.crop as usize;
+    let mut batches = Vec::new();
+    for b in EvalLoader::new(samples, transform, batch, 2, OnBadImage::Fail) {
+        let b = b.map_err(EvalError::Image)?;
+        let x = Tensor::from_vec(b.pixels, (b.indices.len(), 3, crop, crop), &Device::Cpu)?;
+        batches.push((x, b.labels.iter().map(|&l| l as u32).collect()));
+    }
+    Ok(batches)
+}
+
+/// How to run an evaluation. With the `clap` feature, a `clap::Args` group.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct EvalOptions {
     /// Images per forward pass (results do not depend on it).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 64))]
     pub batch_size: usize,
+    /// Resize filter; default bilinear (FairNAS protocol), bicubic for efficientnet-lite0.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub interpolation: Option<Interpolation>,
+    /// Input normalisation; default imagenet, inception for efficientnet-lite0.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub normalize: Option<Normalization>,
     /// Evaluate only the first N images (in sorted order).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub limit: Option<usize>,
+    /// What to do with an undecodable image: fail (default) or skip (counted and listed).
+    #[cfg_attr(feature = "clap", arg(long, default_value = "fail", value_name = "fail|skip"))]
     pub on_bad_image: OnBadImage,
 }
 

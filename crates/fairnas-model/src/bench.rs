@@ -95,6 +95,50 @@ pub struct BatchResult {
     pub stages: Option<Vec<StageResult>>,
 }
 
+impl std::fmt::Display for BatchResult {
+    /// One line per batch size, then the stage table when there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batch {:3}: {:9.2} ms (min {:.2}, max {:.2})  {:8.1} img/s  {:7.1} GFLOP/s",
+            self.batch, self.median_ms, self.min_ms, self.max_ms, self.images_per_s, self.gflop_per_s
+        )?;
+        if let Some(fraction) = self.fraction_of_matmul_peak {
+            write!(f, "  {:4.1}% of peak", fraction * 100.0)?;
+        }
+        let Some(stages) = &self.stages else { return Ok(()) };
+        write!(f, "\n  {:<22} {:>22} {:>9} {:>6} {:>8}", "stage", "output", "ms", "share", "GFLOP/s")?;
+        for s in stages {
+            let output = format!("{:?}", s.output);
+            write!(
+                f,
+                "\n  {:<22} {output:>22} {:9.3} {:5.1}% {:8.1}",
+                s.stage,
+                s.median_ms,
+                s.share * 100.0,
+                s.gflop_per_s
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A whole benchmark run as `fairnas bench --json` writes it (the peers' scripts write the
+/// same shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub implementation: String,
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    pub madds_per_image: u64,
+    pub repeats: usize,
+    pub warmup: usize,
+    pub seed: u64,
+    pub matmul_peak_gflop_per_s: Option<f64>,
+    pub results: Vec<BatchResult>,
+}
+
 /// How to time a network.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {

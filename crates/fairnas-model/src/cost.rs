@@ -42,6 +42,90 @@ pub struct CostReport {
     pub thop_flops: u64,
 }
 
+/// What `fairnas info` shows of a model: its settings and the cost table at one input size.
+/// `Display` is the table with thousands separators.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    pub model: String,
+    pub input_size: usize,
+    pub classes: usize,
+    pub bn_eps: f64,
+    pub dropout: f64,
+    /// The architecture as block strings ([`crate::block_string`]).
+    pub blocks: String,
+    pub params: u64,
+    pub madds: u64,
+    pub thop_flops: u64,
+    pub layers: Vec<LayerCost>,
+}
+
+/// Input sizes [`ModelInfo::at`] accepts: past 8192 pixels the counts stop meaning anything
+/// for these networks (and the shape arithmetic approaches overflow).
+pub const INPUT_SIZES: std::ops::RangeInclusive<usize> = 1..=8192;
+
+impl ModelInfo {
+    /// `spec`'s costs at `input` x `input` pixels; `None` outside [`INPUT_SIZES`].
+    pub fn at(spec: &ArchSpec, input: usize) -> Option<Self> {
+        if !INPUT_SIZES.contains(&input) {
+            return None;
+        }
+        let report = cost_report_at(spec, input);
+        Some(ModelInfo {
+            model: spec.name.clone(),
+            input_size: input,
+            classes: spec.classes,
+            bn_eps: spec.bn_eps,
+            dropout: spec.dropout,
+            blocks: crate::block_string::format_blocks(&spec.blocks, spec.default_activation),
+            params: report.params,
+            madds: report.madds,
+            thop_flops: report.thop_flops,
+            layers: report.layers,
+        })
+    }
+}
+
+impl std::fmt::Display for ModelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.input_size;
+        writeln!(
+            f,
+            "model: {}  (input {n}x{n}, {} classes, BN eps {:e})",
+            self.model, self.classes, self.bn_eps
+        )?;
+        let row = |f: &mut std::fmt::Formatter<'_>, cells: [&str; 8]| {
+            let [i, name, block, channels, resolution, params, madds, flops] = cells;
+            writeln!(f, "{i:>3}  {name:<12} {block:<34} {channels:>11}  {resolution:>15}  {params:>11} {madds:>13} {flops:>13}")
+        };
+        row(f, ["#", "layer", "block", "channels", "resolution", "params", "madds", "thop flops"])?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let channels = format!("{}->{}", l.in_channels, l.out_channels);
+            let resolution = format!("{}x{}->{}x{}", l.in_size.0, l.in_size.1, l.out_size.0, l.out_size.1);
+            let (params, madds, flops) = (thousands(l.params), thousands(l.madds), thousands(l.thop_flops));
+            row(
+                f,
+                [&i.to_string(), &l.name, &l.description, &channels, &resolution, &params, &madds, &flops],
+            )?;
+        }
+        writeln!(f, "params: {}", thousands(self.params))?;
+        writeln!(f, "multiply-adds: {}", thousands(self.madds))?;
+        write!(f, "thop FLOPs: {}", thousands(self.thop_flops))
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 /// Running totals of one layer.
 #[derive(Default)]
 struct Tally {
@@ -184,6 +268,14 @@ pub fn cost_report_at(spec: &ArchSpec, input: usize) -> CostReport {
 mod tests {
     use super::*;
     use crate::zoo::{efficientnet_lite0, fairnas_spec, FairnasModel, FairnasVariant};
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(4_651_352), "4,651,352");
+        assert_eq!(super::thousands(388_122_848), "388,122,848");
+    }
 
     fn report(m: FairnasModel, se_ratio: Option<f64>, transfer: bool) -> CostReport {
         cost_report(&fairnas_spec("t", &m.choices(), FairnasVariant { se_ratio, transfer }))

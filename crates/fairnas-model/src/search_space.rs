@@ -44,7 +44,7 @@ use std::str::FromStr;
 use fairnas_ops::Activation;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, StemSpec};
+use crate::spec::{ArchSpec, BlockKind, BlockSpec, HeadSpec, Padding, SpecError, StemSpec};
 use crate::zoo::{fairnas_spec, FairnasVariant};
 
 /// (output channels, stride) of the 19 searchable layers.
@@ -110,25 +110,18 @@ impl fmt::Display for Choices {
 }
 
 impl FromStr for Choices {
-    type Err = String;
+    type Err = SpaceError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.chars().count() != FAIRNAS_NUM_LAYERS {
-            return Err(format!(
-                "choice vector '{s}' has {} digits, the FairNAS space has {FAIRNAS_NUM_LAYERS} layers",
-                s.chars().count()
-            ));
+        let text = s.trim();
+        let given = text.chars().count();
+        if given != FAIRNAS_NUM_LAYERS {
+            return Err(SpaceError::DigitCount { text: text.into(), given, layers: FAIRNAS_NUM_LAYERS });
         }
         let mut digits = [0u8; FAIRNAS_NUM_LAYERS];
-        for (i, ch) in s.chars().enumerate() {
-            match ch.to_digit(10) {
-                Some(d) if (d as usize) < FAIRNAS_CHOICES.len() => digits[i] = d as u8,
-                _ => {
-                    return Err(format!(
-                        "choice vector '{s}': digit '{ch}' at layer {i} is not a choice 0-5 \
-                         (0=k3e3 1=k3e6 2=k5e3 3=k5e6 4=k7e3 5=k7e6)"
-                    ))
-                }
+        for ((layer, digit), d) in text.chars().enumerate().zip(&mut digits) {
+            match digit.to_digit(10) {
+                Some(c) if (c as usize) < FAIRNAS_CHOICES.len() => *d = c as u8,
+                _ => return Err(SpaceError::Digit { text: text.into(), digit, layer }),
             }
         }
         Ok(Choices(digits))
@@ -165,7 +158,14 @@ pub enum SpaceError {
     #[error("{space}: more than {limit} sub-networks; sample architectures instead of listing them")]
     TooLarge { space: String, limit: usize },
     #[error("{space}: {reason}")]
-    Invalid { space: String, reason: String },
+    Invalid { space: String, reason: SpecError },
+    #[error("choice vector '{text}' has {given} digits, the FairNAS space has {layers} layers")]
+    DigitCount { text: String, given: usize, layers: usize },
+    #[error(
+        "choice vector '{text}': digit '{digit}' at layer {layer} is not a choice 0-5 \
+         (0=k3e3 1=k3e6 2=k5e3 3=k5e6 4=k7e3 5=k7e6)"
+    )]
+    Digit { text: String, digit: char, layer: usize },
 }
 
 /// A choice vector as text: one digit per layer when every choice is below 10, else the
@@ -485,9 +485,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_vectors_naming_the_problem() {
-        assert!("123".parse::<Choices>().unwrap_err().contains("3 digits"));
-        let e = "4041500552122115163".parse::<Choices>().unwrap_err();
+        let message = |text: &str| text.parse::<Choices>().unwrap_err().to_string();
+        assert!(message("123").contains("3 digits"));
+        let e = message("4041500552122115163");
         assert!(e.contains("'6' at layer 17"), "{e}");
-        assert!("40415005521221151x3".parse::<Choices>().unwrap_err().contains("'x'"));
+        assert!(message("40415005521221151x3").contains("'x'"));
     }
 }

@@ -187,30 +187,50 @@ impl ArchSpec {
     }
 
     /// Checks the invariants the builders and the network rely on.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let model = || self.name.clone();
         if self.blocks.is_empty() {
-            return Err(format!("{}: an architecture needs at least one block", self.name));
+            return Err(SpecError::NoBlocks { model: model() });
         }
         if self.classes == 0 || self.head.channels == 0 || self.stem.channels == 0 {
-            return Err(format!("{}: zero-width stem, head or classifier", self.name));
+            return Err(SpecError::ZeroWidth { model: model() });
         }
-        for (i, b) in self.blocks.iter().enumerate() {
+        for (block, b) in self.blocks.iter().enumerate() {
             if b.kernel % 2 == 0 || b.kernel == 0 {
-                return Err(format!("block {i}: kernel {} must be odd", b.kernel));
+                return Err(SpecError::EvenKernel { model: model(), block, kernel: b.kernel });
             }
             if b.stride == 0 || b.out_channels == 0 || b.expansion == 0 {
-                return Err(format!("block {i}: stride, channels and expansion must be positive"));
+                return Err(SpecError::NotPositive { model: model(), block });
             }
             if b.kind == BlockKind::DepthwiseSeparable && b.expansion != 1 {
-                return Err(format!("block {i}: a ds block has no expansion (got e{})", b.expansion));
+                return Err(SpecError::DsExpansion { model: model(), block, expansion: b.expansion });
             }
             if b.kind == BlockKind::Skip && (b.kernel != 1 || b.expansion != 1 || b.se.is_some()) {
-                return Err(format!("block {i}: a skip block has kernel 1, no expansion and no SE"));
+                return Err(SpecError::SkipShape { model: model(), block });
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+            return Err(SpecError::Dropout { model: model(), dropout: self.dropout });
         }
         Ok(())
     }
+}
+
+/// An architecture the builders cannot build, naming the model and the block.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{model}: an architecture needs at least one block")]
+    NoBlocks { model: String },
+    #[error("{model}: zero-width stem, head or classifier")]
+    ZeroWidth { model: String },
+    #[error("{model}: block {block}: kernel {kernel} must be odd")]
+    EvenKernel { model: String, block: usize, kernel: usize },
+    #[error("{model}: block {block}: stride, channels and expansion must be positive")]
+    NotPositive { model: String, block: usize },
+    #[error("{model}: block {block}: a ds block has no expansion (got e{expansion})")]
+    DsExpansion { model: String, block: usize, expansion: usize },
+    #[error("{model}: block {block}: a skip block has kernel 1, no expansion and no SE")]
+    SkipShape { model: String, block: usize },
+    #[error("{model}: dropout {dropout} must be in [0, 1)")]
+    Dropout { model: String, dropout: f64 },
 }

@@ -55,6 +55,8 @@ pub enum SearchError {
     GroundTruthObjectives(Box<SearchError>),
     #[error("exporting a sub-network: {source}")]
     Export { source: candle_core::Error },
+    #[error("'{0}' is not an architecture sample: 'all' or a positive number")]
+    Sample(String),
     #[error("'{0}' is not a count like 400M, 5.5M or 300k")]
     Count(String),
     /// A pipeline stage found what an earlier one should have written missing or unreadable.

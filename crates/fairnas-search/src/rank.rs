@@ -52,6 +52,40 @@ pub struct RankReport {
     pub wall_s: f64,
 }
 
+/// Which architectures a ranking scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchSample {
+    /// Every canonical architecture of the space.
+    All,
+    /// One per stratum of this many equal strata of the ground-truth order
+    /// ([`select_architectures`]).
+    Stratified(usize),
+}
+
+impl ArchSample {
+    /// The sample size, `None` for all.
+    pub fn size(self) -> Option<usize> {
+        match self {
+            ArchSample::All => None,
+            ArchSample::Stratified(n) => Some(n),
+        }
+    }
+}
+
+impl std::str::FromStr for ArchSample {
+    type Err = SearchError;
+    /// `all` or a positive count.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(ArchSample::All),
+            n => match n.parse::<usize>() {
+                Ok(0) | Err(_) => Err(SearchError::Sample(s.to_string())),
+                Ok(n) => Ok(ArchSample::Stratified(n)),
+            },
+        }
+    }
+}
+
 /// The architectures to score: all canonical forms, or one per stratum of `n` equal strata of
 /// the ground-truth order (a seeded pick inside each), in lexicographic order.
 pub fn select_architectures(
@@ -148,6 +182,33 @@ impl RankRun {
 
     /// Ranking statistics of every score against the ground truth; writes `scores.csv`,
     /// `scatter.svg` and `report.json`. Every architecture must be scored.
+    /// The report as text: which run and settings, then tau, rho, r and top-k precision by
+    /// each score.
+    pub fn describe(&self, report: &RankReport) -> String {
+        let s = &self.config.scoring;
+        let mut text = format!(
+            "{} architectures of {}, supernet {} ({} steps, {}), {} held-out images, BN recalibration {} x {}:\n",
+            report.architectures,
+            self.space.name,
+            self.checkpoint.display(),
+            self.state.step,
+            self.state.sampler,
+            s.eval_limit,
+            s.bn_recal_batches,
+            s.bn_recal_batch_size
+        );
+        let scores = [
+            ("one-shot top-1", &report.one_shot_top1),
+            ("one-shot loss", &report.one_shot_loss),
+            ("FLOPs (baseline)", &report.flops_baseline),
+        ];
+        for (name, r) in scores {
+            text.push_str(&format!("{name:<22} {r}\n"));
+        }
+        text.push_str(&format!("results in {} ({:.0} s)", self.out.display(), report.wall_s));
+        text
+    }
+
     pub fn report(&self, wall_s: f64) -> Result<RankReport, SearchError> {
         let mut rows = Vec::new();
         for a in &self.archs {

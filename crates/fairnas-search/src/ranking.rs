@@ -116,6 +116,18 @@ pub struct RankingReport {
     pub top_k_precision: Vec<(f64, usize, f64)>,
 }
 
+impl std::fmt::Display for RankingReport {
+    /// `tau 0.6012  rho 0.7934  r 0.7512  top-10% (396) 0.41 ...` (`n/a` for an undefined value).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+        write!(f, "tau {}  rho {}  r {}", v(self.kendall_tau), v(self.spearman_rho), v(self.pearson_r))?;
+        for (fraction, k, precision) in &self.top_k_precision {
+            write!(f, "  top-{:.0}% ({k}) {precision:.2}", 100.0 * fraction)?;
+        }
+        Ok(())
+    }
+}
+
 impl RankingReport {
     pub fn new(predicted: &[f64], truth: &[f64]) -> Self {
         RankingReport {

@@ -119,6 +119,27 @@ pub struct SearchConfig {
     pub reference: Vec<f64>,
 }
 
+impl SearchConfig {
+    /// One generation's progress line: front size, hypervolume, the best value of each
+    /// objective, evaluations so far.
+    pub fn describe_generation(&self, s: &GenerationStats, total: usize) -> String {
+        let best: Vec<String> = self
+            .objectives
+            .iter()
+            .zip(&s.best)
+            .map(|((name, _), b)| format!("best {name} {}", b.map_or("-".into(), |v| format!("{v:.4}"))))
+            .collect();
+        format!(
+            "generation {}/{total}: front {}, hypervolume {:.6e}, {}, {} evaluations",
+            s.generation,
+            s.front_size,
+            s.hypervolume,
+            best.join(", "),
+            s.evaluations
+        )
+    }
+}
+
 /// `search-state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSearch {

@@ -13,7 +13,9 @@
 //! # Ok::<(), fairnas_supernet::trainer::TrainError>(())
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use fairnas_data::{Dataset, ImageStore, TrainLoader, TrainTransform};
 use fairnas_model::search_space::SearchSpace;
@@ -225,4 +227,97 @@ pub fn load_subnet(
         0
     };
     Ok(LoadedSubnet { checkpoint, supernet, config, state, space, path, data, recalibrated })
+}
+
+/// Which sub-network of which run, and how many batches re-estimate its BN statistics
+/// ([`load_subnet`]'s arguments as a value). With the `clap` feature, a `clap::Args` group.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SubnetSelection {
+    /// A training checkpoint (checkpoint.safetensors) or its run folder.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "CKPT"))]
+    pub supernet: PathBuf,
+    /// The sub-network: one choice per searchable layer (digits, e.g. 12012012, or
+    /// comma-separated numbers).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIGITS"))]
+    pub choices: String,
+    /// Re-estimate the sub-network's BN statistics on K training batches first (0: keep the
+    /// supernet's running statistics).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "K", default_value_t = 20))]
+    pub bn_recal_batches: usize,
+    /// Data folder (default: the run's).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
+    pub data: Option<PathBuf>,
+}
+
+impl SubnetSelection {
+    /// Loads the run and recalibrates the path ([`load_subnet`]).
+    pub fn load(&self) -> Result<LoadedSubnet, TrainError> {
+        load_subnet(&self.supernet, &self.choices, self.bn_recal_batches, self.data.as_deref())
+    }
+}
+
+/// A sub-network's held-out accuracy with its provenance ([`evaluate_subnet`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubnetEvaluation {
+    pub supernet: PathBuf,
+    pub space: String,
+    pub choices: String,
+    pub trained_steps: u64,
+    pub sampler: String,
+    /// Batches the BN statistics were re-estimated on, of `bn_recal_batch_size` images.
+    pub bn_recal_batches: usize,
+    pub bn_recal_batch_size: usize,
+    pub data: PathBuf,
+    pub split: String,
+    pub images: usize,
+    pub correct: usize,
+    pub top1: f64,
+    pub wall_s: f64,
+}
+
+impl std::fmt::Display for SubnetEvaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: top-1 {:.2}% ({}/{}) on {} after BN recalibration on {} batches of {}",
+            self.space,
+            self.choices,
+            100.0 * self.top1,
+            self.correct,
+            self.images,
+            self.data.join(&self.split).display(),
+            self.bn_recal_batches,
+            self.bn_recal_batch_size
+        )
+    }
+}
+
+/// Loads and recalibrates `subnet`, then scores it on `eval_limit` images (all when `None`)
+/// of the data folder's `split`, `batch_size` at a time.
+pub fn evaluate_subnet(
+    subnet: &SubnetSelection,
+    split: &str,
+    batch_size: usize,
+    eval_limit: Option<usize>,
+) -> Result<SubnetEvaluation, TrainError> {
+    let started = std::time::Instant::now();
+    let LoadedSubnet { supernet, config, state, space, path, data, recalibrated, .. } = subnet.load()?;
+    let held_out = ImageFolder::open(&data, split, eval_limit, &space)?;
+    let (correct, images) = source::evaluate(&supernet, &path, &held_out, batch_size)?;
+    Ok(SubnetEvaluation {
+        supernet: subnet.supernet.clone(),
+        space: space.name.clone(),
+        choices: subnet.choices.clone(),
+        trained_steps: state.step,
+        sampler: state.sampler,
+        bn_recal_batches: recalibrated,
+        bn_recal_batch_size: config.batch_size,
+        data,
+        split: split.to_string(),
+        images,
+        correct,
+        top1: correct as f64 / images.max(1) as f64,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
 }

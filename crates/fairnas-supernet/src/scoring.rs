@@ -21,20 +21,29 @@ use crate::supernet::{Mode, Part, Supernet};
 use crate::trainer::{TrainConfig, TrainError};
 
 /// How every architecture is scored: BN recalibration and the held-out images.
+/// With the `clap` feature, a `clap::Args` group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ScoringOptions {
     /// Training batches for each architecture's BN recalibration (0: keep the supernet's
     /// running statistics).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "K", default_value_t = 4))]
     pub bn_recal_batches: usize,
-    /// Images per recalibration batch (`None`: the run's batch size).
+    /// Images per recalibration batch (default: the run's batch size).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "B"))]
     pub bn_recal_batch_size: Option<usize>,
     /// Held-out images every architecture is scored on (a fixed subset).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = 1000))]
     pub eval_limit: usize,
     /// Held-out split of the data folder.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "test"))]
     pub split: String,
-    /// Data folder (`None`: the supernet run's).
+    /// Data folder (default: the supernet run's).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
     pub data: Option<PathBuf>,
-    /// Seed of the recalibration batches (mixed with the run's seed).
+    /// Seed of the recalibration batches (mixed with the run's seed). Scores made with the
+    /// same settings are interchangeable between rankings and searches.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "S", default_value_t = 0))]
     pub recal_seed: u64,
 }
 

@@ -118,10 +118,108 @@ impl Default for TrainConfig {
     }
 }
 
+/// Settings laid over a base [`TrainConfig`] (a command line's flags): every `Some` replaces
+/// the config's field. With the `clap` feature this is a `clap::Args` group.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct TrainOverrides {
+    /// Data folder: `train/` and `test/` class folders (e.g. the extracted CIFAR-10 JPEG
+    /// tarball) or CIFAR-10 binary batches.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
+    pub data: Option<PathBuf>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub epochs: Option<u64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub batch_size: Option<usize>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub seed: Option<u64>,
+    /// Peak learning rate (cosine decay to the minimum after a linear warm-up).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub lr: Option<f64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub min_lr: Option<f64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub warmup_epochs: Option<f64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub momentum: Option<f64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub weight_decay: Option<f64>,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub label_smoothing: Option<f64>,
+    /// Rescale gradients to at most this global L2 norm.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_grad_norm: Option<f64>,
+    /// Stop after this many steps in total (the schedule still spans the epochs).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_steps: Option<u64>,
+    /// Checkpoint every N steps (always at each epoch end).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub checkpoint_every: Option<u64>,
+    /// Train on a fixed subset of N training images.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub train_limit: Option<usize>,
+    /// Evaluate on a fixed subset of N held-out images.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub eval_limit: Option<usize>,
+    /// Classifier outputs, for an image folder whose number of classes is not the space's
+    /// (default: the space's, 10 for nas-bench-macro, 1000 for fairnas).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub classes: Option<usize>,
+}
+
+impl TrainOverrides {
+    /// Replaces every field of `config` this sets.
+    pub fn apply(&self, config: &mut TrainConfig) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *field = v.clone();
+            }
+        }
+        fn set_some<T: Clone>(field: &mut Option<T>, value: &Option<T>) {
+            if value.is_some() {
+                *field = value.clone();
+            }
+        }
+        set(&mut config.data, &self.data);
+        set(&mut config.epochs, &self.epochs);
+        set(&mut config.batch_size, &self.batch_size);
+        set(&mut config.seed, &self.seed);
+        set(&mut config.lr, &self.lr);
+        set(&mut config.min_lr, &self.min_lr);
+        set(&mut config.warmup_epochs, &self.warmup_epochs);
+        set(&mut config.momentum, &self.momentum);
+        set(&mut config.weight_decay, &self.weight_decay);
+        set(&mut config.label_smoothing, &self.label_smoothing);
+        set(&mut config.checkpoint_every, &self.checkpoint_every);
+        set_some(&mut config.max_grad_norm, &self.max_grad_norm);
+        set_some(&mut config.max_steps, &self.max_steps);
+        set_some(&mut config.train_limit, &self.train_limit);
+        set_some(&mut config.eval_limit, &self.eval_limit);
+        set_some(&mut config.classes, &self.classes);
+    }
+}
+
 /// Config fields a resumed run may change: they do not change what is computed.
 const RESUMABLE_CHANGES: [&str; 4] = ["max_steps", "checkpoint_every", "data", "eval_limit"];
 
 impl TrainConfig {
+    /// Reads a configuration file: any subset of the fields, the rest at their defaults.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        serde_json::from_str(&text).map_err(|source| TrainError::ConfigFile { path: path.into(), source })
+    }
+
+    /// The configuration a run in `out` starts from before any overrides: `file` when given,
+    /// else (resuming) the run's own `config.json`, else the defaults.
+    pub fn base(file: Option<&Path>, out: &Path, resume: bool) -> Result<Self, TrainError> {
+        let own = out.join("config.json");
+        match file {
+            Some(path) => Self::read(path),
+            None if resume && own.is_file() => Self::read(&own),
+            None => Ok(Self::default()),
+        }
+    }
+
     /// The space the run trains: the supernet's, or a one-candidate-per-layer space for a
     /// stand-alone network.
     pub fn search_space(&self) -> Result<SearchSpace, TrainError> {
@@ -220,7 +318,7 @@ pub fn resolve_arch(arch: &str, space: &SearchSpace, transfer: bool) -> Result<A
     } else {
         ModelSelection { model: Some(arch.to_string()), transfer, ..Default::default() }
     };
-    selection.resolve().map_err(TrainError::Config)
+    Ok(selection.resolve()?)
 }
 
 /// One finished epoch, as a line of `metrics.jsonl`.
@@ -313,8 +411,12 @@ impl std::fmt::Display for RunSummary {
 pub enum TrainError {
     #[error("{0}")]
     Config(String),
+    #[error("{}: not a valid run configuration: {source}", path.display())]
+    ConfigFile { path: PathBuf, source: serde_json::Error },
     #[error(transparent)]
     Space(#[from] SpaceError),
+    #[error(transparent)]
+    Model(#[from] fairnas_model::selection::SelectionError),
     #[error(transparent)]
     Sampler(#[from] crate::sampler::SamplerError),
     /// A fresh run was asked for where one already is.

@@ -276,6 +276,38 @@ fn real_lite0_checkpoint_converts_and_classifies() {
     let direct = predict(pth.to_str().unwrap());
     assert_eq!(direct, predict(out.to_str().unwrap()));
     assert_eq!(top1_indices(&direct), [285, 967, 1], "Egyptian cat, espresso, goldfish:\n{direct}");
+
+    // The same checkpoint as ONNX: the file the library writes (whose logits tract checks in
+    // fairnas-model's tests/onnx.rs), byte for byte, with Lite0's preprocessing recorded.
+    let onnx = dir.join("lite0.onnx");
+    let written: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+        "convert",
+        "--input",
+        pth.to_str().unwrap(),
+        "--output",
+        onnx.to_str().unwrap(),
+        "--model",
+        "efficientnet-lite0",
+        "--to",
+        "onnx",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(written["opset"], 17, "{written}");
+    assert_eq!(written["fold_bn"], true, "{written}");
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert_eq!(written["bytes"], bytes.len() as u64);
+    let library = dir.join("library.onnx");
+    let spec = fairnas_model::selection::ModelSelection::named("efficientnet-lite0").resolve().unwrap();
+    fairnas_data::deploy::convert_to_onnx(pth.to_str().unwrap(), &library, &spec, &Default::default(), true)
+        .unwrap();
+    assert!(bytes == std::fs::read(&library).unwrap(), "the binary writes what the library writes");
+    let metadata: Vec<(String, String)> = serde_json::from_value(written["metadata"].clone()).unwrap();
+    for (key, value) in
+        [("preprocessing.interpolation", "bicubic"), ("preprocessing.normalization", "inception")]
+    {
+        assert!(metadata.contains(&(key.into(), value.into())), "{key}: {metadata:?}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -63,6 +63,8 @@ fn runs_the_pipeline_and_writes_the_report() {
     for m in &models {
         let folder = PathBuf::from(m["folder"].as_str().unwrap());
         assert!(folder.join("weights.safetensors").is_file() && folder.join("model.json").is_file());
+        assert_eq!(m["onnx"].as_str(), Some(folder.join("model.onnx").to_str().unwrap()), "{m}");
+        assert!(std::fs::metadata(folder.join("model.onnx")).unwrap().len() > 100_000);
         assert!(m["measured_latency_ms"].as_f64().unwrap() > 0.0);
     }
     assert!(models[0]["finetuned_top1"].as_f64().is_some(), "the most accurate model is fine-tuned");
@@ -78,6 +80,7 @@ fn runs_the_pipeline_and_writes_the_report() {
     assert!(!html.contains("src=\"http"), "self-contained: nothing fetched");
     for m in &models {
         assert!(html.contains(m["choices"].as_str().unwrap()));
+        assert!(html.contains(&format!("href=\"models/{}/model.onnx\"", m["choices"].as_str().unwrap())));
     }
 
     // A rerun resumes every stage: nothing is trained again.

@@ -141,22 +141,14 @@ fn bad_settings_are_named() {
 fn exports_a_subnet_that_info_predict_and_train_accept() {
     let dir = scratch("export");
     let supernet = tiny_supernet(&dir, 2);
+    let export = |out: &Path, format: &[&str]| -> serde_json::Value {
+        let out = out.display().to_string();
+        let args = ["--threads", "2", "export", "--supernet", &supernet, "--choices", "12012012"];
+        let rest = ["--bn-recal-batches", "2", "--out", &out, "--json"];
+        serde_json::from_str(&ok(&[&args[..], &rest, format].concat())).unwrap()
+    };
     let x = dir.join("x");
-    let exported: serde_json::Value = serde_json::from_str(&ok(&[
-        "--threads",
-        "2",
-        "export",
-        "--supernet",
-        &supernet,
-        "--choices",
-        "12012012",
-        "--bn-recal-batches",
-        "2",
-        "--out",
-        &x.display().to_string(),
-        "--json",
-    ]))
-    .unwrap();
+    let exported = export(&x, &[]);
     // NAS-Bench-Macro's own numbers for 12012012: 2,014,602 params, 67,092,992 FLOPs.
     assert_eq!(exported["params"], 2_014_602);
     assert_eq!(exported["madds"], 67_092_992);
@@ -217,6 +209,16 @@ fn exports_a_subnet_that_info_predict_and_train_accept() {
         std::fs::read(x.join("weights.safetensors")).unwrap(),
         std::fs::read(tuned.join("weights.safetensors")).unwrap()
     );
+    // `--format onnx` adds model.onnx: the graph `convert --to onnx` makes of the exported
+    // weights, byte for byte (the same export, checked against tract in fairnas-model).
+    let y = dir.join("y");
+    let with_onnx = export(&y, &["--format", "onnx"]);
+    assert_eq!(with_onnx["onnx"].as_str(), Some(y.join("model.onnx").to_str().unwrap()), "{with_onnx}");
+    assert!(exported.get("onnx").is_none(), "safetensors only by default: {exported}");
+    let converted = dir.join("converted.onnx").display().to_string();
+    ok(&[&["convert", "--input", &weights, "--output", &converted, "--to", "onnx"][..], &model[..4]]
+        .concat());
+    assert!(std::fs::read(y.join("model.onnx")).unwrap() == std::fs::read(&converted).unwrap());
     // Weights of another sub-network do not fit, and the error says what is missing.
     let e = failure(&train_from_export("22222222", &dir.join("bad")));
     assert!(e.contains("weights.safetensors") && e.contains("shape"), "{e}");

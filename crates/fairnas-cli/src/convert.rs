@@ -1,22 +1,29 @@
-//! `fairnas convert`: a PyTorch checkpoint to a safetensors file with canonical names
-//! ([`fairnas_model::weights::convert_file`]).
+//! `fairnas convert`: a checkpoint to a safetensors file with canonical names
+//! ([`fairnas_model::weights::convert_file`]) or to ONNX ([`fairnas_data::deploy`]).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
-
-use crate::weights::CheckpointSource;
+use clap::{ArgAction, Args, ValueEnum};
+use fairnas_data::deploy::convert_to_onnx;
 use fairnas_model::selection::ModelSelection;
+use fairnas_model::weights::CheckpointSource;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
-    /// The PyTorch checkpoint (legacy or zip torch.save file), or hf://owner/repo/path.
+    /// The checkpoint: a PyTorch file (legacy or zip torch.save), hf://owner/repo/path, or
+    /// (with --to onnx) a safetensors file with canonical names.
     #[arg(long, value_name = "FILE")]
     pub input: String,
-    /// Where to write the safetensors file (written atomically).
-    #[arg(long, value_name = "FILE.safetensors")]
+    /// Where to write the converted file (written atomically).
+    #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
+    /// What to write: safetensors (canonical names) or onnx (a standard ONNX graph, opset 17).
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    pub to: Format,
+    /// ONNX: fold BatchNorm into the convolutions (`--fold-bn false` keeps BatchNormalization).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub fold_bn: bool,
     #[command(flatten)]
     pub model: ModelSelection,
     #[command(flatten)]
@@ -26,22 +33,31 @@ pub struct ConvertArgs {
     pub json: bool,
 }
 
+/// Output formats of `convert` and `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Safetensors,
+    Onnx,
+}
+
 pub fn run(args: ConvertArgs) -> Result<()> {
     let spec = args.model.resolve()?;
-    let c = fairnas_model::weights::convert_file(&args.input, &args.output, &spec, &args.source.options())?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
-    } else {
-        println!(
-            "{} -> {}: model {}, layout {}, {} tensors ({} learnable parameters), {} num_batches_tracked dropped",
-            c.input.display(),
-            c.output.display(),
-            c.model,
-            c.layout,
-            c.tensors,
-            c.parameters,
-            c.dropped_num_batches_tracked
-        );
+    match args.to {
+        Format::Onnx => {
+            let file = convert_to_onnx(&args.input, &args.output, &spec, &args.source, args.fold_bn)?;
+            print(&file, args.json)
+        }
+        Format::Safetensors => print(
+            &fairnas_model::weights::convert_file(&args.input, &args.output, &spec, &args.source)?,
+            args.json,
+        ),
+    }
+}
+
+fn print<T: serde::Serialize + std::fmt::Display>(summary: &T, json: bool) -> Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(summary)?),
+        false => println!("{summary}"),
     }
     Ok(())
 }

@@ -65,11 +65,8 @@ fn real_checkpoint(args: &GpuCheckArgs) -> Result<Option<RealCheckpoint>> {
         .with_context(|| format!("--real-images {}", images.display()))?
         .limit(args.real_limit)
         .samples;
-    let source = crate::weights::WeightsArgs {
-        weights: weights.display().to_string(),
-        source: crate::weights::CheckpointSource { layout: "auto".into(), key: None },
-    };
-    let tensors = crate::weights::load_tensors(&source, &spec, &Device::Cpu)
+    let location = weights.display().to_string();
+    let tensors = fairnas_model::weights::load_tensors(&location, &spec, &Default::default(), &Device::Cpu)
         .with_context(|| format!("--real-weights {}", weights.display()))?;
     // Decoded and preprocessed as `fairnas verify` does.
     let batches = fairnas_data::evaluate::preprocessed_batches(&spec, photos, 16)?;

@@ -1,13 +1,11 @@
 //! `--weights` and the checkpoint flags, mapped onto [`fairnas_model::weights`].
 
-use std::collections::HashMap;
-
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Args;
 use fairnas_model::network::Network;
 use fairnas_model::spec::ArchSpec;
-use fairnas_model::weights;
+use fairnas_model::weights::{self, CheckpointSource};
 
 /// The weight options every command that loads weights shares.
 #[derive(Args, Debug, Clone)]
@@ -20,31 +18,7 @@ pub struct WeightsArgs {
     pub source: CheckpointSource,
 }
 
-/// How to read a PyTorch checkpoint (ignored for safetensors).
-#[derive(Args, Debug, Clone, Default)]
-pub struct CheckpointSource {
-    /// Name layout of a PyTorch checkpoint: auto, fairnas, fairnas-se, efficientnet-pytorch or
-    /// canonical.
-    #[arg(long, default_value = "auto", value_name = "LAYOUT")]
-    pub layout: String,
-    /// Checkpoint entry holding the state dict (default: model_state, else state_dict, else the
-    /// whole file).
-    #[arg(long, value_name = "KEY")]
-    pub key: Option<String>,
-}
-
-impl CheckpointSource {
-    pub fn options(&self) -> weights::CheckpointSource {
-        weights::CheckpointSource { layout: self.layout.clone(), key: self.key.clone() }
-    }
-}
-
-/// Loads weights for `spec` as f32 candle tensors with canonical names, checked against the spec.
-pub fn load_tensors(args: &WeightsArgs, spec: &ArchSpec, device: &Device) -> Result<HashMap<String, Tensor>> {
-    Ok(weights::load_tensors(&args.weights, spec, &args.source.options(), device)?)
-}
-
 /// Builds the network for `spec` from `--weights`.
 pub fn load_network(args: &WeightsArgs, spec: &ArchSpec, device: &Device) -> Result<Network> {
-    Ok(weights::load_network(&args.weights, spec, &args.source.options(), device)?)
+    Ok(weights::load_network(&args.weights, spec, &args.source, device)?)
 }

@@ -18,7 +18,8 @@
 //! - training: [`TrainTransform`] (RandomResizedCrop or pad-crop, and flip), [`ImageStore`]
 //!   (a small set decoded once into memory) and [`TrainLoader`], whose batches are a pure
 //!   function of (seed, epoch, batch index), so a resumed run sees the same batches;
-//! - [`load_rgb`] and [`resize()`]: decoding to 8-bit RGB and Pillow-exact resampling.
+//! - [`load_rgb`] and [`resize()`]: decoding to 8-bit RGB and Pillow-exact resampling;
+//! - [`deploy`]: a network as an ONNX file that records the preprocessing it expects.
 //!
 //! ```
 //! use fairnas_data::{EvalTransform, Interpolation, Normalization, TrainTransform};
@@ -55,6 +56,7 @@
 pub mod classes;
 pub mod dataset;
 pub mod decode;
+pub mod deploy;
 pub mod evaluate;
 pub mod imagenet_val;
 pub mod loader;

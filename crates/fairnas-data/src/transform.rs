@@ -136,11 +136,62 @@ impl EvalTransform {
     pub fn load(&self, path: &Path) -> Result<Vec<f32>, DataError> {
         self.apply_image(&load_rgb(path)?, path)
     }
+
+    /// The preprocessing as key/value pairs for an exported model's metadata (ONNX
+    /// `metadata_props`), so a deployer can reproduce it: resize the shorter side to `resize`
+    /// with `interpolation`, center-crop `crop`, RGB planes (NCHW), then `(x / 255 - mean) /
+    /// std` per channel (`mean` and `std` are given for every normalisation in that form).
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        let (name, mean, std) = match self.normalization {
+            Normalization::Imagenet => ("imagenet", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            // (x - 127) / 128 on 0..255 is (x / 255 - 127 / 255) / (128 / 255).
+            Normalization::Inception => ("inception", [127.0 / 255.0; 3], [128.0 / 255.0; 3]),
+            Normalization::Custom { mean, std } => ("custom", mean, std),
+        };
+        let list = |v: [f32; 3]| v.map(|x| format!("{x}")).join(",");
+        let interpolation = match self.interpolation {
+            Interpolation::Bilinear => "bilinear",
+            Interpolation::Bicubic => "bicubic",
+        };
+        [
+            ("preprocessing.resize_shorter_side", self.resize.to_string()),
+            ("preprocessing.center_crop", self.crop.to_string()),
+            ("preprocessing.interpolation", interpolation.to_string()),
+            ("preprocessing.channel_order", "RGB, NCHW".to_string()),
+            ("preprocessing.normalization", name.to_string()),
+            ("preprocessing.mean", list(mean)),
+            ("preprocessing.std", list(std)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_reproduces_each_normalisation() {
+        for n in [Normalization::Imagenet, Normalization::Inception, Normalization::CIFAR10] {
+            let t = EvalTransform { normalization: n, ..Default::default() };
+            let meta: std::collections::HashMap<_, _> = t.metadata().into_iter().collect();
+            let parse = |k: &str| -> Vec<f32> { meta[k].split(',').map(|v| v.parse().unwrap()).collect() };
+            let (mean, std) = (parse("preprocessing.mean"), parse("preprocessing.std"));
+            for v in [0u8, 37, 127, 200, 255] {
+                for c in 0..3 {
+                    let want = n.apply(v, c);
+                    let got = (v as f32 / 255.0 - mean[c]) / std[c];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{n:?} {v} {c}: {got} vs {want}"
+                    );
+                }
+            }
+            assert_eq!(meta["preprocessing.center_crop"], "224");
+        }
+    }
 
     #[test]
     fn python_rounding() {

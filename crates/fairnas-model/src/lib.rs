@@ -20,6 +20,8 @@
 //!   their names onto the canonical ones ([`pytorch::convert_state_dict`],
 //!   [`pytorch::SourceLayout`]); [`weights`] loads a network from a local file or the Hugging
 //!   Face Hub in one call; [`synthetic`] makes reproducible weights for tests and benchmarks.
+//! - Deployment: [`onnx::export`] writes any network as a standard ONNX graph (opset 17) for
+//!   onnxruntime, OpenVINO, tract and the rest.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -54,6 +56,7 @@ pub mod bench;
 pub mod block_string;
 pub mod cost;
 pub mod network;
+pub mod onnx;
 pub mod persist;
 pub mod pytorch;
 pub mod search_space;

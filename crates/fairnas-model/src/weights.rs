@@ -51,13 +51,18 @@ pub enum WeightsError {
     Candle(#[from] candle_core::Error),
 }
 
-/// How to read a PyTorch checkpoint (ignored for safetensors).
+/// How to read a PyTorch checkpoint (ignored for safetensors). With the `clap` feature, a
+/// `clap::Args` group (`--layout`, `--key`).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct CheckpointSource {
-    /// Name layout: `auto`, `fairnas`, `fairnas-se`, `efficientnet-pytorch` or `canonical`.
+    /// Name layout of a PyTorch checkpoint: auto, fairnas, fairnas-se, efficientnet-pytorch or
+    /// canonical.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "auto", value_name = "LAYOUT"))]
     pub layout: String,
     /// Checkpoint entry holding the state dict (default: model_state, else state_dict, else the
     /// whole file).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "KEY"))]
     pub key: Option<String>,
 }
 
@@ -213,6 +218,22 @@ pub struct Conversion {
     pub parameters: usize,
     pub source_sha256: String,
     pub tensors: usize,
+}
+
+impl std::fmt::Display for Conversion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {}: model {}, layout {}, {} tensors ({} learnable parameters), {} num_batches_tracked dropped",
+            self.input.display(),
+            self.output.display(),
+            self.model,
+            self.layout,
+            self.tensors,
+            self.parameters,
+            self.dropped_num_batches_tracked
+        )
+    }
 }
 
 /// Converts the PyTorch checkpoint at `input` (a path or `hf://...`) for `spec` into a

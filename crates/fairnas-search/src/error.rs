@@ -53,6 +53,8 @@ pub enum SearchError {
     LatencySpace { path: PathBuf, table: String, space: String },
     #[error("the ground-truth comparison compares acc, madds and params only: {0}")]
     GroundTruthObjectives(Box<SearchError>),
+    #[error(transparent)]
+    Onnx(#[from] fairnas_model::onnx::OnnxError),
     #[error("exporting a sub-network: {source}")]
     Export { source: candle_core::Error },
     #[error("'{0}' is not an architecture sample: 'all' or a positive number")]

@@ -1,11 +1,13 @@
 //! One sub-network of a trained supernet as a stand-alone model: its inherited weights under
 //! canonical names (`weights.safetensors`, loadable by `fairnas-model`'s network) and a
-//! description of where they came from (`model.json`, [`ModelDescription`]).
+//! description of where they came from (`model.json`, [`ModelDescription`]), and on request the
+//! network as ONNX (`model.onnx`) for other runtimes.
 
 use std::path::{Path, PathBuf};
 
 use fairnas_model::cost::cost_report;
 use fairnas_model::network::Network;
+use fairnas_model::onnx::OnnxOptions;
 use fairnas_model::persist::write_atomically;
 use fairnas_model::search_space::{format_choices, SearchSpace};
 use fairnas_supernet::checkpoint::TrainState;
@@ -30,6 +32,9 @@ pub struct ModelDescription {
     pub supernet: PathBuf,
     pub supernet_steps: u64,
     pub weights: PathBuf,
+    /// The network as ONNX, when exported with ONNX options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<PathBuf>,
 }
 
 /// One line: the model, its cost, the recalibration, and where its weights are.
@@ -44,7 +49,11 @@ impl std::fmt::Display for ModelDescription {
             self.madds,
             self.bn_recal_batches,
             self.weights.display()
-        )
+        )?;
+        match &self.onnx {
+            Some(onnx) => write!(f, ", {}", onnx.display()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -71,11 +80,14 @@ impl<'a> From<&'a fairnas_supernet::images::LoadedSubnet> for ExportSource<'a> {
     }
 }
 
-/// Writes `path`'s weights and description into `out`.
+/// Writes `path`'s weights and description into `out`, and with `onnx` options also the
+/// network as `model.onnx` (`fairnas-data`'s `deploy::onnx_options` records the
+/// preprocessing).
 pub fn export_subnet(
     from: &ExportSource,
     path: &[usize],
     out: &Path,
+    onnx: Option<&OnnxOptions>,
 ) -> Result<ModelDescription, SearchError> {
     let spec = from.space.subnet(path)?;
     let weights = from.supernet.subnet_weights(path).map_err(|source| SearchError::Export { source })?;
@@ -87,6 +99,14 @@ pub fn export_subnet(
         .map_err(|e| SearchError::Export { source: candle_core::Error::msg(e) })?;
     write_atomically(&weights_path, &bytes)
         .map_err(|source| SearchError::Io { path: weights_path.clone(), source })?;
+    let onnx = match onnx {
+        Some(options) => {
+            let file = out.join("model.onnx");
+            fairnas_model::onnx::write(&file, &fairnas_model::onnx::export(&spec, &weights, options)?)?;
+            Some(file)
+        }
+        None => None,
+    };
     let cost = cost_report(&spec);
     let choices = format_choices(path);
     let model_flags = match from.space.name.as_str() {
@@ -100,6 +120,7 @@ pub fn export_subnet(
         params: cost.params,
         madds: cost.madds,
         weights: weights_path,
+        onnx,
         model_flags,
         supernet: from.checkpoint.to_path_buf(),
         supernet_steps: from.state.step,

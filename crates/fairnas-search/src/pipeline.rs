@@ -81,6 +81,9 @@ pub struct ExportStage {
     /// spaced ones between (by multiply-adds).
     pub count: usize,
     pub bn_recal_batches: usize,
+    /// Also write each model as ONNX (`models/<choices>/model.onnx`, BN folded, the
+    /// preprocessing in its metadata).
+    pub onnx: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,7 +144,7 @@ impl Default for SearchStage {
 
 impl Default for ExportStage {
     fn default() -> Self {
-        ExportStage { count: 3, bn_recal_batches: 4 }
+        ExportStage { count: 3, bn_recal_batches: 4, onnx: true }
     }
 }
 
@@ -163,6 +166,9 @@ pub struct ExportedModel {
     pub measured_latency_ms: f64,
     pub finetuned_top1: Option<f64>,
     pub folder: PathBuf,
+    /// `folder/model.onnx`, when the model was exported as ONNX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<PathBuf>,
 }
 
 /// How a pipeline run ended.
@@ -395,7 +401,9 @@ mod with_images {
             if !folder.join("model.json").exists() {
                 let loaded =
                     load_subnet(&folders.supernet, &f.choices, config.export.bn_recal_batches, None)?;
-                let d = export_subnet(&ExportSource::from(&loaded), &loaded.path, &folder)?;
+                let spec = loaded.space.subnet(&loaded.path)?;
+                let onnx = config.export.onnx.then(|| fairnas_data::deploy::onnx_options(&spec, true));
+                let d = export_subnet(&ExportSource::from(&loaded), &loaded.path, &folder, onnx.as_ref())?;
                 observer.message(&d.to_string());
             }
             let path = config.space.parse_choices(&f.choices)?;
@@ -410,6 +418,7 @@ mod with_images {
                 measured_latency_ms: measured,
                 finetuned_top1: None,
                 choices: f.choices,
+                onnx: Some(folder.join("model.onnx")).filter(|p| p.exists()),
                 folder,
             });
         }

@@ -212,12 +212,12 @@ fn models_section(html: &mut String, models: &[ExportedModel], latency: &Latency
     html.push_str(
         "<h2 id=\"models\">Exported models</h2>\n<table><tr><th class=\"l\">choices</th><th class=\"l\">blocks</th>\
          <th>params</th><th>multiply-adds</th><th>latency, table (ms)</th><th>latency, measured (ms)</th>\
-         <th>one-shot top-1 (%)</th><th>fine-tuned top-1 (%)</th></tr>\n",
+         <th>one-shot top-1 (%)</th><th>fine-tuned top-1 (%)</th><th class=\"l\">files</th></tr>\n",
     );
     for m in models {
         let _ = writeln!(
             html,
-            "<tr><td class=\"l\"><code>{}</code></td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{}</td></tr>",
+            "<tr><td class=\"l\"><code>{}</code></td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{}</td><td class=\"l\">{}</td></tr>",
             escape(&m.choices),
             escape(&m.blocks),
             m.params,
@@ -225,7 +225,8 @@ fn models_section(html: &mut String, models: &[ExportedModel], latency: &Latency
             m.predicted_latency_ms,
             m.measured_latency_ms,
             m.one_shot_acc,
-            m.finetuned_top1.map_or("-".into(), |t| format!("{:.2}", 100.0 * t))
+            m.finetuned_top1.map_or("-".into(), |t| format!("{:.2}", 100.0 * t)),
+            model_links(m)
         );
     }
     html.push_str("</table>\n");
@@ -238,13 +239,23 @@ fn models_section(html: &mut String, models: &[ExportedModel], latency: &Latency
     );
 }
 
+/// Links to a model's files, relative to the report (`models/<choices>/`).
+fn model_links(m: &ExportedModel) -> String {
+    let folder = format!("models/{}", escape(&m.choices));
+    let mut links = format!("<a href=\"{folder}/weights.safetensors\">safetensors</a>");
+    if m.onnx.is_some() {
+        let _ = write!(links, " <a href=\"{folder}/model.onnx\">onnx</a>");
+    }
+    links
+}
+
 /// What the run folder holds.
 fn files_section(html: &mut String) {
     html.push_str(
         "<h2 id=\"files\">Files</h2>\n<ul><li><code>nas-config.json</code>: this run's settings</li>\
          <li><code>supernet/</code>: checkpoint, metrics.jsonl</li><li><code>latency.json</code>: the latency table</li>\
          <li><code>search/</code>: front.json, front.csv, front.svg, search-state.json, scores.jsonl</li>\
-         <li><code>models/&lt;choices&gt;/</code>: weights.safetensors, model.json</li>\
+         <li><code>models/&lt;choices&gt;/</code>: weights.safetensors, model.json, model.onnx (opset 17, BN folded, preprocessing in its metadata)</li>\
          <li><code>finetune/&lt;choices&gt;/</code>: the stand-alone run</li></ul>\n</body></html>\n",
     );
 }

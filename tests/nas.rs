@@ -16,6 +16,7 @@ fn runs_the_pipeline_and_writes_the_report() {
     let dir = scratch("tiny");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("tiny.json");
+    let truth = repo().join("data/nas-bench-macro/ground-truth.json");
     std::fs::write(
         &config,
         r#"{
@@ -24,8 +25,10 @@ fn runs_the_pipeline_and_writes_the_report() {
             "latency": {"repeats": 2, "check": 2},
             "search": {"population": 4, "generations": 1},
             "export": {"count": 2, "bn_recal_batches": 1},
-            "finetune": {"epochs": 1}
-        }"#,
+            "finetune": {"epochs": 1},
+            "judge": {"ground_truth": "TRUTH"}
+        }"#
+        .replace("TRUTH", truth.to_str().unwrap()),
     )
     .unwrap();
     let out = dir.join("run");
@@ -53,6 +56,8 @@ fn runs_the_pipeline_and_writes_the_report() {
         "search/front.svg",
         "search/search-state.json",
         "models.json",
+        "search-random/front.json",
+        "judgement.json",
         "report.html",
     ] {
         assert!(out.join(file).is_file(), "{file} missing");
@@ -74,14 +79,60 @@ fn runs_the_pipeline_and_writes_the_report() {
     for id in ["timings", "training", "search", "frequencies", "models", "files"] {
         assert!(html.contains(&format!("id=\"{id}\"")), "section {id} missing");
     }
-    // Training loss, training top-1, the front, hypervolume and front size per generation.
-    assert_eq!(html.matches("<svg").count(), 5);
+    // The fronts by stand-alone accuracy, training loss, training top-1, the front,
+    // hypervolume and front size per generation.
+    assert_eq!(html.matches("<svg").count(), 6);
+    assert!(html.contains("fraction of the reference box dominated"), "hypervolume in plain units");
+
     assert!(!html.contains("<script"), "no scripts");
     assert!(!html.contains("src=\"http"), "self-contained: nothing fetched");
     for m in &models {
         assert!(html.contains(m["choices"].as_str().unwrap()));
         assert!(html.contains(&format!("href=\"models/{}/model.onnx\"", m["choices"].as_str().unwrap())));
     }
+
+    // The verdict, checked against the benchmark file itself.
+    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    let judgement: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("judgement.json")).unwrap()).unwrap();
+    assert_eq!(judgement["architectures"], 3969, "NAS-Bench-Macro's canonical architectures");
+    let placed = judgement["models"].as_array().unwrap();
+    assert_eq!(placed.len(), models.len());
+    for (p, m) in placed.iter().zip(&models) {
+        let entry = &truth[p["choices"].as_str().unwrap()];
+        assert_eq!(p["choices"], m["choices"]);
+        assert_eq!(p["acc"], entry["mean_acc"], "{p}");
+        assert_eq!(p["madds"], entry["flops"], "{p}");
+        let percentile = p["percentile"].as_f64().unwrap();
+        assert!((0.0..100.0).contains(&percentile), "{p}");
+        assert!(html.contains(&format!("{:.2}", entry["mean_acc"].as_f64().unwrap())), "{p} in the report");
+    }
+    // The true front: cheapest first, each member more accurate than every cheaper one, and the
+    // benchmark's most accurate architecture at its end.
+    let front = judgement["true_front"].as_array().unwrap();
+    let best =
+        truth.as_object().unwrap().values().map(|e| e["mean_acc"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert_eq!(front.last().unwrap()["acc"].as_f64().unwrap(), best);
+    assert_eq!(judgement["best_acc"].as_f64().unwrap(), best);
+    for w in front.windows(2) {
+        assert!(
+            w[0]["madds"].as_u64() <= w[1]["madds"].as_u64() && w[0]["acc"].as_f64() < w[1]["acc"].as_f64()
+        );
+    }
+    for run in ["search", "random"] {
+        let ratio = judgement[run]["comparison"]["hypervolume_ratio"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio <= 1.0, "{run}: {ratio}");
+        assert!(judgement[run]["evaluations"].as_u64().unwrap() > 0);
+    }
+    assert!(html.contains("id=\"judged\"") && html.contains("Judged by the benchmark"));
+    for text in ["What ran.", "What the numbers mean.", "At scale."] {
+        assert!(html.contains(text), "{text} missing from the opening");
+    }
+    let search_hv = judgement["search"]["comparison"]["hypervolume_ratio"].as_f64().unwrap();
+    let random_hv = judgement["random"]["comparison"]["hypervolume_ratio"].as_f64().unwrap();
+    let verdict =
+        if search_hv > random_hv { "the search beat chance" } else { "the search did not beat chance" };
+    assert!(html.contains(verdict), "{verdict}");
 
     // A rerun resumes every stage: nothing is trained again.
     let checkpoint = std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap();

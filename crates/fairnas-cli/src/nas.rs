@@ -33,7 +33,7 @@ struct Progress;
 
 impl NasObserver for Progress {
     fn stage(&mut self, n: usize, title: &str) {
-        eprintln!("\n== stage {n}/6: {title}");
+        eprintln!("\n== stage {n}/7: {title}");
     }
 
     fn message(&mut self, text: &str) {

@@ -16,7 +16,8 @@
 //!   is deterministic for its seed and resumes from its [`evolution::SearchState`];
 //! - [`pareto`]: dominance, non-dominated sorting, crowding distance, exact hypervolume;
 //! - measures: [`ranking`] (Kendall's tau, Spearman's rho, top-k precision against
-//!   [`ground_truth`], e.g. NAS-Bench-Macro), [`latency`] lookup tables, [`plot`] (SVG);
+//!   [`ground_truth`], e.g. NAS-Bench-Macro), [`judge`] (a search's front and models placed
+//!   in the benchmark, beside random search), [`latency`] lookup tables, [`plot`] (SVG);
 //! - runs with result folders that resume: [`run`] (a search), [`rank`] (a ranking),
 //!   [`pipeline`] (train, measure latency, search, export, in one call); errors are
 //!   [`SearchError`].
@@ -48,6 +49,7 @@ pub mod error;
 pub mod evolution;
 pub mod export;
 pub mod ground_truth;
+pub mod judge;
 pub mod latency;
 pub mod objective;
 pub mod one_shot;

@@ -5,7 +5,10 @@
 //! 3. NSGA-II on one-shot accuracy, multiply-adds and latency -> `search/`
 //! 4. export of the front's best, middle and cheapest architectures -> `models/<choices>/`
 //! 5. a short stand-alone fine-tune of the most accurate one -> `finetune/<choices>/`
-//! 6. `report.html`: one self-contained page ([`crate::report`]).
+//! 6. where the space has a benchmark's ground truth (NAS-Bench-Macro ships in
+//!    `data/nas-bench-macro/`): the front and models judged by it, beside a random search at
+//!    the same budget -> `search-random/`, `judgement.json` ([`crate::judge`])
+//! 7. `report.html`: one self-contained page ([`crate::report`]).
 //!
 //! Rerunning `run` continues an interrupted stage and keeps the finished ones; a different
 //! config in the same folder is refused. Every stage is a public function over the typed
@@ -37,6 +40,7 @@ pub struct NasConfig {
     pub search: SearchStage,
     pub export: ExportStage,
     pub finetune: FinetuneStage,
+    pub judge: JudgeStage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +99,39 @@ pub struct FinetuneStage {
     pub batch_size: usize,
 }
 
+/// Judging the run by a benchmark's stand-alone ground truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeStage {
+    /// The ground truth (NAS-Bench-Macro's JSON format); by default the shipped one when the
+    /// space is NAS-Bench-Macro, none otherwise.
+    pub ground_truth: Option<PathBuf>,
+    /// Also run a random search with the search's evaluation budget, to judge beside it.
+    pub random_baseline: bool,
+}
+
+/// Where the project ships NAS-Bench-Macro's ground truth (relative, like the default data).
+pub const NAS_BENCH_MACRO_GROUND_TRUTH: &str = "data/nas-bench-macro/ground-truth.json";
+
+impl Default for JudgeStage {
+    fn default() -> Self {
+        JudgeStage { ground_truth: None, random_baseline: true }
+    }
+}
+
+impl JudgeStage {
+    /// The ground truth to judge `space` by: the configured file, or the shipped one for
+    /// NAS-Bench-Macro where it is present.
+    pub fn ground_truth_for(&self, space: &SearchSpace) -> Option<PathBuf> {
+        let shipped = Path::new(NAS_BENCH_MACRO_GROUND_TRUTH);
+        match &self.ground_truth {
+            Some(path) => Some(path.clone()),
+            None if space.name == "nas-bench-macro" && shipped.is_file() => Some(shipped.into()),
+            None => None,
+        }
+    }
+}
+
 impl Default for NasConfig {
     fn default() -> Self {
         NasConfig {
@@ -108,6 +145,7 @@ impl Default for NasConfig {
             search: SearchStage::default(),
             export: ExportStage::default(),
             finetune: FinetuneStage::default(),
+            judge: JudgeStage::default(),
         }
     }
 }
@@ -175,6 +213,7 @@ pub struct ExportedModel {
 #[derive(Debug, Clone, Serialize)]
 pub struct NasSummary {
     pub models: Vec<ExportedModel>,
+    pub judgement: Option<crate::judge::Judgement>,
     pub report: PathBuf,
     /// Wall seconds per stage, in order.
     pub timings: Vec<(String, f64)>,
@@ -225,8 +264,10 @@ pub struct RunFolders {
     pub supernet: PathBuf,
     pub latency: PathBuf,
     pub search: PathBuf,
+    pub search_random: PathBuf,
     pub models: PathBuf,
     pub finetune: PathBuf,
+    pub judgement: PathBuf,
 }
 
 impl RunFolders {
@@ -235,14 +276,16 @@ impl RunFolders {
             supernet: out.join("supernet"),
             latency: out.join("latency.json"),
             search: out.join("search"),
+            search_random: out.join("search-random"),
             models: out.join("models"),
             finetune: out.join("finetune"),
+            judgement: out.join("judgement.json"),
         }
     }
 }
 
 #[cfg(feature = "images")]
-pub use with_images::{export_models, finetune, latency_table, run, search, train_supernet};
+pub use with_images::{export_models, finetune, judge, latency_table, run, search, train_supernet};
 
 #[cfg(feature = "images")]
 mod with_images {
@@ -255,9 +298,12 @@ mod with_images {
 
     use super::*;
     use crate::export::{export_subnet, ExportSource};
+    use crate::judge::{Benchmark, Judgement};
     use crate::latency::measure_end_to_end;
     use crate::latency::LatencyTable;
-    use crate::run::{read_front, read_latency_table, Algorithm, SearchOptions, SearchRun, SearchSummary};
+    use crate::run::{
+        read_front, read_latency_table, Algorithm, SavedSearch, SearchOptions, SearchRun, SearchSummary,
+    };
     use crate::store::guard_settings;
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SearchError + '_ {
@@ -297,9 +343,12 @@ mod with_images {
         let models_path = out.join("models.json");
         let text = serde_json::to_string_pretty(&models).expect("models serialise");
         write_atomically(&models_path, text.as_bytes()).map_err(io(&models_path))?;
-        observer.stage(6, "report");
-        let report = crate::report::write(out, config, &models, &timings)?;
-        Ok(NasSummary { models, report, timings })
+        observer.stage(6, "judged by the benchmark's ground truth");
+        let judgement = judge(config, &folders, &models, observer)?;
+        lap("judging", &mut timings);
+        observer.stage(7, "report");
+        let report = crate::report::write(out, config, &models, judgement.as_ref(), &timings)?;
+        Ok(NasSummary { models, judgement, report, timings })
     }
 
     /// Stage 1: the supernet, trained (or resumed) into `supernet/`.
@@ -357,11 +406,22 @@ mod with_images {
         folders: &RunFolders,
         observer: &mut dyn NasObserver,
     ) -> Result<SearchSummary, SearchError> {
+        search_with(config, folders, Algorithm::Nsga2, &folders.search, observer)
+    }
+
+    /// The search stage's settings with `algorithm`, into `out`.
+    fn search_with(
+        config: &NasConfig,
+        folders: &RunFolders,
+        algorithm: Algorithm,
+        out: &Path,
+        observer: &mut dyn NasObserver,
+    ) -> Result<SearchSummary, SearchError> {
         let (sc, se) = (&config.scoring, &config.search);
         let options = SearchOptions {
             objectives: se.objectives.split(',').map(str::to_string).collect(),
             max_madds: se.max_madds.as_deref().map(crate::run::parse_count).transpose()?,
-            algorithm: Algorithm::Nsga2,
+            algorithm,
             population: se.population,
             generations: se.generations,
             seed: config.seed,
@@ -373,9 +433,8 @@ mod with_images {
             },
             ..SearchOptions::default()
         };
-        let resume = folders.search.join("search-state.json").exists();
-        let run =
-            SearchRun::open(&folders.supernet, options, Some(&folders.latency), &folders.search, resume)?;
+        let resume = out.join("search-state.json").exists();
+        let run = SearchRun::open(&folders.supernet, options, Some(&folders.latency), out, resume)?;
         let batches = fairnas_supernet::images::scoring_batches(run.settings(), &run.train, &run.space)?;
         let summary = run.search(&batches, &mut *observer.search())?;
         observer.message(&format!(
@@ -423,6 +482,48 @@ mod with_images {
             });
         }
         Ok(models)
+    }
+
+    /// Stage 6: the search's front and `models` judged by the space's ground truth (none: not
+    /// judged), beside a random search at the same budget (`search-random/`); written to
+    /// `judgement.json`.
+    pub fn judge(
+        config: &NasConfig,
+        folders: &RunFolders,
+        models: &[ExportedModel],
+        observer: &mut dyn NasObserver,
+    ) -> Result<Option<Judgement>, SearchError> {
+        let Some(path) = config.judge.ground_truth_for(&config.space) else {
+            observer.message(&format!("no ground truth for the {} space: not judged", config.space.name));
+            return Ok(None);
+        };
+        let bench = Benchmark::load(&path, &config.space)?;
+        let saved: SavedSearch = crate::report::read_json(&folders.search.join("search-state.json"))?;
+        let front = read_front(&folders.search.join("front.json"))?;
+        let search = bench.judge_front(&front, saved.state.archive.len())?;
+        let random = match config.judge.random_baseline {
+            true => {
+                let r = search_with(config, folders, Algorithm::Random, &folders.search_random, observer)?;
+                Some(bench.judge_front(&r.front, r.evaluations)?)
+            }
+            false => None,
+        };
+        let models = models
+            .iter()
+            .map(|m| bench.place(&config.space.parse_choices(&m.choices)?))
+            .collect::<Result<_, SearchError>>()?;
+        let judgement = Judgement {
+            architectures: bench.architectures(),
+            best_acc: bench.best_acc(),
+            models,
+            search,
+            random,
+            true_front: bench.true_front()?,
+        };
+        let text = serde_json::to_string_pretty(&judgement).expect("judgement serialises");
+        write_atomically(&folders.judgement, text.as_bytes()).map_err(io(&folders.judgement))?;
+        observer.message(&judgement.to_string());
+        Ok(Some(judgement))
     }
 
     /// Stage 5: `model` trained stand-alone from its inherited weights, into

@@ -8,6 +8,7 @@ use fairnas_model::persist::write_atomically;
 use fairnas_supernet::trainer::EpochMetrics;
 use serde::de::DeserializeOwned;
 
+use crate::judge::Judgement;
 use crate::latency::LatencyTable;
 use crate::pipeline::{ExportedModel, NasConfig};
 use crate::plot::{escape, Scatter, Series};
@@ -31,7 +32,7 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, SearchErro
         .collect()
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, SearchError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, SearchError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| SearchError::Io { path: path.into(), source })?;
     serde_json::from_str(&text).map_err(|source| SearchError::Json { path: path.into(), source })
@@ -61,6 +62,7 @@ pub fn write(
     out: &Path,
     config: &NasConfig,
     models: &[ExportedModel],
+    judgement: Option<&Judgement>,
     timings: &[(String, f64)],
 ) -> Result<PathBuf, SearchError> {
     let metrics: Vec<EpochMetrics> = read_jsonl(&out.join("supernet/metrics.jsonl"))?;
@@ -74,7 +76,10 @@ pub fn write(
         front.iter().map(|f| config.space.parse_choices(&f.choices)).collect::<Result<_, _>>()?;
 
     let mut html = String::new();
-    header(&mut html, out, config, models.len());
+    header(&mut html, out, config, models.len(), judgement.is_some());
+    if let Some(j) = judgement {
+        judged_section(&mut html, j);
+    }
     stage_table(&mut html, timings);
     training_section(&mut html, &metrics);
     search_section(&mut html, &front_svg, &state);
@@ -87,8 +92,9 @@ pub fn write(
     Ok(path)
 }
 
-/// What ran, in one paragraph.
-fn header(html: &mut String, out: &Path, config: &NasConfig, count: usize) {
+/// What ran, what the numbers mean, and how to run the same at scale.
+fn header(html: &mut String, out: &Path, config: &NasConfig, count: usize, judged: bool) {
+    let counts = config.space.choice_counts();
     let _ = write!(
         html,
         r#"<!DOCTYPE html>
@@ -99,25 +105,128 @@ h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: 
 table {{ border-collapse: collapse; margin: .5em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
 th {{ background: #f3f3f3; }} td.l, th.l {{ text-align: left; }} code {{ font-size: .9em; }}
 .charts {{ display: flex; flex-wrap: wrap; gap: 1em; }} .charts svg {{ width: 520px; height: auto; }}
+.verdict {{ background: #f5f9ff; border-left: 4px solid #1f77b4; padding: .6em 1em; }}
 </style></head><body>
 <h1>FairNAS run: {title}</h1>
-<p>Space <b>{space}</b>, data <code>{data}</code>, seed {seed}. Strictly fair supernet training ({epochs} epochs, batch {batch}),
-BN recalibration on {recal} batches, NSGA-II on <code>{objectives}</code> (population {pop}, {gens} generations),
-{count} models exported, a {ft}-epoch stand-alone fine-tune.</p>
+<p><b>What ran.</b> A weight-sharing supernet over the <b>{space}</b> space ({layers} layers, up to {choices} candidate blocks each)
+was trained with strictly fair path sampling (every candidate of every layer trained once per step) for {epochs} epochs
+(batch {batch}) on the images in <code>{data}</code>, seed {seed}. NSGA-II then searched it on <code>{objectives}</code>
+(population {pop}, {gens} generations), {count} models of the found front were exported and the most accurate one fine-tuned
+stand-alone for {ft} epochs.</p>
+<p><b>What the numbers mean.</b> <i>One-shot top-1</i> is a sub-network's accuracy with the supernet's shared weights
+(BN statistics recalibrated on {recal} batches), on {eval} held-out images: a signal for <i>ranking</i> architectures, not the
+accuracy an architecture reaches trained on its own, and low after a short run on few images. {judged_text}
+<i>Hypervolume</i> is the fraction of the box between the ideal point (100% accuracy, zero cost) and the reference point (the
+worst value of each objective) that a front dominates. Multiply-adds are counted at the space's input size; latency is
+measured on this machine.</p>
+<p><b>At scale.</b> <code>fairnas nas --config FILE</code> takes any subset of <code>nas-config.json</code>'s fields: e.g.
+<code>"space": "fairnas"</code> (the paper's 19-layer space at 224x224), <code>"data"</code> a larger image folder laid
+out like <code>data/cifar10-mini</code> (<code>train/&lt;class&gt;/</code>, <code>test/&lt;class&gt;/</code>), more <code>supernet.epochs</code>; the stages also run one by one
+(<code>fairnas train-supernet</code>, <code>rank</code>, <code>search</code>, <code>export</code>; README).</p>
 "#,
         title = escape(&out.display().to_string()),
         space = escape(&config.space.name),
+        layers = counts.len(),
+        choices = counts.iter().max().copied().unwrap_or(0),
         data = escape(&config.data.display().to_string()),
         seed = config.seed,
         epochs = config.supernet.epochs,
         batch = config.supernet.batch_size,
         recal = config.scoring.bn_recal_batches,
+        eval = config.scoring.eval_limit,
         objectives = escape(&config.search.objectives),
         pop = config.search.population,
         gens = config.search.generations,
         count = count,
         ft = config.finetune.epochs,
+        judged_text = match judged {
+            true => "The verdict below places what the search found by the benchmark's <i>stand-alone</i> accuracies \
+                     (every architecture trained on its own on the full CIFAR-10, mean of 3 runs), beside a random search \
+                     given the same number of supernet evaluations: that is how good the search was.",
+            false => "This space has no benchmark ground truth, so the run is not judged by stand-alone accuracies.",
+        },
     );
+}
+
+/// The verdict: the exported models and the fronts placed by the benchmark's ground truth.
+fn judged_section(html: &mut String, j: &Judgement) {
+    let s = &j.search.comparison;
+    let _ = write!(
+        html,
+        "<h2 id=\"judged\">Judged by the benchmark</h2>\n<p class=\"verdict\">Among the {} architectures of the benchmark \
+         (best stand-alone top-1 {:.2}%), the front NSGA-II found ({} supernet evaluations) dominates <b>{:.1}%</b> of what the \
+         true front dominates ({} of its {} members are on the true front)",
+        j.architectures,
+        j.best_acc,
+        j.search.evaluations,
+        100.0 * s.hypervolume_ratio,
+        s.front_members_on_true_front,
+        j.search.members.len()
+    );
+    match &j.random {
+        Some(r) => {
+            let verdict =
+                if s.hypervolume_ratio > r.comparison.hypervolume_ratio { "beat" } else { "did not beat" };
+            let _ = write!(
+                html,
+                "; a random search with the same budget ({} evaluations) reaches <b>{:.1}%</b>: the search {verdict} chance.",
+                r.evaluations,
+                100.0 * r.comparison.hypervolume_ratio
+            );
+        }
+        None => html.push('.'),
+    }
+    html.push_str(
+        " Hypervolumes over (stand-alone top-1, multiply-adds), reference: the benchmark's worst accuracy and largest cost.</p>\n\
+         <table><tr><th class=\"l\">exported model</th><th>stand-alone top-1 (%)</th><th>better than (% of all)</th><th>multiply-adds</th></tr>\n",
+    );
+    for m in &j.models {
+        let _ = writeln!(
+            html,
+            "<tr><td class=\"l\"><code>{}</code></td><td>{:.2}</td><td>{:.1}</td><td>{}</td></tr>",
+            escape(&m.choices),
+            m.acc,
+            m.percentile,
+            m.madds
+        );
+    }
+    html.push_str("</table>\n<div class=\"charts\">\n");
+    let points =
+        |members: &[crate::judge::Placed]| members.iter().map(|p| (p.madds as f64 / 1e6, p.acc)).collect();
+    let mut series = vec![
+        Series {
+            name: "true front".into(),
+            color: "#999".into(),
+            radius: 2.5,
+            line: true,
+            points: points(&j.true_front),
+        },
+        Series {
+            name: "NSGA-II front".into(),
+            color: "#1f77b4".into(),
+            radius: 4.5,
+            line: false,
+            points: points(&j.search.members),
+        },
+    ];
+    if let Some(r) = &j.random {
+        series.push(Series {
+            name: "random search front".into(),
+            color: "#ff7f0e".into(),
+            radius: 3.5,
+            line: false,
+            points: points(&r.members),
+        });
+    }
+    let plot = Scatter {
+        title: "found fronts by stand-alone accuracy".into(),
+        x_label: "multiply-adds (millions)".into(),
+        y_label: "stand-alone top-1 (%)".into(),
+        series,
+        markers: Vec::new(),
+    };
+    html.push_str(&plot.to_svg());
+    html.push_str("</div>\n");
 }
 
 /// Wall time per stage.
@@ -159,7 +268,8 @@ fn training_section(html: &mut String, metrics: &[EpochMetrics]) {
 /// The front, and hypervolume and front size per generation.
 fn search_section(html: &mut String, front_svg: &str, state: &SavedSearch) {
     let history = &state.state.history;
-    let hv: Vec<(f64, f64)> = history.iter().map(|h| (h.generation as f64, h.hypervolume)).collect();
+    let scale = state.config.reference_box();
+    let hv: Vec<(f64, f64)> = history.iter().map(|h| (h.generation as f64, h.hypervolume / scale)).collect();
     let front_size: Vec<(f64, f64)> =
         history.iter().map(|h| (h.generation as f64, h.front_size as f64)).collect();
     html.push_str("<h2 id=\"search\">Search</h2>\n<div class=\"charts\">\n");
@@ -167,7 +277,7 @@ fn search_section(html: &mut String, front_svg: &str, state: &SavedSearch) {
     html.push_str(&line_chart(
         "hypervolume of the population's front per generation",
         "generation",
-        "hypervolume",
+        "fraction of the reference box dominated",
         "hypervolume",
         "#1f77b4",
         hv,

@@ -120,6 +120,17 @@ pub struct SearchConfig {
 }
 
 impl SearchConfig {
+    /// Volume of the box between the ideal point (100% accuracy; zero loss, cost and latency)
+    /// and the reference point: a hypervolume divided by it is the fraction of that box the
+    /// front dominates, in [0, 1].
+    pub fn reference_box(&self) -> f64 {
+        let side = |((name, _), r): (&(String, Direction), &f64)| match name.as_str() {
+            "acc" => (100.0 - r).abs(),
+            _ => r.abs(),
+        };
+        self.objectives.iter().zip(&self.reference).map(side).product()
+    }
+
     /// One generation's progress line: front size, hypervolume, the best value of each
     /// objective, evaluations so far.
     pub fn describe_generation(&self, s: &GenerationStats, total: usize) -> String {
@@ -354,7 +365,11 @@ impl SearchRun {
         self.write_outputs(&state, &front, &members, &published)?;
         let hypervolume = front_hypervolume(&goals, &front, &self.config.reference);
         let ground_truth = match &self.options.ground_truth {
-            Some(path) => Some(ground_truth_comparison(path, &self.space, &self.config.objectives, &front)?),
+            Some(path) => {
+                let genomes: Vec<Vec<usize>> = front.iter().map(|i| i.genome.clone()).collect();
+                let truth = GroundTruth::load(path, &self.space)?;
+                Some(ground_truth_comparison(&truth, &self.space, &self.config.objectives, &genomes)?)
+            }
             None => None,
         };
         Ok(SearchSummary {
@@ -644,12 +659,11 @@ fn front_csv(members: &[FrontMember]) -> String {
 /// reference point is the benchmark's worst accuracy and largest cost, so the ratio measures
 /// the region that matters.
 pub fn ground_truth_comparison(
-    path: &Path,
+    gt: &GroundTruth,
     space: &SearchSpace,
     objectives: &[(String, Direction)],
-    front: &[Individual],
+    front: &[Vec<usize>],
 ) -> Result<GroundTruthComparison, SearchError> {
-    let gt = GroundTruth::load(path, space)?;
     let names: Vec<String> = vec!["acc".into(), "madds".into(), "params".into()];
     let named: Vec<(&str, Direction)> = objectives.iter().map(|(n, d)| (n.as_str(), *d)).collect();
     let goals =
@@ -677,11 +691,11 @@ pub fn ground_truth_comparison(
     let true_front = non_dominated_sort(&fitness).into_iter().next().unwrap_or_default();
     let true_members: Vec<Individual> = true_front.iter().map(|&i| all[i].clone()).collect();
     let true_hv = front_hypervolume(&goals, &true_members, &reference);
-    let found: Vec<Individual> = front.iter().map(|i| stand_alone(&i.genome)).collect::<Result<_, _>>()?;
+    let found: Vec<Individual> = front.iter().map(|g| stand_alone(g)).collect::<Result<_, _>>()?;
     let found_hv = front_hypervolume(&goals, &found, &reference);
     let on_true_front = found.iter().filter(|f| true_members.iter().any(|t| t.genome == f.genome)).count();
     Ok(GroundTruthComparison {
-        file: path.to_path_buf(),
+        file: gt.path.clone(),
         reference,
         true_front_size: true_front.len(),
         true_hypervolume: true_hv,

@@ -15,7 +15,7 @@ pub struct NasArgs {
     /// Pipeline settings (JSON, any subset of the fields of `nas-config.json`); flags override.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Data folder (default: the embedded CIFAR-10 subset, data/cifar10-mini).
+    /// Data folder (default: the embedded CIFAR-10 subset, data/cifar10-nas).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Output folder (default: runs/nas).

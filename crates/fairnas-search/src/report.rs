@@ -121,7 +121,7 @@ worst value of each objective) that a front dominates. Multiply-adds are counted
 measured on this machine.</p>
 <p><b>At scale.</b> <code>fairnas nas --config FILE</code> takes any subset of <code>nas-config.json</code>'s fields: e.g.
 <code>"space": "fairnas"</code> (the paper's 19-layer space at 224x224), <code>"data"</code> a larger image folder laid
-out like <code>data/cifar10-mini</code> (<code>train/&lt;class&gt;/</code>, <code>test/&lt;class&gt;/</code>), more <code>supernet.epochs</code>; the stages also run one by one
+out like <code>data/cifar10-nas</code> (<code>train/&lt;class&gt;/</code>, <code>test/&lt;class&gt;/</code>), more <code>supernet.epochs</code>; the stages also run one by one
 (<code>fairnas train-supernet</code>, <code>rank</code>, <code>search</code>, <code>export</code>; README).</p>
 "#,
         title = escape(&out.display().to_string()),
@@ -155,7 +155,7 @@ fn judged_section(html: &mut String, j: &Judgement) {
         html,
         "<h2 id=\"judged\">Judged by the benchmark</h2>\n<p class=\"verdict\">Among the {} architectures of the benchmark \
          (best stand-alone top-1 {:.2}%), the front NSGA-II found ({} supernet evaluations) dominates <b>{:.1}%</b> of what the \
-         true front dominates ({} of its {} members are on the true front)",
+         true front dominates (on the true front: {} of its {} members)",
         j.architectures,
         j.best_acc,
         j.search.evaluations,

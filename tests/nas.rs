@@ -2,7 +2,7 @@
 //! tiny budget: every stage runs, the folder holds what the report promises, the report has its
 //! sections, and a rerun resumes instead of redoing the work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod common;
 use common::{failure, ok, repo};
@@ -91,14 +91,32 @@ fn runs_the_pipeline_and_writes_the_report() {
         assert!(html.contains(&format!("href=\"models/{}/model.onnx\"", m["choices"].as_str().unwrap())));
     }
 
+    check_judgement(&out, &truth, &models, &html);
+
+    // A rerun resumes every stage: nothing is trained again.
+    let checkpoint = std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap();
+    let rerun = ok(&args);
+    assert!(rerun.contains("FairNAS pipeline done"));
+    assert_eq!(std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap(), checkpoint);
+
+    // Another config in the same folder is refused.
+    let mut other = args.to_vec();
+    other.extend(["--seed", "9"]);
+    let e = failure(&other);
+    assert!(e.contains("seed (cached 0, now 9)"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The run's verdict (`judgement.json` and the report's section) against the benchmark file.
+fn check_judgement(out: &Path, truth: &Path, models: &[serde_json::Value], html: &str) {
     // The verdict, checked against the benchmark file itself.
-    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(truth).unwrap()).unwrap();
     let judgement: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("judgement.json")).unwrap()).unwrap();
     assert_eq!(judgement["architectures"], 3969, "NAS-Bench-Macro's canonical architectures");
     let placed = judgement["models"].as_array().unwrap();
     assert_eq!(placed.len(), models.len());
-    for (p, m) in placed.iter().zip(&models) {
+    for (p, m) in placed.iter().zip(models) {
         let entry = &truth[p["choices"].as_str().unwrap()];
         assert_eq!(p["choices"], m["choices"]);
         assert_eq!(p["acc"], entry["mean_acc"], "{p}");
@@ -133,17 +151,4 @@ fn runs_the_pipeline_and_writes_the_report() {
     let verdict =
         if search_hv > random_hv { "the search beat chance" } else { "the search did not beat chance" };
     assert!(html.contains(verdict), "{verdict}");
-
-    // A rerun resumes every stage: nothing is trained again.
-    let checkpoint = std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap();
-    let rerun = ok(&args);
-    assert!(rerun.contains("FairNAS pipeline done"));
-    assert_eq!(std::fs::read(out.join("supernet/checkpoint.safetensors")).unwrap(), checkpoint);
-
-    // Another config in the same folder is refused.
-    let mut other = args.to_vec();
-    other.extend(["--seed", "9"]);
-    let e = failure(&other);
-    assert!(e.contains("seed (cached 0, now 9)"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

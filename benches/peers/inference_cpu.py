@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch eager and onnxruntime peers of `fairnas bench` (CPU inference).
+"""PyTorch eager (NCHW and channels_last) and onnxruntime peers of `fairnas bench` (CPU inference).
 
 The networks are the independent PyTorch implementation of
 crates/fairnas-model/tests/fixtures/generate_parity.py, with the same synthetic weights (seed, the
@@ -14,6 +14,7 @@ Usage: VENV/bin/python benches/peers/inference_cpu.py --model fairnas-a --batch 
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -84,6 +85,7 @@ def main():
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
         session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
         results = []
         for b in batches:
             x = torch.randn(b, 3, 224, 224)
@@ -91,17 +93,24 @@ def main():
             with torch.inference_mode():
                 torch_out = net(x).numpy()
                 t_med, t_min, t_max = median_ms(lambda: net(x), args.warmup, args.repeats)
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                cl_agree = float(np.abs(net_cl(x_cl).numpy() - torch_out).max() / np.abs(torch_out).max())
+                c_med, c_min, c_max = median_ms(lambda: net_cl(x_cl), args.warmup, args.repeats)
             ort_out = session.run(None, {"x": xn})[0]
             o_med, o_min, o_max = median_ms(lambda: session.run(None, {"x": xn}), args.warmup, args.repeats)
             agree = float(np.abs(ort_out - torch_out).max() / np.abs(torch_out).max())
             results.append({"batch": b,
                             "torch": {"median_ms": t_med, "min_ms": t_min, "max_ms": t_max,
                                       "images_per_s": b / (t_med / 1e3)},
+                            "torch_channels_last": {"median_ms": c_med, "min_ms": c_min, "max_ms": c_max,
+                                                    "images_per_s": b / (c_med / 1e3),
+                                                    "max_rel_vs_nchw": cl_agree},
                             "onnxruntime": {"median_ms": o_med, "min_ms": o_min, "max_ms": o_max,
                                             "images_per_s": b / (o_med / 1e3)},
                             "ort_vs_torch_max_rel": agree})
             if not args.json:
                 print(f"{args.model} batch {b:3}: torch {t_med:9.2f} ms ({b / (t_med / 1e3):7.1f} img/s)  "
+                      f"torch channels_last {c_med:9.2f} ms ({b / (c_med / 1e3):7.1f} img/s)  "
                       f"onnxruntime {o_med:9.2f} ms ({b / (o_med / 1e3):7.1f} img/s)  outputs agree {agree:.1e}")
     if args.json:
         print(json.dumps({"model": args.model, "threads": args.threads, "torch": torch.__version__,

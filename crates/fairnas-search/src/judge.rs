@@ -147,3 +147,71 @@ impl<'a> Benchmark<'a> {
         self.sorted.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairnas_model::spec::BlockSpec;
+
+    /// A 4-layer, 3-candidate space (81 architectures) with a synthetic ground truth whose
+    /// accuracies tie on purpose, written where `Benchmark::load` reads it.
+    fn bench_fixture() -> (SearchSpace, std::path::PathBuf) {
+        let macro_space = SearchSpace::nas_bench_macro();
+        let mut space = macro_space.clone();
+        space.name = "judge-4".into();
+        space.layers = [(24, 2), (24, 1), (48, 2), (48, 1)]
+            .iter()
+            .map(|&(out_channels, stride)| {
+                macro_space.layers[0].iter().map(|&b| BlockSpec { out_channels, stride, ..b }).collect()
+            })
+            .collect();
+        space.validate().unwrap();
+        let mut entries = serde_json::Map::new();
+        for index in 0..81usize {
+            let c: Vec<usize> = (0..4).map(|l| (index / 3usize.pow(3 - l as u32)) % 3).collect();
+            let acc = 50.0 + (c[0] * 7 + c[1] * 3 + c[2] * 5 + c[3]) as f64 % 11.0 * 4.0;
+            let flops = 1000 + c.iter().map(|&x| x as u64 * 250).sum::<u64>() + c[0] as u64 * 10;
+            let value = serde_json::json!({"mean_acc": acc, "params": 1, "flops": flops});
+            entries.insert(format_choices(&c), value);
+        }
+        let path = std::env::temp_dir().join(format!("fairnas-judge-{}.json", std::process::id()));
+        std::fs::write(&path, serde_json::Value::Object(entries).to_string()).unwrap();
+        (space, path)
+    }
+
+    #[test]
+    fn percentiles_and_the_true_front_match_brute_force() {
+        let (space, path) = bench_fixture();
+        let bench = Benchmark::load(&path, &space).unwrap();
+        let canonical = space.canonical_architectures(1000).unwrap();
+        assert_eq!(bench.architectures(), canonical.len());
+        let truth: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let acc = |c: &[usize]| truth[format_choices(c)]["mean_acc"].as_f64().unwrap();
+        let flops = |c: &[usize]| truth[format_choices(c)]["flops"].as_u64().unwrap();
+        for c in &canonical {
+            let below = canonical.iter().filter(|o| acc(o) < acc(c)).count();
+            let p = bench.place(c).unwrap();
+            assert_eq!(p.percentile, 100.0 * below as f64 / canonical.len() as f64, "{c:?}");
+            assert_eq!((p.acc, p.madds), (acc(c), flops(c)));
+        }
+        // Non-dominated by brute force: nothing at most as costly and at least as accurate,
+        // better in one of the two. Equal (acc, madds) pairs count once.
+        let mut front: Vec<(u64, u64)> = canonical
+            .iter()
+            .filter(|c| {
+                !canonical.iter().any(|o| {
+                    flops(o) <= flops(c) && acc(o) >= acc(c) && (flops(o) < flops(c) || acc(o) > acc(c))
+                })
+            })
+            .map(|c| (flops(c), acc(c).to_bits()))
+            .collect();
+        front.sort();
+        front.dedup();
+        let got: Vec<(u64, u64)> =
+            bench.true_front().unwrap().iter().map(|p| (p.madds, p.acc.to_bits())).collect();
+        assert_eq!(got, front);
+        assert_eq!(bench.best_acc(), canonical.iter().map(|c| acc(c)).fold(f64::MIN, f64::max));
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -26,6 +26,7 @@ mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use fairnas_supernet::world::World;
 
 #[derive(Parser)]
 #[command(
@@ -93,40 +94,45 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     crate::allocator::keep_freed_memory();
     let cli = Cli::parse();
+    let world = fairnas_supernet::world::launched();
+    // Ranks other than the leader log warnings and errors only.
+    let level = if world.is_leader() { cli.log.as_str() } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    if let Err(e) = run(cli) {
-        match hints::for_error(&e) {
-            Some(hint) => eprintln!("error: {e:#}; {hint}"),
-            None => eprintln!("error: {e:#}"),
-        }
-        std::process::exit(1);
+    if let Err(e) = run(cli, &*world) {
+        world.fail(&match hints::for_error(&e) {
+            Some(hint) => format!("{e:#}; {hint}"),
+            None => format!("{e:#}"),
+        });
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, world: &dyn World) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     if cli.emulate_cuda {
         fairnas_ops::cuda_emulator::set_enabled(true)?;
     }
+    let parallel = matches!(cli.command, Command::TrainSupernet(_) | Command::Train(_));
+    let parallel = parallel || matches!(cli.command, Command::Rank(_) | Command::Search(_));
+    anyhow::ensure!(parallel || world.size() == 1, "data-parallel jobs: train-supernet, train, rank, search");
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run_verify(args),
         Command::TransferVerify(args) => verify::run_transfer_verify(args),
-        Command::TrainSupernet(args) => train::run_train_supernet(args),
-        Command::Train(args) => train::run_train(args),
+        Command::TrainSupernet(args) => train::run_train_supernet(args, world),
+        Command::Train(args) => train::run_train(args, world),
         Command::EvalSubnet(args) => train::run_eval_subnet(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchStep(args) => bench_step::run(args),
         Command::GpuCheck(args) => gpu_check::run(args),
-        Command::Rank(args) => rank::run_rank(args),
+        Command::Rank(args) => rank::run_rank(args, world),
         Command::Nas(args) => nas::run_nas(args),
-        Command::Search(args) => search::run_search(args),
+        Command::Search(args) => search::run_search(args, world),
         Command::Export(args) => export::run_export(args),
         Command::LatencyTable(args) => latency::run_latency_table(args),
     }

@@ -10,6 +10,7 @@ use fairnas_model::search_space::format_choices;
 use fairnas_search::rank::{ArchSample, RankRun};
 
 use fairnas_supernet::scoring::ScoringOptions;
+use fairnas_supernet::world::{leader_first, World};
 
 #[derive(Args, Debug)]
 pub struct RankArgs {
@@ -37,17 +38,12 @@ pub struct RankArgs {
     json: bool,
 }
 
-pub fn run_rank(args: RankArgs) -> Result<()> {
+pub fn run_rank(args: RankArgs, world: &dyn World) -> Result<()> {
     let started = Instant::now();
     let options = args.scoring.clone();
-    let mut run = RankRun::open(
-        &args.supernet,
-        &args.ground_truth,
-        args.archs.size(),
-        args.seed,
-        &options,
-        args.out.as_deref(),
-    )?;
+    let (supernet, truth, out) = (&args.supernet, &args.ground_truth, args.out.as_deref());
+    let open = || RankRun::open(supernet, truth, args.archs.size(), args.seed, &options, out);
+    let mut run = leader_first(world, open)?;
     let todo = run.todo().len();
     if todo > 0 {
         let batches = fairnas_supernet::images::scoring_batches(&run.config.scoring, &run.train, &run.space)?;
@@ -60,21 +56,21 @@ pub fn run_rank(args: RankArgs) -> Result<()> {
             .expect("valid template"),
         );
         bar.set_position((total - todo) as u64);
-        if args.json {
+        if args.json || !world.is_leader() {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        if total > todo {
-            eprintln!(
-                "resuming: {} of {total} architectures cached in {}",
-                total - todo,
-                run.out.join("scores.jsonl").display()
-            );
+        if total > todo && world.is_leader() {
+            let cached = run.out.join("scores.jsonl");
+            eprintln!("resuming: {} of {total} architectures cached in {}", total - todo, cached.display());
         }
-        run.score(&batches, &mut |arch, score| {
+        run.score_in(world, &batches, &mut |arch, score| {
             bar.set_message(format!("{} {:.1}%", format_choices(arch), 100.0 * score.top1()));
             bar.inc(1);
         })?;
         bar.finish_and_clear();
+    }
+    if !world.is_leader() {
+        return Ok(());
     }
     let report = run.report(started.elapsed().as_secs_f64())?;
     if args.json {

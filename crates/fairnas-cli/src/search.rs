@@ -11,6 +11,7 @@ use fairnas_search::run::{
     parse_count, Algorithm, SearchConfig, SearchObserver, SearchOptions, SearchRun, SearchSummary,
 };
 use fairnas_supernet::scoring::{OneShotScore, ScoringOptions};
+use fairnas_supernet::world::{leader_first, World};
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
@@ -117,19 +118,18 @@ impl SearchArgs {
     }
 }
 
-pub fn run_search(args: SearchArgs) -> Result<()> {
-    let run = SearchRun::open(
-        &args.supernet,
-        args.options(),
-        args.latency_table.as_deref(),
-        &args.out,
-        args.resume,
-    )?;
+pub fn run_search(args: SearchArgs, world: &dyn World) -> Result<()> {
+    let run = leader_first(world, || {
+        SearchRun::open(&args.supernet, args.options(), args.latency_table.as_deref(), &args.out, args.resume)
+    })?;
     let batches = fairnas_supernet::images::scoring_batches(run.settings(), &run.train, &run.space)?;
-    let mut progress = Progress::new(args.json);
-    let summary = run.search(&batches, &mut progress)?;
+    let mut progress = Progress::new(args.json || !world.is_leader());
+    let summary = run.search_in(world, &batches, &mut progress)?;
     progress.spinner.finish_and_clear();
-    print_summary(&summary, args.json)
+    match world.is_leader() {
+        true => print_summary(&summary, args.json),
+        false => Ok(()),
+    }
 }
 
 fn print_summary(summary: &SearchSummary, json: bool) -> Result<()> {

@@ -10,6 +10,7 @@ use clap::Args;
 use fairnas_model::search_space::SearchSpace;
 use fairnas_supernet::images::{evaluate_subnet, SubnetSelection};
 use fairnas_supernet::trainer::{EpochMetrics, StepReport, TrainConfig, TrainObserver, TrainOverrides};
+use fairnas_supernet::world::World;
 
 /// Flags shared by `train-supernet` and `train`.
 #[derive(Args, Debug, Clone)]
@@ -73,7 +74,7 @@ fn base_config(common: &CommonTrainArgs) -> Result<TrainConfig> {
     Ok(TrainConfig::base(common.config.as_deref(), &common.out, common.resume)?)
 }
 
-pub fn run_train_supernet(args: TrainSupernetArgs) -> Result<()> {
+pub fn run_train_supernet(args: TrainSupernetArgs, world: &dyn World) -> Result<()> {
     let mut config = base_config(&args.common)?;
     if let Some(s) = args.space {
         config.space = SearchSpace::named(&s)?;
@@ -85,10 +86,10 @@ pub fn run_train_supernet(args: TrainSupernetArgs) -> Result<()> {
         config.shared_gradient = s;
     }
     args.common.overrides.apply(&mut config);
-    execute(config, &args.common)
+    execute(config, &args.common, world)
 }
 
-pub fn run_train(args: TrainArgs) -> Result<()> {
+pub fn run_train(args: TrainArgs, world: &dyn World) -> Result<()> {
     let mut config = base_config(&args.common)?;
     config.arch = Some(args.arch);
     config.sampler = "fixed".into();
@@ -101,16 +102,20 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         config.space = SearchSpace::named(&s)?;
     }
     args.common.overrides.apply(&mut config);
-    execute(config, &args.common)
+    execute(config, &args.common, world)
 }
 
-fn execute(config: TrainConfig, common: &CommonTrainArgs) -> Result<()> {
+fn execute(config: TrainConfig, common: &CommonTrainArgs, world: &dyn World) -> Result<()> {
     if config.data.as_os_str().is_empty() {
         bail!("no training data: pass --data DIR (a folder with train/ and test/, or CIFAR-10 batches)");
     }
-    let mut observer = BarObserver::new(common.json);
-    let summary = fairnas_supernet::images::run(&config, &common.out, common.resume, &mut observer)?;
+    let mut observer = BarObserver::new(common.json || !world.is_leader());
+    let summary =
+        fairnas_supernet::images::run_in(world, &config, &common.out, common.resume, &mut observer)?;
     observer.finish();
+    if !world.is_leader() {
+        return Ok(());
+    }
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -70,6 +70,6 @@ pub use dataset::{Dataset, DatasetError, Sample, Source};
 pub use decode::{load_rgb, DataError};
 pub use loader::{Batch, EvalLoader, OnBadImage};
 pub use resize::{resize, Interpolation};
-pub use train_loader::{ImageStore, TrainBatch, TrainLoader};
+pub use train_loader::{ImageStore, Shard, TrainBatch, TrainLoader};
 pub use train_transform::TrainTransform;
 pub use transform::{center_crop, resize_shorter_side, EvalTransform, Normalization};

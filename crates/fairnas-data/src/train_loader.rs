@@ -108,8 +108,41 @@ pub fn make_batch(
     batch: usize,
     batch_size: usize,
 ) -> Result<TrainBatch, DataError> {
-    let started = std::time::Instant::now();
     let members = &order[batch * batch_size..((batch + 1) * batch_size).min(order.len())];
+    decode_members(store, members, transform, seed, epoch, batch)
+}
+
+/// One shard of a data-parallel epoch: every full batch of `count * B` images is cut into
+/// `count` consecutive runs of `B`, and this shard is run `index`. Ranks reading shards
+/// `0..count` of the same (seed, epoch) see disjoint images that together are the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole batch (no data parallelism).
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Positions within the epoch's order of this shard of global batch `batch`, for shards of
+    /// `batch_size` images.
+    pub fn positions(self, batch: usize, batch_size: usize) -> std::ops::Range<usize> {
+        let start = (batch * self.count + self.index) * batch_size;
+        start..start + batch_size
+    }
+}
+
+/// The augmented images `members` (dataset indices), each with its own seeded stream.
+fn decode_members(
+    store: &ImageStore,
+    members: &[usize],
+    transform: &TrainTransform,
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+) -> Result<TrainBatch, DataError> {
+    let started = std::time::Instant::now();
     let pixels: Vec<Vec<f32>> = members
         .par_iter()
         .map(|&i| {
@@ -144,10 +177,27 @@ impl TrainLoader {
         batch_size: usize,
         prefetch: usize,
     ) -> Self {
+        Self::shard(store, transform, seed, epoch, first_batch, batch_size, Shard::WHOLE, prefetch)
+    }
+
+    /// Shard `shard` of each full batch of `shard.count * batch_size` images, from global batch
+    /// `first_batch` on: only this shard's images are decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shard(
+        store: ImageStore,
+        transform: TrainTransform,
+        seed: u64,
+        epoch: u64,
+        first_batch: usize,
+        batch_size: usize,
+        shard: Shard,
+        prefetch: usize,
+    ) -> Self {
         TrainLoader(Background::spawn(prefetch, move |sender| {
             let order = epoch_order(store.len(), seed, epoch);
-            for b in first_batch..Self::batches_per_epoch(store.len(), batch_size) {
-                let batch = make_batch(&store, &order, &transform, seed, epoch, b, batch_size);
+            for b in first_batch..Self::batches_per_epoch(store.len(), batch_size * shard.count) {
+                let members = &order[shard.positions(b, batch_size)];
+                let batch = decode_members(&store, members, &transform, seed, epoch, b);
                 let failed = batch.is_err();
                 if sender.send(batch).is_err() || failed {
                     return;
@@ -162,5 +212,38 @@ impl Iterator for TrainLoader {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next()
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::Shard;
+
+    /// For 1-5 shards and uneven dataset sizes: the shards of an epoch's full batches are
+    /// disjoint, cover every full batch's positions, and leave less than one global batch out
+    /// (the dropped last batch). Positions index a permutation, so disjoint positions are
+    /// disjoint images.
+    #[test]
+    fn shards_are_disjoint_and_cover_the_epoch() {
+        for len in [1, 7, 37, 100, 101, 257] {
+            for count in 1..=5 {
+                for batch_size in [1, 3, 8] {
+                    let global = batch_size * count;
+                    let steps = len / global;
+                    let mut seen: Vec<usize> = (0..steps)
+                        .flat_map(|b| {
+                            (0..count).flat_map(move |index| Shard { index, count }.positions(b, batch_size))
+                        })
+                        .collect();
+                    seen.sort_unstable();
+                    assert_eq!(
+                        seen,
+                        (0..steps * global).collect::<Vec<_>>(),
+                        "{len} images, {count} x {batch_size}"
+                    );
+                    assert!(len - steps * global < global);
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use fairnas_model::block_string::format_blocks;
 use fairnas_model::cost::cost_report;
 use fairnas_model::search_space::{SearchSpace, SpaceError};
 use fairnas_supernet::scoring::{OneShotScore, PrefixScorer};
+use fairnas_supernet::world::{block, World};
 
 use crate::latency::LatencyTable;
 use crate::objective::Problem;
@@ -34,6 +35,50 @@ pub struct OneShotProblem<'a> {
     pub on_scored: ScoredHook<'a>,
     /// Adds the `latency` metric.
     pub latency: Option<&'a LatencyTable>,
+    /// The job whose ranks share the scoring ([`score_across`]); [`fairnas_supernet::Solo`] for one process.
+    pub world: &'a dyn World,
+}
+
+/// Receives each score [`score_across`] gathers (to cache it).
+pub type Gathered<'a> = dyn FnMut(&[usize], OneShotScore) -> Result<(), SearchError> + 'a;
+
+/// Scores per rank between two gathers in a job of several processes: the most a killed job
+/// loses, and how often the ranks meet.
+const PER_ROUND: usize = 8;
+
+/// Scores `archs` across the ranks of `world`, each by exactly one rank: rank `r` takes the
+/// contiguous block `r` (so its architectures keep their common prefixes: pass them in
+/// lexicographic order), `PER_ROUND` at a time; after each round every rank has every score of
+/// the round and hands them to `scored`, in `archs` order within each rank's part. A job of
+/// one process scores one architecture per round, in order.
+pub fn score_across(
+    world: &dyn World,
+    scorer: &mut PrefixScorer,
+    archs: &[Vec<usize>],
+    scored: &mut Gathered,
+) -> Result<(), SearchError> {
+    let (size, per_round) = (world.size(), if world.size() == 1 { 1 } else { PER_ROUND });
+    let blocks: Vec<_> = (0..size).map(|r| block(archs.len(), r, size)).collect();
+    let longest = blocks.iter().map(|b| b.len()).max().unwrap_or(0);
+    for round in (0..longest).step_by(per_round) {
+        let mut local = vec![f64::NAN; 3 * per_round];
+        let mine = &blocks[world.rank()];
+        for (j, i) in (mine.start + round..mine.end.min(mine.start + round + per_round)).enumerate() {
+            let score = scorer
+                .score(&archs[i])
+                .map_err(|source| SearchError::Scoring { choices: archs[i].clone(), source })?;
+            local[3 * j..3 * j + 3].copy_from_slice(&[score.correct as f64, score.images as f64, score.loss]);
+        }
+        let all = world.gather_f64(&local);
+        for (r, b) in blocks.iter().enumerate() {
+            for (j, i) in (b.start + round..b.end.min(b.start + round + per_round)).enumerate() {
+                let v = &all[3 * (r * per_round + j)..3 * (r * per_round + j) + 3];
+                let score = OneShotScore { correct: v[0] as usize, images: v[1] as usize, loss: v[2] };
+                scored(&archs[i], score)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Multiply-adds and parameters of a sub-network.
@@ -90,28 +135,26 @@ impl Problem for OneShotProblem<'_> {
     }
 
     fn evaluate(&mut self, genomes: &[Vec<usize>]) -> Result<Vec<Vec<f64>>, SearchError> {
-        let mut order: Vec<usize> = (0..genomes.len()).collect();
-        order.sort_by(|&a, &b| genomes[a].cmp(&genomes[b]));
-        let mut rows = vec![Vec::new(); genomes.len()];
-        for i in order {
-            let g = &genomes[i];
-            let score = match self.store.get(g) {
-                Some(s) => s,
-                None => {
-                    let s = self
-                        .scorer
-                        .score(g)
-                        .map_err(|source| SearchError::Scoring { choices: g.clone(), source })?;
-                    self.store.put(g, s)?;
-                    (self.on_scored)(g, &s);
-                    s
-                }
-            };
+        let mut new: Vec<Vec<usize>> =
+            genomes.iter().filter(|g| self.store.get(g).is_none()).cloned().collect();
+        new.sort();
+        new.dedup();
+        let (store, on_scored) = (&mut *self.store, &mut self.on_scored);
+        score_across(self.world, &mut self.scorer, &new, &mut |g, s| {
+            store.put(g, s)?;
+            on_scored(g, &s);
+            Ok(())
+        })?;
+        let mut rows = Vec::with_capacity(genomes.len());
+        for g in genomes {
+            let score =
+                self.store.get(g).ok_or_else(|| SearchError::Pipeline(format!("{g:?} was not scored")))?;
             let (madds, params) = cost_of(&self.space, g)?;
-            rows[i] = vec![100.0 * score.top1(), score.loss, madds as f64, params as f64];
+            let mut row = vec![100.0 * score.top1(), score.loss, madds as f64, params as f64];
             if let Some(table) = self.latency {
-                rows[i].push(table.predict(g));
+                row.push(table.predict(g));
             }
+            rows.push(row);
         }
         Ok(rows)
     }

@@ -19,10 +19,12 @@ use fairnas_supernet::scoring::{
     OneShotScore, PrefixScorer, ScoringBatches, ScoringOptions, ScoringSettings,
 };
 use fairnas_supernet::trainer::{self, load_run, TrainConfig};
+use fairnas_supernet::world::{Solo, World};
 use fairnas_supernet::Supernet;
 use serde::{Deserialize, Serialize};
 
 use crate::ground_truth::GroundTruth;
+use crate::one_shot::score_across;
 use crate::plot::{Scatter, Series};
 use crate::ranking::RankingReport;
 use crate::store::{guard_settings, ScoreCache};
@@ -169,15 +171,26 @@ impl RankRun {
         batches: &ScoringBatches,
         on_scored: &mut dyn FnMut(&[usize], &OneShotScore),
     ) -> Result<(), SearchError> {
+        self.score_in(&Solo, batches, on_scored)
+    }
+
+    /// [`RankRun::score`] as one process of the job `world`: every rank calls it, each
+    /// architecture is scored by one rank, every rank ends with every score, and only the
+    /// leader appends them to `scores.jsonl` (each round's as it ends, so a killed job resumes).
+    pub fn score_in(
+        &mut self,
+        world: &dyn World,
+        batches: &ScoringBatches,
+        on_scored: &mut dyn FnMut(&[usize], &OneShotScore),
+    ) -> Result<(), SearchError> {
         let mut scorer = PrefixScorer::new(&self.supernet, batches);
-        for arch in self.todo() {
-            let score = scorer
-                .score(&arch)
-                .map_err(|source| SearchError::Scoring { choices: arch.clone(), source })?;
-            self.cache.insert(&arch, score)?;
-            on_scored(&arch, &score);
-        }
-        Ok(())
+        self.cache.persist(world.is_leader());
+        let (todo, cache) = (self.todo(), &mut self.cache);
+        score_across(world, &mut scorer, &todo, &mut |arch, score| {
+            cache.insert(arch, score)?;
+            on_scored(arch, &score);
+            Ok(())
+        })
     }
 
     /// Ranking statistics of every score against the ground truth; writes `scores.csv`,

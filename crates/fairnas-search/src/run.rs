@@ -21,6 +21,7 @@ use fairnas_supernet::scoring::{
     OneShotScore, PrefixScorer, ScoringBatches, ScoringOptions, ScoringSettings,
 };
 use fairnas_supernet::trainer::{self, load_run, TrainConfig};
+use fairnas_supernet::world::{Solo, World};
 use fairnas_supernet::Supernet;
 use serde::{Deserialize, Serialize};
 
@@ -341,9 +342,22 @@ impl SearchRun {
         batches: &ScoringBatches,
         observer: &mut dyn SearchObserver,
     ) -> Result<SearchSummary, SearchError> {
+        self.search_in(&Solo, batches, observer)
+    }
+
+    /// [`SearchRun::search`] as one process of the job `world`: every rank runs the same
+    /// (seeded) evolution, each new architecture is scored by one rank
+    /// ([`crate::one_shot::score_across`]), and only the leader writes files.
+    pub fn search_in(
+        &self,
+        world: &dyn World,
+        batches: &ScoringBatches,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<SearchSummary, SearchError> {
         let started = Instant::now();
         let goals = self.goals()?;
         let mut cache = ScoreCache::open(&self.out.join("scores.jsonl"))?;
+        cache.persist(world.is_leader());
         let observer = std::cell::RefCell::new(observer);
         let scored_now = std::cell::Cell::new(0usize);
         let mut problem = OneShotProblem {
@@ -355,14 +369,17 @@ impl SearchRun {
                 observer.borrow_mut().scored(g, s);
             }),
             latency: self.latency.as_ref(),
+            world,
         };
-        let state = self.evolve(&mut problem, &goals, &observer)?;
+        let state = self.evolve(&mut problem, &goals, &observer, world)?;
         let published = self.published(&mut problem)?;
         drop(problem);
         let mut front = state.archive_front(&goals);
         front.sort_by(|a, b| a.metrics[2].total_cmp(&b.metrics[2]).then_with(|| a.genome.cmp(&b.genome)));
         let members = front_members(&self.space, &front)?;
-        self.write_outputs(&state, &front, &members, &published)?;
+        if world.is_leader() {
+            self.write_outputs(&state, &front, &members, &published)?;
+        }
         let hypervolume = front_hypervolume(&goals, &front, &self.config.reference);
         let ground_truth = match &self.options.ground_truth {
             Some(path) => {
@@ -388,7 +405,10 @@ impl SearchRun {
         })
     }
 
-    fn save(&self, state: &SearchState) -> Result<(), SearchError> {
+    fn save(&self, state: &SearchState, world: &dyn World) -> Result<(), SearchError> {
+        if !world.is_leader() {
+            return Ok(());
+        }
         let path = self.out.join("search-state.json");
         let saved = SavedSearch { config: self.config.clone(), state: state.clone() };
         let text = serde_json::to_string(&saved).expect("search state serialises");
@@ -417,6 +437,7 @@ impl SearchRun {
         problem: &mut dyn Problem,
         goals: &Goals,
         observer: &std::cell::RefCell<&mut dyn SearchObserver>,
+        world: &dyn World,
     ) -> Result<SearchState, SearchError> {
         let o = &self.options;
         let reference = self.config.reference.clone();
@@ -449,7 +470,7 @@ impl SearchRun {
                 // Random search has no generations to resume: the score cache makes a rerun cheap.
                 let budget = o.population * (o.generations + 1);
                 let state = random_search(problem, goals, budget, o.population, o.seed, &reference)?;
-                self.save(&state)?;
+                self.save(&state, world)?;
                 return Ok(state);
             }
         };
@@ -462,14 +483,14 @@ impl SearchRun {
             Some(s) => s,
             None => {
                 let s = search.start(problem)?;
-                self.save(&s)?;
+                self.save(&s, world)?;
                 generation(&s);
                 s
             }
         };
         while state.generation < o.generations {
             search.step(problem, &mut state)?;
-            self.save(&state)?;
+            self.save(&state, world)?;
             generation(&state);
         }
         Ok(state)

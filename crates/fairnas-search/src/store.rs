@@ -74,6 +74,7 @@ pub struct ScoreCache {
     path: PathBuf,
     scores: HashMap<String, OneShotScore>,
     file: Option<std::fs::File>,
+    persist: bool,
 }
 
 impl ScoreCache {
@@ -99,7 +100,13 @@ impl ScoreCache {
                 }
             }
         }
-        Ok(ScoreCache { path: path.to_path_buf(), scores, file: None })
+        Ok(ScoreCache { path: path.to_path_buf(), scores, file: None, persist: true })
+    }
+
+    /// Whether inserted scores are appended to the file (default) or only kept in memory (the
+    /// ranks of a job other than the leader, which writes them).
+    pub fn persist(&mut self, persist: bool) {
+        self.persist = persist;
     }
 
     pub fn get(&self, choices: &[usize]) -> Option<OneShotScore> {
@@ -108,6 +115,10 @@ impl ScoreCache {
 
     /// Records a score, appending it to the file at once.
     pub fn insert(&mut self, choices: &[usize], score: OneShotScore) -> Result<(), SearchError> {
+        if !self.persist {
+            self.scores.insert(format_choices(choices), score);
+            return Ok(());
+        }
         if self.file.is_none() {
             let file = std::fs::OpenOptions::new()
                 .create(true)

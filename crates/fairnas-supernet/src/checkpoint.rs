@@ -15,7 +15,7 @@ use crate::supernet::Supernet;
 use crate::trainer::{EpochAccumulator, EpochMetrics};
 
 /// Where a run stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimizer updates made so far (the next step to run).
     pub step: u64,
@@ -31,6 +31,32 @@ pub struct TrainState {
     /// Running sums of the epoch in progress.
     #[serde(default)]
     pub accumulator: EpochAccumulator,
+    /// Processes of the job that trained it (a resume needs as many).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: u64,
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        TrainState {
+            step: 0,
+            epoch: 0,
+            seed: 0,
+            sampler: String::new(),
+            config: String::new(),
+            history: Vec::new(),
+            accumulator: EpochAccumulator::default(),
+            world_size: 1,
+        }
+    }
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 const STATE_KEY: &str = "fairnas_train_state";

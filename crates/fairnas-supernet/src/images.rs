@@ -88,8 +88,29 @@ impl ImageSource for ImageFolder {
     }
 
     fn train_batches(&self, seed: u64, epoch: u64, first: usize, batch_size: usize) -> Batches<'_> {
-        let loader =
-            TrainLoader::new(self.store.clone(), self.transform, seed, epoch, first, batch_size, PREFETCH);
+        self.train_shards(seed, epoch, first, batch_size, 0, 1)
+    }
+
+    fn train_shards(
+        &self,
+        seed: u64,
+        epoch: u64,
+        first: usize,
+        batch_size: usize,
+        shard: usize,
+        shards: usize,
+    ) -> Batches<'_> {
+        let shard = fairnas_data::Shard { index: shard, count: shards };
+        let loader = TrainLoader::shard(
+            self.store.clone(),
+            self.transform,
+            seed,
+            epoch,
+            first,
+            batch_size,
+            shard,
+            PREFETCH,
+        );
         Box::new(loader.map(|batch| {
             let batch = batch.map_err(|e| Box::new(e) as SourceError)?;
             let labels = batch.labels.iter().map(|&l| l as u32).collect();
@@ -156,6 +177,17 @@ pub fn run(
     resume: bool,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunSummary, TrainError> {
+    run_in(&crate::world::Solo, config, out, resume, observer)
+}
+
+/// [`run`] as one process of the data-parallel job `world` ([`trainer::train_in`]).
+pub fn run_in(
+    world: &dyn crate::world::World,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunSummary, TrainError> {
     trainer::check_run_folder(config, out, resume)?;
     let space = config.search_space()?;
     let dataset = subset(open_split(&config.data, "train")?, config.train_limit);
@@ -167,7 +199,7 @@ pub fn run(
         false => None,
     };
     let data = TrainingData { train: &train, eval: eval.as_ref().map(|e| e as &dyn ImageSource) };
-    trainer::train(config, &data, out, resume, observer)
+    trainer::train_in(world, config, &data, out, resume, observer)
 }
 
 /// Decodes the recalibration and held-out batches `settings` describe, for the run `train`.

@@ -67,11 +67,13 @@ pub mod source;
 pub mod step;
 pub mod supernet;
 pub mod trainer;
+pub mod world;
 
 pub use sampler::{
     ExpectationFair, FixedPath, Path, PathSampler, SamplerError, StrictFair, UniformSinglePath,
 };
 pub use source::{ImageSource, LabelledBatch};
-pub use step::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions, StepStats};
+pub use step::{train_step, train_step_sharded, Sgd, SgdConfig, SharedGradient, StepOptions, StepStats};
 pub use supernet::{Mode, Supernet};
 pub use trainer::{TrainConfig, TrainError, TrainObserver, TrainingData};
+pub use world::{Solo, World};

@@ -41,6 +41,16 @@ impl LabelledBatch {
         let n = self.labels.len();
         Tensor::from_vec(self.pixels, (n, 3, size, size), device)
     }
+
+    /// Images `range` of the batch (positions within it), as a batch with the same index.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> LabelledBatch {
+        let per_image = self.pixels.len() / self.labels.len().max(1);
+        LabelledBatch {
+            index: self.index,
+            pixels: self.pixels[range.start * per_image..range.end * per_image].to_vec(),
+            labels: self.labels[range].to_vec(),
+        }
+    }
 }
 
 /// Batches of one epoch, in order.
@@ -72,6 +82,30 @@ pub trait ImageSource: Send + Sync {
     /// The full batches of `epoch` (augmented, shuffled), from batch `first` on; a partial last
     /// batch is dropped. Batch `b` must be a pure function of (`seed`, `epoch`, `b`).
     fn train_batches(&self, seed: u64, epoch: u64, first: usize, batch_size: usize) -> Batches<'_>;
+
+    /// Shard `shard` of `shards` of the epoch's full batches of `shards * batch_size` images:
+    /// images `shard * batch_size .. (shard + 1) * batch_size` of global batch `b`, for `b` from
+    /// `first` on. The ranks of a data-parallel job read shards `0..shards` and together see
+    /// exactly the global batches. This default decodes the whole global batch and keeps the
+    /// shard; a source that can decode only the shard's images should (the image folders do).
+    fn train_shards(
+        &self,
+        seed: u64,
+        epoch: u64,
+        first: usize,
+        batch_size: usize,
+        shard: usize,
+        shards: usize,
+    ) -> Batches<'_> {
+        if shards <= 1 {
+            return self.train_batches(seed, epoch, first, batch_size);
+        }
+        let range = shard * batch_size..(shard + 1) * batch_size;
+        Box::new(
+            self.train_batches(seed, epoch, first, batch_size * shards)
+                .map(move |batch| batch.map(|b| b.slice(range.clone()))),
+        )
+    }
 
     /// The images `indices` under the evaluation transform (no augmentation), in that order.
     fn eval_batch(&self, indices: &[usize]) -> Result<LabelledBatch, SourceError>;

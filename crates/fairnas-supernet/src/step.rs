@@ -18,6 +18,7 @@ use fairnas_ops::sgd::{MomentumUpdate, ParamUpdate, SgdStep};
 
 use crate::sampler::Path;
 use crate::supernet::{Mode, Supernet};
+use crate::world::World;
 
 /// How the shared parameters' per-path gradients are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,7 +51,7 @@ pub struct Sgd {
     pub momentum: HashMap<String, Tensor>,
 }
 
-fn is_running_stat(name: &str) -> bool {
+pub(crate) fn is_running_stat(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
@@ -167,8 +168,89 @@ pub fn train_step(
     optimizer: &mut Sgd,
     lr: f64,
 ) -> Result<StepStats> {
-    let mut accumulated: HashMap<&str, Tensor> = HashMap::new();
     let mut stats = StepStats { losses: Vec::new(), correct: Vec::new(), grad_norm: None };
+    let accumulated = run_paths(supernet, paths, images, labels, options, &mut stats)?;
+    update(supernet, accumulated, paths.len(), options, optimizer, lr, &mut stats)?;
+    Ok(stats)
+}
+
+/// One step of a data-parallel job ([`crate::world`]): `shards` are this rank's parts of the
+/// global batch (each its own BN batch). Every path runs on every shard; the rank's summed
+/// gradients, with each path's loss and correct count appended, meet the other ranks' in ONE
+/// flattened [`World::sum_f32`], are divided by the job's shard count (`shards.len()` x
+/// ranks: the gradient of the global batch's mean loss), and every rank makes the same update.
+/// The returned losses and counts are the global batch's, identical on every rank.
+///
+/// One shard in a job of one process is exactly [`train_step`]. Shards are summed in order,
+/// each shard's paths first, so 2 ranks of one shard and 1 rank of 2 shards add the same two
+/// terms (`tests/distributed.rs` compares them).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_sharded(
+    supernet: &Supernet,
+    paths: &[Path],
+    shards: &[(Tensor, Tensor)],
+    options: &StepOptions,
+    optimizer: &mut Sgd,
+    lr: f64,
+    world: &dyn World,
+) -> Result<StepStats> {
+    if let ([(images, labels)], 1) = (shards, world.size()) {
+        return train_step(supernet, paths, images, labels, options, optimizer, lr);
+    }
+    let mut flat: Vec<f32> = Vec::new();
+    let mut layout: Vec<(&str, candle_core::Shape)> = Vec::new();
+    let (mut losses, mut correct) = (vec![0f32; paths.len()], vec![0f32; paths.len()]);
+    for (s, (images, labels)) in shards.iter().enumerate() {
+        let mut stats = StepStats { losses: Vec::new(), correct: Vec::new(), grad_norm: None };
+        let accumulated = run_paths(supernet, paths, images, labels, options, &mut stats)?;
+        let mut offset = 0;
+        for (name, _) in supernet.named_vars().filter(|(n, _)| !is_running_stat(n)) {
+            let Some(g) = accumulated.get(name) else { continue };
+            let values = g.flatten_all()?.to_vec1::<f32>()?;
+            if s == 0 {
+                layout.push((name, g.shape().clone()));
+                flat.extend_from_slice(&values);
+            } else {
+                flat[offset..offset + values.len()].iter_mut().zip(&values).for_each(|(a, b)| *a += b);
+            }
+            offset += values.len();
+        }
+        losses.iter_mut().zip(&stats.losses).for_each(|(a, b)| *a += b);
+        correct.iter_mut().zip(&stats.correct).for_each(|(a, &b)| *a += b as f32);
+    }
+    let gradients = flat.len();
+    flat.extend_from_slice(&losses);
+    flat.extend_from_slice(&correct);
+    world.sum_f32(&mut flat);
+    let total = (shards.len() * world.size()) as f32;
+    flat[..gradients].iter_mut().for_each(|g| *g /= total);
+    let mut stats = StepStats {
+        losses: flat[gradients..gradients + paths.len()].iter().map(|l| l / total).collect(),
+        correct: flat[gradients + paths.len()..].iter().map(|&c| c.round() as usize).collect(),
+        grad_norm: None,
+    };
+    let device = shards.first().map_or(candle_core::Device::Cpu, |(x, _)| x.device().clone());
+    let (mut accumulated, mut offset) = (HashMap::new(), 0);
+    for (name, shape) in layout {
+        let n = shape.elem_count();
+        accumulated.insert(name, Tensor::from_slice(&flat[offset..offset + n], shape, &device)?);
+        offset += n;
+    }
+    update(supernet, accumulated, paths.len(), options, optimizer, lr, &mut stats)?;
+    Ok(stats)
+}
+
+/// Forward and backward of every path on one batch: the gradients summed over the paths, by
+/// parameter name; each path's loss and correct count pushed onto `stats`.
+fn run_paths<'a>(
+    supernet: &'a Supernet,
+    paths: &[Path],
+    images: &Tensor,
+    labels: &Tensor,
+    options: &StepOptions,
+    stats: &mut StepStats,
+) -> Result<HashMap<&'a str, Tensor>> {
+    let mut accumulated: HashMap<&str, Tensor> = HashMap::new();
     let label_values = labels.to_vec1::<u32>()?;
     for path in paths {
         let logits = supernet.forward(images, path, Mode::Train)?;
@@ -195,6 +277,19 @@ pub fn train_step(
             }
         }
     }
+    Ok(accumulated)
+}
+
+/// The shared-gradient rule, clipping, and one SGD update of every parameter with a gradient.
+fn update(
+    supernet: &Supernet,
+    accumulated: HashMap<&str, Tensor>,
+    path_count: usize,
+    options: &StepOptions,
+    optimizer: &mut Sgd,
+    lr: f64,
+    stats: &mut StepStats,
+) -> Result<()> {
     let mut combined: Vec<(&str, &candle_core::Var, Tensor)> = Vec::new();
     for (name, var) in supernet.named_vars() {
         if is_running_stat(name) {
@@ -202,7 +297,7 @@ pub fn train_step(
         }
         if let Some(g) = accumulated.get(name) {
             let g = if options.shared == SharedGradient::Mean && !name.starts_with("layers.") {
-                (g / paths.len() as f64)?
+                (g / path_count as f64)?
             } else {
                 g.clone()
             };
@@ -225,7 +320,7 @@ pub fn train_step(
     for (name, var, g) in &combined {
         optimizer.update(name, var, g, lr)?;
     }
-    Ok(stats)
+    Ok(())
 }
 
 #[cfg(test)]

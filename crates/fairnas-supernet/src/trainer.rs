@@ -1,5 +1,5 @@
-//! The training loop: epochs of seeded batches from an [`ImageSource`], one [`train_step`] per
-//! batch, atomic checkpoints every N steps and at every epoch end, per-epoch metrics, exact
+//! The training loop: epochs of seeded batches from an [`ImageSource`], one
+//! [`crate::step::train_step`] per batch, atomic checkpoints every N steps and at every epoch end, per-epoch metrics, exact
 //! resume. [`train`] takes the data as a value; [`crate::images::run`] opens the folders a
 //! config names and calls it.
 //!
@@ -32,8 +32,9 @@ use crate::sampler::{
 };
 use crate::schedule::CosineSchedule;
 use crate::source::{batches_per_epoch, evaluate, ImageSource};
-use crate::step::{train_step, Sgd, SgdConfig, SharedGradient, StepOptions};
+use crate::step::{train_step_sharded, Sgd, SgdConfig, SharedGradient, StepOptions};
 use crate::supernet::Supernet;
+use crate::world::{self, Solo, World};
 
 /// Everything that defines a run. Written to `config.json`; a resumed run must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +55,14 @@ pub struct TrainConfig {
     /// [`crate::images::run`] opens, and the record of where a run's images came from.
     pub data: PathBuf,
     pub epochs: u64,
+    /// Images per BN batch: what each path of a step runs on, per shard.
     pub batch_size: usize,
+    /// Shards of `batch_size` images each process runs per step, gradients accumulated (1:
+    /// none). A step's global batch is `batch_size x accumulate x` the job's processes
+    /// ([`crate::world`]), so 1 process accumulating 2 shards computes what 2 processes of 1
+    /// shard compute.
+    #[serde(skip_serializing_if = "is_one")]
+    pub accumulate: usize,
     pub seed: u64,
     /// Peak learning rate. Default 0.02: with the shared parts' gradients summed over m paths,
     /// 0.05 diverged on CIFAR-10 at batch 16 while 0.01-0.02 trained (NOTES.md).
@@ -97,6 +105,7 @@ impl Default for TrainConfig {
             data: PathBuf::new(),
             epochs: 1,
             batch_size: 64,
+            accumulate: 1,
             seed: 0,
             lr: 0.02,
             min_lr: 0.0,
@@ -129,8 +138,13 @@ pub struct TrainOverrides {
     pub data: Option<PathBuf>,
     #[cfg_attr(feature = "clap", arg(long))]
     pub epochs: Option<u64>,
+    /// Images per BN batch (per process and shard).
     #[cfg_attr(feature = "clap", arg(long))]
     pub batch_size: Option<usize>,
+    /// Shards of --batch-size each process accumulates per step (global batch: batch size x
+    /// accumulate x processes).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub accumulate: Option<usize>,
     #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
     /// Peak learning rate (cosine decay to the minimum after a linear warm-up).
@@ -183,6 +197,7 @@ impl TrainOverrides {
         set(&mut config.data, &self.data);
         set(&mut config.epochs, &self.epochs);
         set(&mut config.batch_size, &self.batch_size);
+        set(&mut config.accumulate, &self.accumulate);
         set(&mut config.seed, &self.seed);
         set(&mut config.lr, &self.lr);
         set(&mut config.min_lr, &self.min_lr);
@@ -269,6 +284,9 @@ impl TrainConfig {
         if self.batch_size == 0 {
             problems.push("batch size must be at least 1".to_string());
         }
+        if self.accumulate == 0 {
+            problems.push("accumulate must be at least 1".to_string());
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             problems.push(format!("learning rate {} must be positive", self.lr));
         }
@@ -305,6 +323,10 @@ impl TrainConfig {
             .map(|(k, v)| format!("{k}: checkpoint has {}, now {v}", b.get(k).cloned().unwrap_or_default()))
             .collect()
     }
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// A stand-alone architecture from a model name, block strings, or a choice vector of `space`.
@@ -449,6 +471,12 @@ pub enum TrainError {
     Step(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A resume in a job of another size (the shards, and so every step, would differ).
+    #[error("{}: the run was trained by {saved} processes, this job has {now}; resume it with {saved}", checkpoint.display())]
+    WorldSize { checkpoint: PathBuf, saved: u64, now: u64 },
+    /// The processes of a job no longer hold the same network (a bug or a hardware fault).
+    #[error("replicas diverged by step {step}: rank(s) {ranks:?} hold other {what} than rank 0")]
+    Replicas { step: u64, ranks: Vec<usize>, what: &'static str },
 }
 
 /// A candle error's message without the backtrace candle attaches under RUST_BACKTRACE.
@@ -509,6 +537,9 @@ pub fn check_classes(data: &str, found: usize, space: &SearchSpace) -> Result<()
 
 /// Everything a run holds while it trains.
 struct Run<'a> {
+    world: &'a dyn World,
+    /// Digest of every path trained in this process since it started (compared across ranks).
+    paths_digest: u64,
     config: &'a TrainConfig,
     out: &'a Path,
     supernet: Supernet,
@@ -532,8 +563,24 @@ pub fn train(
     resume: bool,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunSummary, TrainError> {
+    train_in(&Solo, config, data, out, resume, observer)
+}
+
+/// [`train`] as one process of the data-parallel job `world`: every rank calls it with the
+/// same arguments (`out` and the data on a file system every rank sees); each trains on its
+/// shards, only the leader writes. The checkpoint is what every rank holds.
+pub fn train_in(
+    world: &dyn World,
+    config: &TrainConfig,
+    data: &TrainingData,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunSummary, TrainError> {
     check_run_folder(config, out, resume)?;
-    let mut run = Run::start(config, *data, out, resume, observer)?;
+    // No rank may see the folder the leader is about to create.
+    world.barrier();
+    let mut run = Run::start(world, config, *data, out, resume, observer)?;
     let total_steps = run.steps_per_epoch * config.epochs;
     let stop_at = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let description = match &config.arch {
@@ -563,6 +610,7 @@ pub fn train(
 impl<'a> Run<'a> {
     /// A fresh or resumed run, with `config.json` written.
     fn start(
+        world: &'a dyn World,
         config: &'a TrainConfig,
         data: TrainingData<'a>,
         out: &'a Path,
@@ -579,12 +627,13 @@ impl<'a> Run<'a> {
             weight_decay: config.weight_decay,
         });
         check_classes(&data.train.describe(), data.train.num_classes(), &space)?;
-        let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
+        let global_batch = config.batch_size * config.accumulate * world.size();
+        let steps_per_epoch = batches_per_epoch(data.train.len(), global_batch) as u64;
         if steps_per_epoch == 0 {
             return Err(TrainError::NoFullBatch {
                 data: data.train.describe(),
                 images: data.train.len(),
-                batch_size: config.batch_size,
+                batch_size: global_batch,
             });
         }
         let schedule = CosineSchedule {
@@ -593,7 +642,9 @@ impl<'a> Run<'a> {
             warmup_steps: (config.warmup_epochs * steps_per_epoch as f64).round() as u64,
             total_steps: steps_per_epoch * config.epochs,
         };
-        std::fs::create_dir_all(out).map_err(io_err(out))?;
+        if world.is_leader() {
+            std::fs::create_dir_all(out).map_err(io_err(out))?;
+        }
         let fresh = TrainState {
             step: 0,
             epoch: 0,
@@ -602,8 +653,11 @@ impl<'a> Run<'a> {
             config: String::new(),
             history: Vec::new(),
             accumulator: EpochAccumulator::default(),
+            world_size: world.size() as u64,
         };
         let mut run = Run {
+            world,
+            paths_digest: world::DIGEST_START,
             config,
             out,
             supernet,
@@ -623,9 +677,11 @@ impl<'a> Run<'a> {
         }
         // The config of record is the one in effect now (a resumed run may change max_steps etc.).
         run.state.config = serde_json::to_string(config).expect("config serialises");
-        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
-        let path = out.join("config.json");
-        fairnas_model::persist::write_atomically(&path, config_json.as_bytes()).map_err(io_err(&path))?;
+        if world.is_leader() {
+            let config_json = serde_json::to_string_pretty(config).expect("config serialises");
+            let path = out.join("config.json");
+            fairnas_model::persist::write_atomically(&path, config_json.as_bytes()).map_err(io_err(&path))?;
+        }
         Ok(run)
     }
 
@@ -637,6 +693,10 @@ impl<'a> Run<'a> {
         let conflicts = self.config.resume_conflicts(&saved);
         if !conflicts.is_empty() {
             return Err(TrainError::ResumeConflict { checkpoint, conflicts });
+        }
+        let now = self.world.size() as u64;
+        if state.world_size != now {
+            return Err(TrainError::WorldSize { checkpoint, saved: state.world_size, now });
         }
         self.history = state.history.clone();
         self.accumulator = state.accumulator.clone();
@@ -664,7 +724,9 @@ impl<'a> Run<'a> {
         let epoch = self.state.step / self.steps_per_epoch;
         let first_batch = (self.state.step % self.steps_per_epoch) as usize;
         let source = self.data.train;
-        for batch in source.train_batches(self.config.seed, epoch, first_batch, self.config.batch_size) {
+        let rank_batch = self.config.batch_size * self.config.accumulate;
+        let (seed, rank, size) = (self.config.seed, self.world.rank(), self.world.size());
+        for batch in source.train_shards(seed, epoch, first_batch, rank_batch, rank, size) {
             let batch = batch.map_err(TrainError::Data)?;
             let paths = self.step(batch, epoch, observer)?;
             let epoch_done = self.state.step.is_multiple_of(self.steps_per_epoch);
@@ -683,7 +745,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// One optimizer step on `batch`; returns the paths it trained.
+    /// One optimizer step on `batch` (this rank's part of the global batch); returns the paths
+    /// it trained.
     fn step(
         &mut self,
         batch: crate::source::LabelledBatch,
@@ -691,20 +754,29 @@ impl<'a> Run<'a> {
         observer: &mut dyn TrainObserver,
     ) -> Result<Vec<ChoicePath>, TrainError> {
         let started = Instant::now();
-        let (n, index) = (batch.len(), batch.index);
-        let y = Tensor::from_vec(batch.labels.clone(), n, &Device::Cpu)?;
-        let x = batch.images(self.data.train.image_size(), &Device::Cpu)?;
+        let index = batch.index;
+        let n = batch.len() * self.world.size();
+        let b = self.config.batch_size;
+        let shards = (0..self.config.accumulate)
+            .map(|s| {
+                let shard = batch.slice(s * b..(s + 1) * b);
+                let y = Tensor::from_vec(shard.labels.clone(), b, &Device::Cpu)?;
+                Ok((shard.images(self.data.train.image_size(), &Device::Cpu)?, y))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let paths: Vec<ChoicePath> = self.sampler.paths(self.state.step);
+        self.paths_digest = world::digest(paths.iter().flatten().map(|&c| c as u64), self.paths_digest);
         let lr = self.schedule.lr(self.state.step);
         let stats =
-            train_step(&self.supernet, &paths, &x, &y, &self.options, &mut self.sgd, lr).map_err(|e| {
-                TrainError::Step(format!(
-                    "step {} (epoch {epoch}, batch {index}): {}; the last checkpoint ({}) is intact",
-                    self.state.step,
-                    without_backtrace(e),
-                    checkpoint_path(self.out).display()
-                ))
-            })?;
+            train_step_sharded(&self.supernet, &paths, &shards, &self.options, &mut self.sgd, lr, self.world)
+                .map_err(|e| {
+                    TrainError::Step(format!(
+                        "step {} (epoch {epoch}, batch {index}): {}; the last checkpoint ({}) is intact",
+                        self.state.step,
+                        without_backtrace(e),
+                        checkpoint_path(self.out).display()
+                    ))
+                })?;
         let wall = started.elapsed().as_secs_f64();
         let loss_sum: f64 = stats.losses.iter().map(|&l| l as f64).sum();
         let correct: usize = stats.correct.iter().sum();
@@ -734,6 +806,7 @@ impl<'a> Run<'a> {
         path: &[usize],
         observer: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
+        self.accumulator.wall_s = self.slowest(self.accumulator.wall_s);
         let a = &self.accumulator;
         let mut metrics = EpochMetrics {
             epoch,
@@ -759,19 +832,99 @@ impl<'a> Run<'a> {
         self.state.epoch = self.state.step / self.steps_per_epoch;
         self.state.history = self.history.clone();
         self.state.accumulator = self.accumulator.clone();
-        write_checkpoint(self.out, &self.supernet, &self.sgd, &self.state, &self.history)?;
+        if self.world.size() > 1 {
+            self.accumulator.wall_s = self.slowest(self.accumulator.wall_s);
+            self.state.accumulator.wall_s = self.accumulator.wall_s;
+            average_running_stats(self.world, &self.supernet)?;
+            self.check_replicas()?;
+        }
+        if self.world.is_leader() {
+            write_checkpoint(self.out, &self.supernet, &self.sgd, &self.state, &self.history)?;
+        }
         observer.checkpoint(self.state.step, &checkpoint_path(self.out));
+        Ok(())
+    }
+
+    /// The slowest rank's `wall` (a job's time is its slowest rank's; and every rank must
+    /// record the same metrics).
+    fn slowest(&self, wall: f64) -> f64 {
+        match self.world.size() {
+            1 => wall,
+            _ => self.world.gather_f64(&[wall]).into_iter().fold(0.0, f64::max),
+        }
+    }
+
+    /// Refuses to write a checkpoint unless every rank trained the same paths and holds the
+    /// same bits (parameters, running statistics, momentum, state) as rank 0.
+    fn check_replicas(&self) -> Result<(), TrainError> {
+        let state = serde_json::to_vec(&self.state).expect("state serialises");
+        let words = state.iter().map(|&b| b as u64);
+        let mut d = world::digest(words, world::DIGEST_START);
+        for (_, var) in self.supernet.named_vars() {
+            d = world::digest(tensor_bits(var.as_tensor())?, d);
+        }
+        let mut momentum: Vec<_> = self.sgd.momentum.iter().collect();
+        momentum.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, buf) in momentum {
+            d = world::digest(tensor_bits(buf)?, d);
+        }
+        let all = self.world.gather_u64(&[self.paths_digest, d]);
+        for (what, k) in [("paths", 0), ("parameters", 1)] {
+            let ranks: Vec<usize> = (1..self.world.size()).filter(|&r| all[2 * r + k] != all[k]).collect();
+            if !ranks.is_empty() {
+                return Err(TrainError::Replicas { step: self.state.step, ranks, what });
+            }
+        }
         Ok(())
     }
 
     /// A stand-alone run's network under its canonical names (`weights.safetensors`).
     fn write_weights(&self) -> Result<(), TrainError> {
+        if !self.world.is_leader() {
+            return Ok(());
+        }
         let weights = self.supernet.subnet_weights(&self.sampler.paths(0)[0])?;
         let bytes = safetensors::serialize(weights.iter().map(|(k, v)| (k.as_str(), v)), None)
             .map_err(|e| TrainError::Config(e.to_string()))?;
         let path = self.out.join("weights.safetensors");
         fairnas_model::persist::write_atomically(&path, &bytes).map_err(io_err(&path))
     }
+}
+
+/// The f32 (or f64) bits of a tensor, as words for [`world::digest`].
+fn tensor_bits(t: &Tensor) -> candle_core::Result<Vec<u64>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        candle_core::DType::F64 => t.to_vec1::<f64>()?.iter().map(|v| v.to_bits()).collect(),
+        _ => t
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits() as u64)
+            .collect(),
+    })
+}
+
+/// Replaces every rank's BN running statistics by their mean over the ranks. The sum is taken
+/// in f64, where the sum of f32 values from up to 2^29 ranks is exact: the mean is the
+/// correctly rounded one whatever order MPI adds in, and equal values stay bit-identical.
+fn average_running_stats(world: &dyn World, supernet: &Supernet) -> Result<(), TrainError> {
+    let stats: Vec<_> = supernet.named_vars().filter(|(n, _)| crate::step::is_running_stat(n)).collect();
+    let mut flat = Vec::new();
+    for (_, var) in &stats {
+        let t = var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F64)?;
+        flat.extend(t.to_vec1::<f64>()?);
+    }
+    world.sum_f64(&mut flat);
+    let mut offset = 0;
+    for (_, var) in stats {
+        let t = var.as_tensor();
+        let n = t.elem_count();
+        let mean: Vec<f64> = flat[offset..offset + n].iter().map(|v| v / world.size() as f64).collect();
+        var.set(&Tensor::from_vec(mean, t.shape(), t.device())?.to_dtype(t.dtype())?)?;
+        offset += n;
+    }
+    Ok(())
 }
 
 fn write_checkpoint(
@@ -814,4 +967,73 @@ pub fn load_run(checkpoint: &Path) -> Result<(Supernet, TrainConfig, TrainState)
     let mut sgd = Sgd::new(SgdConfig::default());
     checkpoint::load(&ckpt, &supernet, &mut sgd)?;
     Ok((supernet, config, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rank 0 of a pretend job of 2 whose other rank holds `other` (sums only).
+    struct Pair {
+        other: Vec<f64>,
+    }
+
+    impl World for Pair {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn sum_f32(&self, _: &mut [f32]) {
+            unreachable!("not used by the averaging")
+        }
+        fn sum_f64(&self, values: &mut [f64]) {
+            assert_eq!(values.len(), self.other.len());
+            values.iter_mut().zip(&self.other).for_each(|(v, o)| *v += o);
+        }
+        fn gather_f64(&self, _: &[f64]) -> Vec<f64> {
+            unreachable!()
+        }
+        fn gather_u64(&self, _: &[u64]) -> Vec<u64> {
+            unreachable!()
+        }
+        fn barrier(&self) {}
+        fn abort(&self, _: i32) -> ! {
+            unreachable!()
+        }
+    }
+
+    fn running_stats(supernet: &Supernet) -> Vec<f32> {
+        let stats = supernet.named_vars().filter(|(n, _)| crate::step::is_running_stat(n));
+        stats.flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    /// The checkpoint's BN statistics are the ranks' mean, correctly rounded, and statistics that
+    /// agree on every rank keep their bits.
+    #[test]
+    fn running_statistics_become_the_mean_over_the_ranks() {
+        let supernet = Supernet::new(&SearchSpace::nas_bench_macro(), 3, &Device::Cpu).unwrap();
+        for (k, (_, var)) in
+            supernet.named_vars().filter(|(n, _)| crate::step::is_running_stat(n)).enumerate()
+        {
+            let t = var.as_tensor();
+            // Deterministic values of every magnitude in [0.1, 2.1).
+            let values: Vec<f32> =
+                (0..t.elem_count()).map(|i| 0.1 + ((i * 2_654_435_761 + k) % 1000) as f32 / 500.0).collect();
+            var.set(&Tensor::from_vec(values, t.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let mine = running_stats(&supernet);
+        let same = Pair { other: mine.iter().map(|&v| v as f64).collect() };
+        average_running_stats(&same, &supernet).unwrap();
+        assert_eq!(running_stats(&supernet), mine, "equal statistics changed");
+
+        let other: Vec<f64> =
+            mine.iter().enumerate().map(|(i, &v)| v as f64 * (1.0 + (i % 7) as f64 / 3.0)).collect();
+        average_running_stats(&Pair { other: other.clone() }, &supernet).unwrap();
+        let expected: Vec<f32> =
+            mine.iter().zip(&other).map(|(&a, b)| ((a as f64 + b) / 2.0) as f32).collect();
+        assert_eq!(running_stats(&supernet), expected);
+        assert!(mine.len() > 1000, "{} statistics", mine.len());
+    }
 }

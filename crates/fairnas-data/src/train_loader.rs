@@ -98,20 +98,6 @@ pub struct TrainBatch {
     pub decode_time: std::time::Duration,
 }
 
-/// Builds batch `batch` of `epoch` (samples `order[batch*B .. (batch+1)*B]`).
-pub fn make_batch(
-    store: &ImageStore,
-    order: &[usize],
-    transform: &TrainTransform,
-    seed: u64,
-    epoch: u64,
-    batch: usize,
-    batch_size: usize,
-) -> Result<TrainBatch, DataError> {
-    let members = &order[batch * batch_size..((batch + 1) * batch_size).min(order.len())];
-    decode_members(store, members, transform, seed, epoch, batch)
-}
-
 /// One shard of a data-parallel epoch: every full batch of `count * B` images is cut into
 /// `count` consecutive runs of `B`, and this shard is run `index`. Ranks reading shards
 /// `0..count` of the same (seed, epoch) see disjoint images that together are the batch.
